@@ -1,0 +1,227 @@
+//! `/v1/jobs`: submit, read, list, cancel, retry.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiQuery, JsonBody, job_id};
+use super::view::JobView;
+use crate::jobs::SubmitRequest;
+use crate::store::{JobStatus, ListQuery};
+
+/// The body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    /// Job type.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Payload; `{}` when left out.
+    #[serde(default = "empty_object")]
+    pub payload: Value,
+    /// Priority, -1000..=1000.
+    pub priority: Option<i32>,
+    /// Attempts.
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout, seconds.
+    pub timeout_s: Option<u64>,
+    /// RFC 3339 time before which the job does not start.
+    pub run_at: Option<String>,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+/// Query of `POST /v1/jobs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitQuery {
+    /// Wait up to this many seconds for the job to end (direct mode).
+    pub wait: Option<f64>,
+}
+
+/// `POST /v1/jobs`: `202` with the new job, `200` with the job an `Idempotency-Key` already
+/// created, or `200` with the finished job when `?wait=` saw it end.
+pub async fn submit(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<SubmitQuery>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SubmitBody>,
+) -> Result<Response, ApiError> {
+    let wait = match query.wait {
+        Some(secs) if !(0.0..=state.settings.max_wait_secs as f64).contains(&secs) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "wait must be between 0 and {} seconds",
+                    state.settings.max_wait_secs
+                ),
+            ));
+        }
+        Some(secs) => Some(Duration::from_secs_f64(secs)),
+        None => None,
+    };
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_request", "Idempotency-Key must be ASCII")
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let run_at_ms = match &body.run_at {
+        Some(text) => Some(parse_time(text)?),
+        None => None,
+    };
+    let request = SubmitRequest {
+        job_type: body.job_type,
+        payload: body.payload,
+        priority: body.priority,
+        max_attempts: body.max_attempts,
+        timeout_s: body.timeout_s,
+        run_at_ms,
+        idempotency_key,
+    };
+    let (mut job, created) = state.service.submit(request).await?;
+    if let Some(wait) = wait {
+        job = state.service.wait_for_end(job.id, wait).await?;
+    }
+    let status = if job.status.is_terminal() || !created {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let location = format!("/v1/jobs/{}", job.id);
+    let view = JobView::of(job, state.service.store());
+    let mut response = (status, Json(view)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if !created {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn parse_time(text: &str) -> Result<u64, ApiError> {
+    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("run_at is not an RFC 3339 time: {e}"),
+        )
+    })?;
+    let ms = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| ApiError::bad_request("invalid_request", "run_at is before 1970"))?
+        .as_millis();
+    u64::try_from(ms)
+        .map_err(|_| ApiError::bad_request("invalid_request", "run_at is too far away"))
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.service.get(job_id(&id)?)?;
+    Ok(Json(JobView::of(job, state.service.store())))
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Filter by status.
+    pub status: Option<String>,
+    /// Filter by type.
+    #[serde(rename = "type")]
+    pub job_type: Option<String>,
+    /// Page size, 1..=100, default 20.
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/jobs`: `{jobs, next_cursor}`, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let status = match params.status.as_deref() {
+        Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "unknown status {text:?}; use queued, running, completed, failed or cancelled"
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let before = match params.cursor.as_deref() {
+        Some(text) => Some(uuid::Uuid::parse_str(text).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                format!("{text:?} is not a cursor from this API"),
+            )
+        })?),
+        None => None,
+    };
+    let page = state.service.list(&ListQuery {
+        status,
+        job_type: params.job_type,
+        limit,
+        before,
+    })?;
+    let store = state.service.store();
+    let jobs: Vec<JobView> = page
+        .jobs
+        .into_iter()
+        .map(|job| JobView::of(job, store))
+        .collect();
+    Ok(Json(json!({ "jobs": jobs, "next_cursor": page.next })))
+}
+
+/// `POST /v1/jobs/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = state
+        .service
+        .cancel(job_id(&id)?, Duration::from_secs(5))
+        .await?;
+    Ok(Json(JobView::of(job, state.service.store())))
+}
+
+/// `POST /v1/jobs/{id}/retry`.
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let job = state.service.retry(job_id(&id)?).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(JobView::of(job, state.service.store())),
+    ))
+}

@@ -1,0 +1,100 @@
+//! The HTTP API: routes, extractors, the error shape and SSE.
+//!
+//! [`router`] builds the whole app from an [`AppState`]; `kiln serve` binds it, and tests
+//! drive it on `127.0.0.1:0`.
+
+mod error;
+mod extract;
+mod jobs;
+mod sse;
+mod system;
+mod view;
+
+pub use error::ApiError;
+pub use view::JobView;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::JobService;
+
+/// Settings of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// Largest request body, bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Concurrent SSE streams; beyond it, `429`. Default 10,000.
+    pub max_streams: usize,
+    /// SSE keep-alive comment interval. Default 15 s.
+    pub keep_alive: Duration,
+    /// Longest `?wait=` on submit, seconds. Default 60.
+    pub max_wait_secs: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_streams: 10_000,
+            keep_alive: Duration::from_secs(15),
+            max_wait_secs: 60,
+        }
+    }
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    /// The job service.
+    pub service: JobService,
+    /// HTTP settings.
+    pub settings: Arc<ApiSettings>,
+    /// Permits for concurrent SSE streams.
+    pub streams: Arc<Semaphore>,
+    /// Cancelled at shutdown: ends every SSE stream so the server can drain.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State for `service` with `settings`.
+    pub fn new(service: JobService, settings: ApiSettings, shutdown: CancellationToken) -> Self {
+        Self {
+            streams: Arc::new(Semaphore::new(settings.max_streams)),
+            settings: Arc::new(settings),
+            service,
+            shutdown,
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/events", get(sse::job_events))
+        .route("/v1/events", get(sse::all_events))
+        .route("/v1/plugins", get(system::plugins))
+        .route("/v1/queues", get(system::queues))
+        .route("/healthz", get(system::healthz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

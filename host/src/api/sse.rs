@@ -1,0 +1,267 @@
+//! Server-Sent Events: one job's events (`/v1/jobs/{id}/events`) and every job's events
+//! (`/v1/events`).
+//!
+//! A job stream subscribes to live events *first*, then replays the log after the
+//! client's `Last-Event-ID`, then goes live, dropping live events it already replayed:
+//! nothing committed in between can fall through the gap, and nothing comes twice. A
+//! subscriber that lags past its buffer is closed; it reconnects and replays.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiQuery, job_id};
+use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, event_names};
+
+/// Events replayed from the log per read.
+const REPLAY_PAGE: usize = 512;
+
+/// Query of `/v1/jobs/{id}/events`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobEventsQuery {
+    /// For clients that cannot set the `Last-Event-ID` header.
+    pub last_event_id: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}/events`.
+pub async fn job_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<JobEventsQuery>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let after = last_event_id(&headers, query.last_event_id.as_deref())?;
+    let permit = stream_permit(&state)?;
+    let store = state.service.store().clone();
+    let subscription = Subscription::job(store.bus.clone(), id);
+    let job = state.service.get(id)?;
+    if job.status.is_terminal() && after >= job.last_seq {
+        // Nothing will ever follow: 204 tells EventSource to stop reconnecting.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let stream = JobStream {
+        store,
+        job,
+        subscription,
+        last_seq: after,
+        replaying: true,
+        buffer: VecDeque::new(),
+        done: false,
+        shutdown: state.shutdown.clone(),
+        _permit: permit,
+    };
+    let events = stream::unfold(stream, JobStream::next).map(Ok::<_, Infallible>);
+    Ok(sse_response(events, state.settings.keep_alive))
+}
+
+/// Query of `/v1/events`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllEventsQuery {
+    /// Only jobs of this type.
+    #[serde(rename = "type")]
+    pub job_type: Option<String>,
+    /// Only events after which the job has this status.
+    pub status: Option<String>,
+}
+
+/// `GET /v1/events`: live events of every job, for dashboards. Each event's data is
+/// wrapped as `{job_id, type, status, seq, data}`.
+pub async fn all_events(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<AllEventsQuery>,
+) -> Result<Response, ApiError> {
+    let status = match query.status.as_deref() {
+        Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("unknown status {text:?}"))
+        })?),
+        None => None,
+    };
+    let permit = stream_permit(&state)?;
+    let live = state.service.store().bus.subscribe_all();
+    let shutdown = state.shutdown.clone();
+    let filter_type = query.job_type;
+    let events = stream::unfold(
+        (live, shutdown, permit),
+        move |(mut live, shutdown, permit)| {
+            let filter_type = filter_type.clone();
+            async move {
+                loop {
+                    let event = tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        received = live.recv() => match received {
+                            Ok(event) => event,
+                            // Lagged: close; the dashboard reconnects and refreshes.
+                            Err(_) => return None,
+                        },
+                    };
+                    if filter_type.as_ref().is_some_and(|t| *t != event.job_type)
+                        || status.is_some_and(|s| s != event.status)
+                    {
+                        continue;
+                    }
+                    let data = serde_json::json!({
+                        "job_id": event.job_id,
+                        "type": event.job_type,
+                        "status": event.status,
+                        "seq": event.seq,
+                        "data": event.data,
+                    });
+                    let sse = Event::default()
+                        .event(event.name.as_str())
+                        .data(data.to_string());
+                    return Some((sse, (live, shutdown, permit)));
+                }
+            }
+        },
+    )
+    .map(Ok::<_, Infallible>);
+    Ok(sse_response(events, state.settings.keep_alive))
+}
+
+fn sse_response(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    keep_alive: Duration,
+) -> Response {
+    // The first frame tells EventSource how soon to reconnect.
+    let hint = stream::once(async { Ok(Event::default().retry(Duration::from_secs(2))) });
+    let mut response = Sse::new(hint.chain(events))
+        .keep_alive(KeepAlive::new().interval(keep_alive))
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn stream_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            "the server's limit on concurrent event streams is reached; retry shortly",
+        )
+    })
+}
+
+/// The client's position: `Last-Event-ID` header, else `?last_event_id=`, else 0.
+fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<u64, ApiError> {
+    let text = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| invalid_last_event_id("(not text)"))?,
+        ),
+        None => query,
+    };
+    match text.map(str::trim) {
+        None | Some("") => Ok(0),
+        Some(text) => text.parse().map_err(|_| invalid_last_event_id(text)),
+    }
+}
+
+fn invalid_last_event_id(text: &str) -> ApiError {
+    ApiError::bad_request(
+        "invalid_last_event_id",
+        format!(
+            "Last-Event-ID must be an event id from this stream (a whole number), got {text:?}"
+        ),
+    )
+}
+
+/// A live subscription to one job that forgets the job's channel when dropped.
+struct Subscription {
+    bus: Arc<Bus>,
+    id: Uuid,
+    live: Option<broadcast::Receiver<Arc<JobEvent>>>,
+}
+
+impl Subscription {
+    fn job(bus: Arc<Bus>, id: Uuid) -> Self {
+        let live = Some(bus.subscribe_job(id));
+        Self { bus, id, live }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.live.take();
+        self.bus.release_job(self.id);
+    }
+}
+
+struct JobStream {
+    store: Arc<Store>,
+    job: JobRecord,
+    subscription: Subscription,
+    last_seq: u64,
+    replaying: bool,
+    buffer: VecDeque<JobEvent>,
+    done: bool,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl JobStream {
+    async fn next(mut self) -> Option<(Event, Self)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(event) = self.buffer.pop_front() {
+                if event.seq <= self.last_seq {
+                    continue;
+                }
+                self.last_seq = event.seq;
+                self.done = event_names::is_terminal(&event.name);
+                let sse = Event::default()
+                    .id(event.seq.to_string())
+                    .event(event.name.as_str())
+                    .data(event.data.to_string());
+                return Some((sse, self));
+            }
+            if self.replaying {
+                match self
+                    .store
+                    .events_after(&self.job, self.last_seq, REPLAY_PAGE)
+                {
+                    Ok(page) if page.is_empty() => self.replaying = false,
+                    Ok(page) => self.buffer.extend(page),
+                    Err(error) => {
+                        tracing::error!(%error, job_id = %self.job.id, "event replay failed");
+                        return None;
+                    }
+                }
+                continue;
+            }
+            let live = self.subscription.live.as_mut()?;
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                received = live.recv() => match received {
+                    Ok(event) if event.seq <= self.last_seq => {}
+                    Ok(event) if event.seq == self.last_seq + 1 => self.buffer.push_back((*event).clone()),
+                    // A gap (should not happen): read what is missing from the log.
+                    Ok(_) => self.replaying = true,
+                    // Too slow, or the bus went away: close; the client resumes from its
+                    // last id.
+                    Err(_) => return None,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The JSON of a job, as every route returns it.
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::llm::Usage;
+use crate::store::{ErrorInfo, JobRecord, JobStatus, Store, rfc3339};
+
+/// A job as clients see it. Field names are fixed by the design.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    /// The id.
+    pub id: Uuid,
+    /// The job type.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Where it is.
+    pub status: JobStatus,
+    /// 0-100 within the current attempt.
+    pub progress: u8,
+    /// The stage.
+    pub message: Option<String>,
+    /// The result, once completed.
+    pub result: Option<Value>,
+    /// Why it failed.
+    pub error: Option<ErrorInfo>,
+    /// Current attempt.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The queue.
+    pub queue: String,
+    /// Priority within the queue.
+    pub priority: i32,
+    /// Not before (RFC 3339).
+    pub run_at: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
+    /// LLM usage.
+    pub usage: Usage,
+    /// Where to read and follow it.
+    pub links: Links,
+}
+
+/// Links of a job.
+#[derive(Clone, Debug, Serialize)]
+pub struct Links {
+    /// `GET` the job.
+    #[serde(rename = "self")]
+    pub this: String,
+    /// SSE stream of its events.
+    pub events: String,
+}
+
+impl JobView {
+    /// The view of `job`, with its result read from `store` when completed.
+    pub fn of(job: JobRecord, store: &Store) -> Self {
+        let result = if job.status == JobStatus::Completed {
+            store
+                .result(job.id)
+                .ok()
+                .flatten()
+                .and_then(|text| serde_json::from_str(&text).ok())
+        } else {
+            None
+        };
+        let this = format!("/v1/jobs/{}", job.id);
+        Self {
+            links: Links {
+                events: format!("{this}/events"),
+                this,
+            },
+            id: job.id,
+            job_type: job.job_type,
+            status: job.status,
+            progress: job.progress,
+            message: job.message,
+            result,
+            error: job.error,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            queue: job.queue,
+            priority: job.priority,
+            run_at: job.run_at_ms.map(rfc3339),
+            created_at: rfc3339(job.created_at_ms),
+            started_at: job.started_at_ms.map(rfc3339),
+            finished_at: job.finished_at_ms.map(rfc3339),
+            usage: job.usage,
+        }
+    }
+}

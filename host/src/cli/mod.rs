@@ -1,0 +1,65 @@
+//! The `kiln` command line. One file per command; each is a thin layer over the library.
+
+mod plugin;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Kiln: a self-hosted job server for long-running AI generation.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the job server.
+    Serve(ServeArgs),
+    /// Check or run a plugin (a job type component) locally.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `kiln serve`. Flags beat `KILN_*` variables, which beat the config file.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "KILN_ADDR")]
+    pub addr: Option<String>,
+    /// Data dir for the database and the compiled-plugin cache [default: kiln-data].
+    #[arg(long, env = "KILN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Folder of *.wasm job types [default: plugins/dist].
+    #[arg(long, env = "KILN_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
+}
+
+/// `kiln plugin …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Check a component against the contract and print what it declares.
+    Check {
+        /// The .wasm component.
+        file: PathBuf,
+    },
+    /// Run one job with a component locally and print its progress, partials and result.
+    Run(plugin::RunArgs),
+}
+
+/// Runs the parsed command; the exit code comes from the error, if any.
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file).await,
+        Command::Plugin(PluginCommand::Run(args)) => plugin::run(args).await,
+    }
+}

@@ -1,0 +1,333 @@
+//! Configuration: defaults, then the TOML file, then `KILN_*` environment variables, then
+//! command-line flags (later wins).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::api::ApiSettings;
+use crate::jobs::ServiceSettings;
+use crate::llm::{LlmClient, ModelRouter, OfflineClient, OfflineConfig};
+use crate::runtime::{Limits, LimitsOverride, RuntimeConfig};
+
+/// The TOML file. Every field is optional; see the README for the full reference.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address. Default `127.0.0.1:8080`.
+    pub addr: Option<String>,
+    /// Where the redb file and the compiled-plugin cache live. Default `kiln-data`.
+    pub data_dir: Option<PathBuf>,
+    /// Folder of `*.wasm` job types. Default `plugins/dist`.
+    pub plugins_dir: Option<PathBuf>,
+    /// Largest request body in bytes. Default 16 MiB.
+    pub max_body_bytes: Option<usize>,
+    /// Concurrent SSE streams. Default 10,000.
+    pub max_streams: Option<usize>,
+    /// SSE keep-alive interval, seconds. Default 15.
+    pub keep_alive_secs: Option<u64>,
+    /// Longest `?wait=` on submit, seconds. Default 60.
+    pub max_wait_secs: Option<u64>,
+    /// How long finished jobs are kept, seconds. Default 86,400.
+    pub job_ttl_secs: Option<u64>,
+    /// How often expired jobs are swept, seconds. Default 60.
+    pub sweep_interval_secs: Option<u64>,
+    /// Grace for running jobs at shutdown, seconds. Default 30.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Queued jobs beyond which submits get 429. Default 100,000.
+    pub max_queued: Option<usize>,
+    /// Attempts per job by default. Default 3.
+    pub default_max_attempts: Option<u32>,
+    /// Running jobs per queue by default. Default 16.
+    pub default_max_concurrent: Option<usize>,
+    /// First retry backoff, ms. Default 2000.
+    pub retry_base_ms: Option<u64>,
+    /// Longest retry backoff, ms. Default 300,000.
+    pub retry_max_ms: Option<u64>,
+    /// Jobs running at once across all types (the instance pool). Default 128.
+    pub max_instances: Option<u32>,
+    /// Sandbox limits for every job type.
+    pub limits: Limits,
+    /// Per job type: its queue and limit overrides.
+    pub types: HashMap<String, TypeConfig>,
+    /// Per queue: its concurrency.
+    pub queues: HashMap<String, QueueConfig>,
+    /// LLM providers by name.
+    pub providers: HashMap<String, ProviderConfig>,
+    /// Model aliases -> `"provider/model"`.
+    pub models: HashMap<String, String>,
+}
+
+/// `[types.NAME]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TypeConfig {
+    /// The queue this type waits in. Default: a queue named after the type.
+    pub queue: Option<String>,
+    /// Limit overrides for this type.
+    pub limits: LimitsOverride,
+}
+
+/// `[queues.NAME]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Max running jobs of the queue.
+    pub max_concurrent: Option<usize>,
+}
+
+/// `[providers.NAME]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `offline` (more kinds: see the README).
+    pub kind: String,
+    /// Offline: simulated latency per call, ms.
+    pub latency_ms: Option<u64>,
+    /// Offline: words per answer.
+    pub words: Option<u32>,
+    /// HTTP providers: base URL.
+    pub base_url: Option<String>,
+    /// HTTP providers: the environment variable holding the key.
+    pub api_key_env: Option<String>,
+    /// Max concurrent requests.
+    pub max_concurrent: Option<usize>,
+    /// Requests per minute.
+    pub requests_per_minute: Option<u32>,
+    /// Tokens per minute.
+    pub tokens_per_minute: Option<u32>,
+    /// Per-request timeout, seconds.
+    pub timeout_s: Option<u64>,
+}
+
+/// Values from flags and `KILN_*` variables (clap merges those two, flags first).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--addr` / `KILN_ADDR`.
+    pub addr: Option<String>,
+    /// `--data-dir` / `KILN_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--plugins-dir` / `KILN_PLUGINS_DIR`.
+    pub plugins_dir: Option<PathBuf>,
+}
+
+/// Everything `kiln serve` needs, resolved.
+pub struct Resolved {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    /// Plugins dir.
+    pub plugins_dir: PathBuf,
+    /// Runtime sizing.
+    pub runtime: RuntimeConfig,
+    /// Scheduler settings.
+    pub service: ServiceSettings,
+    /// HTTP settings.
+    pub api: ApiSettings,
+    /// The LLM client plugins get.
+    pub llm: Arc<dyn LlmClient>,
+    /// Model aliases, for the startup log.
+    pub model_aliases: Vec<String>,
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    /// Applies flag and environment values over the file's, then fills in defaults.
+    pub fn resolve(self, overrides: Overrides) -> anyhow::Result<Resolved> {
+        let addr_text = overrides
+            .addr
+            .or(self.addr.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let addr: SocketAddr = addr_text
+            .parse()
+            .with_context(|| format!("addr {addr_text:?} is not an IP:port address"))?;
+        let data_dir = overrides
+            .data_dir
+            .or(self.data_dir.clone())
+            .unwrap_or_else(|| "kiln-data".into());
+        let plugins_dir = overrides
+            .plugins_dir
+            .or(self.plugins_dir.clone())
+            .unwrap_or_else(|| "plugins/dist".into());
+
+        let defaults = ServiceSettings::default();
+        let secs = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let service = ServiceSettings {
+            limits: self.limits.clone(),
+            type_limits: self
+                .types
+                .iter()
+                .map(|(name, t)| (name.clone(), t.limits.clone()))
+                .collect(),
+            type_queues: self
+                .types
+                .iter()
+                .filter_map(|(name, t)| t.queue.clone().map(|q| (name.clone(), q)))
+                .collect(),
+            queue_limits: self
+                .queues
+                .iter()
+                .filter_map(|(name, q)| q.max_concurrent.map(|n| (name.clone(), n)))
+                .collect(),
+            default_max_concurrent: self
+                .default_max_concurrent
+                .unwrap_or(defaults.default_max_concurrent),
+            default_max_attempts: self
+                .default_max_attempts
+                .unwrap_or(defaults.default_max_attempts),
+            max_attempts_cap: defaults.max_attempts_cap,
+            max_queued: self.max_queued.unwrap_or(defaults.max_queued),
+            retry_base: self.retry_base_ms.map_or(defaults.retry_base, ms),
+            retry_max: self.retry_max_ms.map_or(defaults.retry_max, ms),
+            job_ttl: self.job_ttl_secs.map_or(defaults.job_ttl, secs),
+            sweep_interval: self
+                .sweep_interval_secs
+                .map_or(defaults.sweep_interval, secs),
+            shutdown_grace: self
+                .shutdown_grace_secs
+                .map_or(defaults.shutdown_grace, secs),
+        };
+        let largest_memory = service
+            .type_limits
+            .values()
+            .filter_map(|o| o.memory_mib)
+            .chain([service.limits.memory_mib])
+            .max()
+            .unwrap_or(256);
+        let runtime = RuntimeConfig {
+            max_instances: self.max_instances.unwrap_or(128).max(1),
+            max_memory_mib: largest_memory.max(1),
+            cache_dir: Some(data_dir.join("cache")),
+        };
+        let api_defaults = ApiSettings::default();
+        let api = ApiSettings {
+            max_body_bytes: self.max_body_bytes.unwrap_or(api_defaults.max_body_bytes),
+            max_streams: self.max_streams.unwrap_or(api_defaults.max_streams),
+            keep_alive: self.keep_alive_secs.map_or(api_defaults.keep_alive, secs),
+            max_wait_secs: self.max_wait_secs.unwrap_or(api_defaults.max_wait_secs),
+        };
+        let (llm, model_aliases) = self.build_llm()?;
+        Ok(Resolved {
+            addr,
+            data_dir,
+            plugins_dir,
+            runtime,
+            service,
+            api,
+            llm,
+            model_aliases,
+        })
+    }
+
+    /// Builds the providers and the alias router. With no providers configured, an
+    /// `offline` provider serves every request, so Kiln runs with no key at all.
+    fn build_llm(&self) -> anyhow::Result<(Arc<dyn LlmClient>, Vec<String>)> {
+        let mut providers: HashMap<String, Arc<dyn LlmClient>> = HashMap::new();
+        for (name, provider) in &self.providers {
+            let client: Arc<dyn LlmClient> = match provider.kind.as_str() {
+                "offline" => {
+                    let defaults = OfflineConfig::default();
+                    Arc::new(OfflineClient::new(OfflineConfig {
+                        latency_ms: provider.latency_ms.unwrap_or(defaults.latency_ms),
+                        words: provider.words.unwrap_or(defaults.words),
+                    }))
+                }
+                other => anyhow::bail!(
+                    "provider '{name}' has kind {other:?}; this build supports kind = \"offline\""
+                ),
+            };
+            providers.insert(name.clone(), client);
+        }
+        let mut models = self.models.clone();
+        if providers.is_empty() {
+            providers.insert(
+                "offline".into(),
+                Arc::new(OfflineClient::new(OfflineConfig::default())),
+            );
+        }
+        if !models.contains_key("default") {
+            let mut names: Vec<&String> = providers.keys().collect();
+            names.sort();
+            models.insert("default".into(), format!("{}/default", names[0]));
+        }
+        let mut router = ModelRouter::default();
+        for (alias, target) in &models {
+            let (provider, model) = target.split_once('/').with_context(|| {
+                format!("[models] {alias} = {target:?}: write it as \"provider/model\"")
+            })?;
+            let client = providers.get(provider).with_context(|| {
+                format!("[models] {alias} names the provider '{provider}', which is not configured")
+            })?;
+            router.route(alias, client.clone(), model);
+        }
+        let aliases = router.aliases();
+        Ok((Arc::new(router), aliases))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let resolved = Config::default().resolve(Overrides::default()).unwrap();
+        assert_eq!(resolved.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(resolved.data_dir, PathBuf::from("kiln-data"));
+        assert_eq!(resolved.plugins_dir, PathBuf::from("plugins/dist"));
+        assert_eq!(resolved.model_aliases, vec!["default".to_string()]);
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let config: Config = toml::from_str(
+            r#"
+            addr = "127.0.0.1:9000"
+            data_dir = "from-file"
+            [types.documents]
+            queue = "heavy"
+            limits = { memory_mib = 512 }
+            [queues.heavy]
+            max_concurrent = 2
+            "#,
+        )
+        .unwrap();
+        let resolved = config
+            .resolve(Overrides {
+                addr: Some("127.0.0.1:9100".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(resolved.addr.port(), 9100);
+        assert_eq!(resolved.data_dir, PathBuf::from("from-file"));
+        assert_eq!(resolved.service.queue_of("documents"), "heavy");
+        assert_eq!(resolved.service.limit_of("heavy"), 2);
+        assert_eq!(resolved.service.limits_of("documents").memory_mib, 512);
+        assert_eq!(resolved.runtime.max_memory_mib, 512);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_models_are_errors() {
+        assert!(toml::from_str::<Config>("adr = \"x\"").is_err());
+        let config: Config = toml::from_str("[models]\ndefault = \"nowhere/x\"").unwrap();
+        let err = config
+            .resolve(Overrides::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not configured"), "{err}");
+    }
+}

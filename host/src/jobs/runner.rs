@@ -1,0 +1,306 @@
+//! One attempt of one job: start it in the store, run it in the sandbox with its events
+//! flowing into the log, then record how it ended.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use super::{JobService, RunningJob, cancelled_event, failed_event, interrupt, status_event};
+use crate::runtime::{EventSink, FailureKind, JobFailure, JobInput, PluginEvent, RunContext};
+use crate::store::{
+    Change, ErrorInfo, JobRecord, JobStatus, NewEvent, Store, StoreError, event_names, now_ms,
+};
+
+impl JobService {
+    /// Runs one attempt of job `id` from `queue`, then frees its queue slot.
+    pub(super) async fn run_attempt(self, queue: String, id: Uuid) {
+        let span = tracing::info_span!("job", job_id = %id, queue = %queue);
+        self.attempt(id).instrument(span).await;
+        if let Some(q) = self
+            .inner
+            .queues
+            .lock()
+            .expect("queues lock")
+            .get_mut(&queue)
+        {
+            q.running = q.running.saturating_sub(1);
+        }
+        self.inner.wake.notify_one();
+    }
+
+    async fn attempt(&self, id: Uuid) {
+        let running = Arc::new(RunningJob {
+            cancel: CancellationToken::new(),
+            interrupted: AtomicBool::new(false),
+        });
+        // Registered before the job turns `running`, so a cancel never misses it.
+        self.inner
+            .running
+            .lock()
+            .expect("running lock")
+            .insert(id, running.clone());
+        let outcome = self.start_and_run(id, &running).await;
+        self.inner.running.lock().expect("running lock").remove(&id);
+        let Some((job, outcome)) = outcome else {
+            return;
+        };
+        self.finish(job, outcome, &running).await;
+    }
+
+    async fn start_and_run(
+        &self,
+        id: Uuid,
+        running: &RunningJob,
+    ) -> Option<(JobRecord, crate::runtime::RunOutcome)> {
+        let store = &self.inner.store;
+        let started = store
+            .update(id, |job| {
+                if job.status != JobStatus::Queued {
+                    // Cancelled (or deleted) while it waited: it never starts.
+                    return Err(StoreError::Conflict(format!(
+                        "job is {}",
+                        job.status.as_str()
+                    )));
+                }
+                job.status = JobStatus::Running;
+                job.started_at_ms = Some(now_ms());
+                job.progress = 0;
+                job.message = None;
+                Ok(Change::events(vec![status_event(job)]))
+            })
+            .await;
+        let job = match started {
+            Ok(job) => job,
+            Err(StoreError::Conflict(_) | StoreError::NotFound) => return None,
+            Err(error) => {
+                tracing::error!(%error, "could not start the job");
+                return None;
+            }
+        };
+        let queue_ms = job.started_at_ms.unwrap_or_default().saturating_sub(
+            job.run_at_ms
+                .unwrap_or(job.created_at_ms)
+                .max(job.created_at_ms),
+        );
+        self.record_start(&job.queue, queue_ms);
+        tracing::info!(job_type = %job.job_type, attempt = job.attempt, "attempt started");
+
+        let Some(plugin) = self.inner.plugins.get(&job.job_type).cloned() else {
+            let failure = JobFailure::new(
+                FailureKind::UnknownType,
+                format!("no plugin for job type '{}' is loaded", job.job_type),
+            );
+            return Some((
+                job,
+                crate::runtime::RunOutcome {
+                    result: Err(failure),
+                    usage: Default::default(),
+                },
+            ));
+        };
+        let payload = match store.payload(id) {
+            Ok(Some(payload)) => payload,
+            other => {
+                let failure = JobFailure::new(
+                    FailureKind::Internal,
+                    format!("the job's payload could not be read: {other:?}"),
+                );
+                return Some((
+                    job,
+                    crate::runtime::RunOutcome {
+                        result: Err(failure),
+                        usage: Default::default(),
+                    },
+                ));
+            }
+        };
+        let limits = self.inner.settings.limits_of(&job.job_type);
+        let timeout = limits.timeout(job.timeout_s, plugin.info.default_timeout_secs);
+        let context = RunContext {
+            sink: Arc::new(JobSink {
+                store: store.clone(),
+                id,
+            }),
+            llm: self.inner.llm.clone(),
+            cancel: running.cancel.clone(),
+            limits,
+            timeout,
+        };
+        let input = JobInput {
+            id: id.to_string(),
+            job_type: job.job_type.clone(),
+            payload,
+            attempt: job.attempt,
+        };
+        let outcome = self.inner.runtime.run(&plugin, input, context).await;
+        Some((job, outcome))
+    }
+
+    /// Records how the attempt ended: completed, cancelled, re-queued for a retry (or
+    /// after an interruption), or failed for good.
+    async fn finish(
+        &self,
+        job: JobRecord,
+        outcome: crate::runtime::RunOutcome,
+        running: &RunningJob,
+    ) {
+        let run_ms = now_ms().saturating_sub(job.started_at_ms.unwrap_or_default());
+        let usage = outcome.usage;
+        let interrupted = running.interrupted.load(Ordering::SeqCst);
+        let settings = self.inner.settings.clone();
+        let result = outcome.result;
+        let ended = self
+            .inner
+            .store
+            .update(job.id, move |job| {
+                if job.status != JobStatus::Running {
+                    return Err(StoreError::Conflict(format!(
+                        "job is {}",
+                        job.status.as_str()
+                    )));
+                }
+                job.usage.add(&usage);
+                Ok(match result {
+                    Ok(value) => {
+                        job.status = JobStatus::Completed;
+                        job.progress = 100;
+                        job.finished_at_ms = Some(now_ms());
+                        job.error = None;
+                        let text = value.to_string();
+                        Change {
+                            events: vec![NewEvent::new(
+                                event_names::COMPLETED,
+                                json!({ "result": value }),
+                            )],
+                            result: Some(text),
+                            clear_result: false,
+                        }
+                    }
+                    Err(failure) if interrupted => {
+                        tracing::info!(kind = %failure.kind, "attempt interrupted by shutdown");
+                        interrupt(job, "the server shut down during attempt")
+                    }
+                    Err(failure) if failure.kind == FailureKind::Cancelled => {
+                        job.status = JobStatus::Cancelled;
+                        job.finished_at_ms = Some(now_ms());
+                        Change::events(vec![cancelled_event()])
+                    }
+                    Err(failure) => fail_or_retry(job, failure, &settings),
+                })
+            })
+            .await;
+        match ended {
+            Ok(job) => {
+                self.record_end(&job, run_ms);
+                tracing::info!(
+                    status = job.status.as_str(),
+                    attempt = job.attempt,
+                    "attempt ended"
+                );
+                if job.status == JobStatus::Queued && !self.inner.stopping.is_cancelled() {
+                    self.enqueue(&job);
+                }
+            }
+            Err(error) => tracing::error!(%error, "could not record the end of the attempt"),
+        }
+    }
+
+    fn record_start(&self, queue: &str, queue_ms: u64) {
+        if let Some(q) = self
+            .inner
+            .queues
+            .lock()
+            .expect("queues lock")
+            .get_mut(queue)
+        {
+            q.stats.started += 1;
+            q.stats.queue_ms += queue_ms;
+        }
+    }
+
+    fn record_end(&self, job: &JobRecord, run_ms: u64) {
+        if let Some(q) = self
+            .inner
+            .queues
+            .lock()
+            .expect("queues lock")
+            .get_mut(&job.queue)
+        {
+            q.stats.finished += 1;
+            q.stats.run_ms += run_ms;
+            match job.status {
+                JobStatus::Completed => q.stats.completed += 1,
+                JobStatus::Failed => q.stats.failed += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A failed attempt: another one after a backoff if the failure is retryable and attempts
+/// remain, else the job fails.
+fn fail_or_retry(
+    job: &mut JobRecord,
+    failure: JobFailure,
+    settings: &super::ServiceSettings,
+) -> Change {
+    let error = ErrorInfo {
+        kind: failure.kind.as_str().into(),
+        message: failure.message,
+    };
+    if failure.kind.is_retryable() && job.attempt < job.max_attempts {
+        job.status = JobStatus::Queued;
+        job.attempt += 1;
+        job.progress = 0;
+        job.message = None;
+        let backoff = settings.backoff(job.attempt);
+        job.run_at_ms = Some(now_ms() + u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        job.error = Some(error);
+        Change::events(vec![status_event(job)])
+    } else {
+        job.status = JobStatus::Failed;
+        job.finished_at_ms = Some(now_ms());
+        job.error = Some(error.clone());
+        Change::events(vec![failed_event(&error)])
+    }
+}
+
+/// Turns a running plugin's events into the job's log. Emitting never waits for the
+/// commit (the plugin must not stall on disk), but order with the job's later changes is
+/// kept because every change goes through the one writer.
+struct JobSink {
+    store: Arc<Store>,
+    id: Uuid,
+}
+
+impl EventSink for JobSink {
+    fn emit(&self, event: PluginEvent) {
+        self.store.update_detached(self.id, move |job| {
+            if job.status != JobStatus::Running {
+                return Err(StoreError::Conflict("the attempt is over".into()));
+            }
+            let event = match event {
+                PluginEvent::Progress { percent, message } => {
+                    job.progress = percent.max(job.progress);
+                    job.message = Some(message.clone());
+                    NewEvent::new(
+                        event_names::PROGRESS,
+                        json!({ "progress": job.progress, "message": message }),
+                    )
+                }
+                PluginEvent::Partial { name, data } => {
+                    NewEvent::new(event_names::PARTIAL, json!({ "name": name, "data": data }))
+                }
+                PluginEvent::Token { label, delta } => NewEvent::new(
+                    event_names::TOKEN,
+                    json!({ "label": label, "delta": delta }),
+                ),
+            };
+            Ok(Change::events(vec![event]))
+        });
+    }
+}

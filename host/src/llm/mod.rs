@@ -1,0 +1,131 @@
+//! LLM access for plugins: the [`LlmClient`] trait the runtime calls, the request and
+//! response types it speaks, and the providers behind it.
+//!
+//! The runtime never knows which provider answers: it hands a provider-neutral
+//! [`LlmRequest`] to an `LlmClient` and gets an [`LlmResponse`] or an [`LlmError`] back.
+//! Keys and URLs stay on this side of the trait, so a plugin never sees them.
+
+mod offline;
+mod router;
+
+pub use offline::{OfflineClient, OfflineConfig};
+pub use router::ModelRouter;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+/// Who said a chat message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions that frame the conversation.
+    System,
+    /// The asking side.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+/// One completion request, as a plugin asked for it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlmRequest {
+    /// The conversation; the model answers the last message.
+    pub messages: Vec<Message>,
+    /// Model alias from the `[models]` table; `None` means `default`.
+    pub model: Option<String>,
+    /// Upper bound on output tokens.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Ask for a JSON object as output.
+    pub json_output: bool,
+    /// When set, output tokens are streamed to the job's clients under this label.
+    pub stream_label: Option<String>,
+}
+
+/// A finished completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlmResponse {
+    /// The output text.
+    pub text: String,
+    /// The concrete model that answered.
+    pub model: String,
+    /// Prompt tokens as the provider counted them.
+    pub input_tokens: u32,
+    /// Output tokens as the provider counted them.
+    pub output_tokens: u32,
+}
+
+/// Why a completion failed, in the contract's four variants so plugins and the retry
+/// policy can tell transient failures (the first three) from permanent ones.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum LlmError {
+    /// Refused for now by the provider or by our own per-provider limits.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// No answer within the timeout.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Unreachable, or a server error.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request itself is wrong; retrying will not help.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// Receives streamed output text as it arrives.
+pub type TokenSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// Something that answers completion requests: a provider, or a router over several.
+///
+/// `tokens` is given when the request carries a stream label: the client calls it with
+/// each text delta as it arrives, then still returns the whole text.
+pub trait LlmClient: Send + Sync + 'static {
+    /// Run one completion.
+    fn complete<'a>(
+        &'a self,
+        request: &'a LlmRequest,
+        tokens: Option<TokenSink<'a>>,
+    ) -> BoxFuture<'a, Result<LlmResponse, LlmError>>;
+}
+
+/// A rough token count for text whose provider gives none: about four bytes per token.
+pub fn estimate_tokens(text: &str) -> u32 {
+    u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// What a job spent on LLM calls: the `usage` of a job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Calls made (answered or failed).
+    pub llm_calls: u64,
+    /// Prompt tokens of answered calls.
+    pub input_tokens: u64,
+    /// Output tokens of answered calls.
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// Input plus output tokens.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+
+    /// Adds another attempt's usage to this one.
+    pub fn add(&mut self, other: &Usage) {
+        self.llm_calls += other.llm_calls;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+    }
+}

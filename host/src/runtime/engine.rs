@@ -1,0 +1,76 @@
+//! The one wasmtime [`Engine`] of the process, and the epoch ticker that drives deadlines
+//! and cancellation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. Every tick, each running guest yields to the async
+/// executor (so a CPU-bound plugin cannot hog a worker thread) and checks its deadline and
+/// cancel flag: a cancelled or overdue job stops within one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Builds the engine: component model on, epoch interruption on, and the pooling
+/// allocator sized for `max_instances` concurrent jobs whose memories may reach
+/// `max_memory_bytes`.
+pub fn build_engine(max_instances: u32, max_memory_bytes: usize) -> anyhow::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(max_instances)
+        // A component may hold several core instances and memories (language runtimes,
+        // adapters); leave room for four of each per job.
+        .total_core_instances(max_instances.saturating_mul(4))
+        .total_memories(max_instances.saturating_mul(4))
+        .total_tables(max_instances.saturating_mul(4))
+        .total_stacks(max_instances)
+        .max_memory_size(max_memory_bytes);
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("configuring the wasmtime engine")
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] from its own OS thread, so the
+/// ticks keep coming even when every async worker is busy running guests.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    /// Starts ticking `engine`.
+    pub fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("kiln-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

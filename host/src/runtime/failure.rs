@@ -1,0 +1,144 @@
+//! How a job attempt fails: the `error.kind` values clients see, and the classification of
+//! wasmtime errors into them.
+
+use serde::{Deserialize, Serialize};
+use wasmtime::Trap;
+
+/// Why an attempt failed. Serialised as the `error.kind` of a job, in snake case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The plugin judged the payload unusable (`job-error::invalid-input`). Not retried.
+    InvalidInput,
+    /// A transient failure the plugin reported (`job-error::retryable`). Retried.
+    Retryable,
+    /// A failure the plugin reported as final (`job-error::permanent`). Not retried.
+    Permanent,
+    /// The plugin trapped: a panic, `unreachable`, an out-of-bounds access.
+    Trap,
+    /// The plugin recursed past its stack.
+    StackOverflow,
+    /// The attempt ran past its wall-clock budget.
+    Timeout,
+    /// The plugin tried to grow its memory past the cap.
+    MemoryLimit,
+    /// The result or a partial was larger than allowed.
+    ResultTooLarge,
+    /// The result or a partial was not JSON.
+    InvalidResult,
+    /// The plugin emitted events faster than allowed.
+    EventLimit,
+    /// The plugin used more LLM calls or tokens than allowed.
+    LlmLimit,
+    /// A client cancelled the job.
+    Cancelled,
+    /// The job's type is not loaded (its plugin was removed or failed to load).
+    UnknownType,
+    /// The host was stopping and the attempt could not finish in its grace period.
+    Interrupted,
+    /// Something went wrong in the host itself; the message says what.
+    Internal,
+}
+
+impl FailureKind {
+    /// The `error.kind` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid_input",
+            Self::Retryable => "retryable",
+            Self::Permanent => "permanent",
+            Self::Trap => "trap",
+            Self::StackOverflow => "stack_overflow",
+            Self::Timeout => "timeout",
+            Self::MemoryLimit => "memory_limit",
+            Self::ResultTooLarge => "result_too_large",
+            Self::InvalidResult => "invalid_result",
+            Self::EventLimit => "event_limit",
+            Self::LlmLimit => "llm_limit",
+            Self::Cancelled => "cancelled",
+            Self::UnknownType => "unknown_type",
+            Self::Interrupted => "interrupted",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Whether the scheduler may run the job again while attempts remain. Only failures
+    /// that say "try later" are retried: a trap or a limit would just happen again.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Retryable | Self::Interrupted)
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed attempt: a kind for programs and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct JobFailure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// What happened, pointing at the plugin where the plugin is at fault.
+    pub message: String,
+}
+
+impl JobFailure {
+    /// A failure of `kind` saying `message`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Raised inside the store (from a host import, the epoch callback or the memory limiter)
+/// to stop the guest with a known kind. It travels through wasmtime as the error of the
+/// call and is recognised again by [`classify`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct HostStop(pub JobFailure);
+
+impl HostStop {
+    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> wasmtime::Error {
+        wasmtime::Error::new(HostStop(JobFailure::new(kind, message)))
+    }
+}
+
+/// Turns the error of a failed guest call into a [`JobFailure`]. `last_error_log` is the
+/// plugin's last `error`-level log line (the SDK logs panic messages there), quoted so a
+/// panic's own words reach the client.
+pub(crate) fn classify(error: &wasmtime::Error, last_error_log: Option<&str>) -> JobFailure {
+    if let Some(stop) = error.chain().find_map(|e| e.downcast_ref::<HostStop>()) {
+        return stop.0.clone();
+    }
+    let with_log = |text: String| match last_error_log {
+        Some(log) => format!("{text}; the plugin's last error log: {log}"),
+        None => text,
+    };
+    match error.chain().find_map(|e| e.downcast_ref::<Trap>()) {
+        Some(Trap::StackOverflow) => JobFailure::new(
+            FailureKind::StackOverflow,
+            "the plugin overflowed its stack (unbounded recursion?)",
+        ),
+        Some(Trap::Interrupt) => {
+            JobFailure::new(FailureKind::Timeout, "the plugin was interrupted")
+        }
+        Some(trap) => JobFailure::new(
+            FailureKind::Trap,
+            with_log(format!("the plugin trapped: {trap}{}", backtrace_of(error))),
+        ),
+        None => JobFailure::new(FailureKind::Trap, with_log(format!("{error:#}"))),
+    }
+}
+
+/// The guest backtrace wasmtime attached, if any, so the message points into the plugin.
+fn backtrace_of(error: &wasmtime::Error) -> String {
+    error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| format!("\n{bt}"))
+        .unwrap_or_default()
+}

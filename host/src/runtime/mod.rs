@@ -1,0 +1,433 @@
+//! The sandbox: runs job types as WebAssembly components under wasmtime.
+//!
+//! One [`Runtime`] per process holds the engine, the linker with the contract's imports,
+//! the compiled-component cache and an admission semaphore sized to the instance pool.
+//! [`Runtime::run`] runs one attempt of one job in a fresh store and always comes back
+//! with a [`RunOutcome`]: whatever the plugin does (trap, loop, eat memory, flood
+//! events), only its own job fails, with a [`FailureKind`] that says why.
+//!
+//! The runtime knows nothing of HTTP or storage: events leave through an [`EventSink`]
+//! and LLM calls through an [`LlmClient`](crate::llm::LlmClient), so it is tested and
+//! used by `kiln plugin run` without the job service.
+
+mod bindings;
+mod cache;
+mod engine;
+mod events;
+mod failure;
+mod host;
+mod limits;
+mod plugin;
+
+pub use bindings::CONTRACT_VERSION;
+pub use cache::{CacheOutcome, ComponentCache};
+pub use events::{DiscardEvents, EventSink, PluginEvent};
+pub use failure::{FailureKind, JobFailure};
+pub use limits::{Limits, LimitsOverride};
+pub use plugin::{Plugin, PluginInfo, PluginRegistry, SchemaViolation};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, Store, UpdateDeadline};
+
+use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink, Usage};
+use bindings::JobPlugin;
+use bindings::exports::kiln::plugin::job_type;
+use engine::EpochTicker;
+use failure::{HostStop, classify};
+use host::HostState;
+
+/// How the runtime is sized.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Jobs that may run at once across all types: the size of the instance pool and of
+    /// the admission semaphore in front of it. Default 128.
+    pub max_instances: u32,
+    /// The largest memory any job type may be given, in MiB; per-type caps above it are
+    /// lowered to it. Default 1024.
+    pub max_memory_mib: u64,
+    /// Where compiled components are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 128,
+            max_memory_mib: 1024,
+            cache_dir: None,
+        }
+    }
+}
+
+/// One attempt of one job, as the runtime needs it.
+#[derive(Clone, Debug)]
+pub struct JobInput {
+    /// Job id.
+    pub id: String,
+    /// Job type name.
+    pub job_type: String,
+    /// Payload, JSON text (already validated against the schema).
+    pub payload: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
+/// What an attempt may use and where its events go.
+#[derive(Clone)]
+pub struct RunContext {
+    /// Receives progress, partials and tokens.
+    pub sink: Arc<dyn EventSink>,
+    /// Answers the plugin's LLM calls.
+    pub llm: Arc<dyn LlmClient>,
+    /// Cancelled when a client cancels the job (or the host gives up on it).
+    pub cancel: CancellationToken,
+    /// The sandbox limits.
+    pub limits: Limits,
+    /// Wall-clock budget of this attempt.
+    pub timeout: Duration,
+}
+
+/// How an attempt ended, and what it spent.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The result JSON, or why there is none.
+    pub result: Result<Value, JobFailure>,
+    /// LLM usage of this attempt.
+    pub usage: Usage,
+}
+
+/// The sandbox. Create one per process and share it.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: ComponentCache,
+    admission: Arc<Semaphore>,
+    max_memory_mib: u64,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine, links the contract's imports and WASI, and starts the epoch
+    /// ticker.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let max_memory_bytes = usize::try_from(config.max_memory_mib * 1024 * 1024)
+            .context("max_memory_mib is too large")?;
+        let engine = engine::build_engine(config.max_instances, max_memory_bytes)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        JobPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking the kiln:plugin imports")?;
+        Ok(Self {
+            cache: ComponentCache::new(&engine, config.cache_dir),
+            admission: Arc::new(Semaphore::new(config.max_instances as usize)),
+            max_memory_mib: config.max_memory_mib,
+            _ticker: EpochTicker::start(engine.clone()),
+            engine,
+            linker,
+        })
+    }
+
+    /// Loads a plugin from a `.wasm` file.
+    pub async fn load_file(&self, path: &Path) -> anyhow::Result<Plugin> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        self.load_bytes(bytes)
+            .await
+            .with_context(|| format!("loading plugin {}", path.display()))
+    }
+
+    /// Loads a plugin from component bytes: checks it against the contract, compiles it
+    /// (or takes it from the cache), pre-links it and calls `describe`.
+    pub async fn load_bytes(&self, bytes: Vec<u8>) -> anyhow::Result<Plugin> {
+        plugin::check_is_component(&bytes)?;
+        let engine = self.engine.clone();
+        let cache = self.cache.clone();
+        let size = bytes.len();
+        // Compiling is CPU-bound and can take seconds: keep it off the async workers.
+        let (component, outcome, digest) = tokio::task::spawn_blocking(move || {
+            let (component, outcome) = cache.load(&engine, &bytes)?;
+            anyhow::Ok((component, outcome, ComponentCache::digest(&bytes)))
+        })
+        .await
+        .context("the compile task failed")??;
+        let imports = plugin::check_contract(&self.engine, &component)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("the component does not link against Kiln: {e:#}"))?;
+        let pre = bindings::JobPluginPre::new(instance_pre).map_err(|e| {
+            anyhow::anyhow!(
+                "the component's exports do not match kiln:plugin@{CONTRACT_VERSION}: {e:#}"
+            )
+        })?;
+        let info = self.describe(&pre).await?;
+        Plugin::new(info, digest, size, outcome, imports, pre)
+    }
+
+    /// Loads every `*.wasm` in `dir`. Plugins that fail to load are returned with their
+    /// errors rather than stopping the others.
+    pub async fn load_dir(
+        &self,
+        dir: &Path,
+    ) -> anyhow::Result<(PluginRegistry, Vec<(PathBuf, anyhow::Error)>)> {
+        let mut paths = Vec::new();
+        let mut entries = tokio::fs::read_dir(dir)
+            .await
+            .with_context(|| format!("reading the plugins dir {}", dir.display()))?;
+        while let Some(entry) = entries.next_entry().await? {
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "wasm") {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let mut registry = PluginRegistry::default();
+        let mut failures = Vec::new();
+        for path in paths {
+            match self.load_file(&path).await {
+                Ok(plugin) => {
+                    tracing::info!(
+                        job_type = %plugin.info.name,
+                        version = %plugin.info.version,
+                        path = %path.display(),
+                        cache = ?plugin.cache,
+                        "loaded plugin"
+                    );
+                    if let Err(error) = registry.insert(plugin) {
+                        failures.push((path, error));
+                    }
+                }
+                Err(error) => failures.push((path, error)),
+            }
+        }
+        Ok((registry, failures))
+    }
+
+    async fn describe(
+        &self,
+        pre: &bindings::JobPluginPre<HostState>,
+    ) -> anyhow::Result<PluginInfo> {
+        let context = RunContext {
+            sink: Arc::new(DiscardEvents),
+            llm: Arc::new(NoLlm),
+            cancel: CancellationToken::new(),
+            limits: Limits::default(),
+            timeout: Duration::from_secs(10),
+        };
+        let (raw, _usage) = self
+            .call(pre, "describe", "(describe)", context, |bindings, store| {
+                async move { bindings.kiln_plugin_job_type().call_describe(store).await }.boxed()
+            })
+            .await;
+        let info =
+            raw.map_err(|failure| anyhow::anyhow!("`describe` failed: {}", failure.message))?;
+        let payload_schema: Value = serde_json::from_str(&info.payload_schema)
+            .context("`describe` returned a payload schema that is not JSON")?;
+        Ok(PluginInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            payload_schema,
+            default_timeout_secs: info.default_timeout_secs,
+        })
+    }
+
+    /// Runs one attempt of `job` with `plugin`. Never panics and never fails the host:
+    /// every way the attempt can go wrong comes back as a [`JobFailure`].
+    pub async fn run(&self, plugin: &Plugin, job: JobInput, context: RunContext) -> RunOutcome {
+        let limits = context.limits.clone();
+        let cancel = context.cancel.clone();
+        let wit_job = job_type::Job {
+            id: job.id.clone(),
+            job_type: job.job_type.clone(),
+            payload: job.payload,
+            attempt: job.attempt,
+        };
+        let (raw, usage) = self
+            .call(
+                &plugin.pre,
+                &job.id,
+                &job.job_type,
+                context,
+                move |bindings, store| {
+                    async move {
+                        bindings
+                            .kiln_plugin_job_type()
+                            .call_run(store, &wit_job)
+                            .await
+                    }
+                    .boxed()
+                },
+            )
+            .await;
+        let result = match raw {
+            _ if cancel.is_cancelled() => Err(cancelled()),
+            Ok(Ok(text)) => parse_result(&text, &limits),
+            Ok(Err(error)) => Err(from_job_error(error)),
+            Err(failure) => Err(failure),
+        };
+        RunOutcome { result, usage }
+    }
+
+    /// The common path of `describe` and `run`: admission, a fresh store with the limits,
+    /// deadline and cancellation wired in, instantiation, the call.
+    async fn call<R: Send>(
+        &self,
+        pre: &bindings::JobPluginPre<HostState>,
+        job_id: &str,
+        job_type: &str,
+        context: RunContext,
+        invoke: impl for<'a> FnOnce(
+            &'a JobPlugin,
+            &'a mut Store<HostState>,
+        ) -> BoxFuture<'a, wasmtime::Result<R>>
+        + Send,
+    ) -> (Result<R, JobFailure>, Usage) {
+        let cancel = context.cancel.clone();
+        // Wait for a pool slot, unless the job is cancelled first.
+        let _permit = tokio::select! {
+            permit = self.admission.acquire() => permit.expect("the admission semaphore is never closed"),
+            () = cancel.cancelled() => return (Err(cancelled()), Usage::default()),
+        };
+        let timeout = context.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut limits = context.limits;
+        limits.memory_mib = limits.memory_mib.min(self.max_memory_mib);
+        let state = HostState::new(
+            job_id.to_string(),
+            job_type.to_string(),
+            context.sink,
+            context.llm,
+            context.cancel,
+            limits,
+            deadline,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
+        // Check cancellation and the deadline on every epoch tick, and yield to the
+        // executor so a guest in a CPU loop cannot hold a worker thread.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |store| {
+            let state = store.data();
+            if state.cancel.is_cancelled() {
+                return Err(HostStop::new(
+                    FailureKind::Cancelled,
+                    "the job was cancelled",
+                ));
+            }
+            if Instant::now() >= state.deadline {
+                return Err(timed_out(timeout).into_stop());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let raw = {
+            let call = async {
+                let bindings = pre.instantiate_async(&mut store).await?;
+                invoke(&bindings, &mut store).await
+            };
+            // The epoch callback stops a guest that is computing; these two stop one that
+            // is waiting in a host call (an LLM request), which epochs cannot interrupt.
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(StopReason::Failure(cancelled())),
+                () = tokio::time::sleep_until(deadline.into()) => Err(StopReason::Failure(timed_out(timeout))),
+                result = call => result.map_err(StopReason::Wasm),
+            }
+        };
+        let state = store.data();
+        let result = raw.map_err(|reason| match reason {
+            StopReason::Failure(failure) => failure,
+            StopReason::Wasm(error) => classify(&error, state.last_error_log.as_deref()),
+        });
+        if let Err(failure) = &result {
+            tracing::info!(job_id, kind = %failure.kind, message = %failure.message, "attempt failed");
+        }
+        (result, state.usage)
+    }
+}
+
+enum StopReason {
+    Failure(JobFailure),
+    Wasm(wasmtime::Error),
+}
+
+fn cancelled() -> JobFailure {
+    JobFailure::new(FailureKind::Cancelled, "the job was cancelled")
+}
+
+fn timed_out(timeout: Duration) -> JobFailure {
+    JobFailure::new(
+        FailureKind::Timeout,
+        format!(
+            "the attempt ran past its {} s timeout",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
+impl JobFailure {
+    fn into_stop(self) -> wasmtime::Error {
+        wasmtime::Error::new(HostStop(self))
+    }
+}
+
+fn from_job_error(error: job_type::JobError) -> JobFailure {
+    match error {
+        job_type::JobError::InvalidInput(m) => JobFailure::new(FailureKind::InvalidInput, m),
+        job_type::JobError::Retryable(m) => JobFailure::new(FailureKind::Retryable, m),
+        job_type::JobError::Permanent(m) => JobFailure::new(FailureKind::Permanent, m),
+    }
+}
+
+fn parse_result(text: &str, limits: &Limits) -> Result<Value, JobFailure> {
+    if text.len() > limits.max_result_bytes {
+        return Err(JobFailure::new(
+            FailureKind::ResultTooLarge,
+            format!(
+                "the result is {} bytes; the limit is {}",
+                text.len(),
+                limits.max_result_bytes
+            ),
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let start: String = text.chars().take(60).collect();
+        JobFailure::new(
+            FailureKind::InvalidResult,
+            format!("the result is not JSON ({e}); it starts with {start:?}"),
+        )
+    })
+}
+
+/// The LLM client `describe` gets: describing a job type must not cost money.
+struct NoLlm;
+
+impl LlmClient for NoLlm {
+    fn complete<'a>(
+        &'a self,
+        _request: &'a LlmRequest,
+        _tokens: Option<TokenSink<'a>>,
+    ) -> BoxFuture<'a, Result<LlmResponse, LlmError>> {
+        async {
+            Err(LlmError::Rejected(
+                "LLM calls are not allowed in `describe`".into(),
+            ))
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,69 @@
+//! Live fan-out of committed events to SSE subscribers.
+//!
+//! Each job with subscribers has its own bounded broadcast channel, and dashboards share
+//! one channel of every event. A subscriber that falls more than the channel's capacity
+//! behind gets `Lagged` and its stream is closed; it reconnects with `Last-Event-ID` and
+//! catches up from the log. So a slow client never slows a job or other clients.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::model::JobEvent;
+
+/// The live side of the event log.
+pub struct Bus {
+    capacity: usize,
+    all: broadcast::Sender<Arc<JobEvent>>,
+    jobs: Mutex<HashMap<Uuid, broadcast::Sender<Arc<JobEvent>>>>,
+}
+
+impl Bus {
+    /// A bus whose subscribers may lag `capacity` events before being cut off.
+    pub fn new(capacity: usize) -> Self {
+        let (all, _) = broadcast::channel(capacity);
+        Self {
+            capacity,
+            all,
+            jobs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Live events of one job, from now on.
+    pub fn subscribe_job(&self, id: Uuid) -> broadcast::Receiver<Arc<JobEvent>> {
+        let mut jobs = self.jobs.lock().expect("bus lock");
+        jobs.entry(id)
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .subscribe()
+    }
+
+    /// Live events of every job, from now on.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<JobEvent>> {
+        self.all.subscribe()
+    }
+
+    /// Forgets a job's channel once nobody listens (called when a subscriber leaves).
+    pub fn release_job(&self, id: Uuid) {
+        let mut jobs = self.jobs.lock().expect("bus lock");
+        if jobs.get(&id).is_some_and(|tx| tx.receiver_count() == 0) {
+            jobs.remove(&id);
+        }
+    }
+
+    /// Sends a committed event to its job's subscribers and to the dashboards.
+    pub(crate) fn publish(&self, event: Arc<JobEvent>) {
+        let _ = self.all.send(event.clone());
+        let jobs = self.jobs.lock().expect("bus lock");
+        if let Some(tx) = jobs.get(&event.job_id) {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Current subscribers: per-job streams and dashboard streams.
+    pub fn subscriber_count(&self) -> usize {
+        let jobs = self.jobs.lock().expect("bus lock");
+        jobs.values().map(|tx| tx.receiver_count()).sum::<usize>() + self.all.receiver_count()
+    }
+}

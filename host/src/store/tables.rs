@@ -1,0 +1,21 @@
+//! Every redb table, in one place. Keys are UUIDv7s as `u128`, so key order is creation
+//! order: the jobs table doubles as the "newest first" index.
+
+use redb::TableDefinition;
+
+/// Job id -> JSON of [`super::JobRecord`] (small: no payload, no result).
+pub(super) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+/// Job id -> payload JSON text, written once at submit.
+pub(super) const PAYLOADS: TableDefinition<u128, &[u8]> = TableDefinition::new("payloads");
+/// Job id -> result JSON text, written when the job completes.
+pub(super) const RESULTS: TableDefinition<u128, &[u8]> = TableDefinition::new("results");
+/// (job id, seq) -> JSON of a stored event: the per-job append-only log.
+pub(super) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("events");
+/// (status code, job id): list and recover by status.
+pub(super) const BY_STATUS: TableDefinition<(u8, u128), ()> = TableDefinition::new("by_status");
+/// (job type, job id): list by type.
+pub(super) const BY_TYPE: TableDefinition<(&str, u128), ()> = TableDefinition::new("by_type");
+/// (finished at ms, job id): the expiry sweeper's index of finished jobs.
+pub(super) const BY_FINISH: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_finish");
+/// Idempotency key -> job id.
+pub(super) const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency");

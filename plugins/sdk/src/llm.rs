@@ -1,0 +1,349 @@
+//! Calls to large language models through the providers the operator configured.
+//!
+//! The plugin never sees a key, URL or provider: it names a model alias (or none, meaning
+//! `default`). Build a [`Request`], then run it with [`complete`], or run many at once with
+//! [`complete_all`] (the host runs them concurrently under the providers' limits; prefer it
+//! whenever items are independent).
+//!
+//! ```no_run
+//! use kiln_plugin::llm::{self, Request};
+//! # fn f() -> Result<(), kiln_plugin::JobError> {
+//! let response = llm::complete(
+//!     Request::new()
+//!         .system("You are a terse fantasy writer.")
+//!         .user("Name a tavern.")
+//!         .max_tokens(20)
+//!         .stream("tavern"),
+//! )?; // LlmError -> JobError: rate-limited/timeout/unavailable retry, rejected does not
+//! println!("{}", response.text);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+use crate::JobError;
+use crate::bindings::kiln::plugin::llm as raw;
+
+/// One completion request, built step by step. Messages keep the order you add them in;
+/// the model answers the last one.
+#[derive(Clone, Debug)]
+pub struct Request {
+    raw: raw::Request,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Request {
+    /// An empty request: no messages, `default` model, provider defaults for tokens and
+    /// temperature, text output, no streaming.
+    pub fn new() -> Self {
+        Self {
+            raw: raw::Request {
+                messages: Vec::new(),
+                model: None,
+                max_tokens: None,
+                temperature: None,
+                json_output: false,
+                stream_label: None,
+            },
+        }
+    }
+
+    fn message(mut self, role: raw::Role, content: impl Into<String>) -> Self {
+        self.raw.messages.push(raw::Message {
+            role,
+            content: content.into(),
+        });
+        self
+    }
+
+    /// Adds a system message (instructions for the model).
+    pub fn system(self, content: impl Into<String>) -> Self {
+        self.message(raw::Role::System, content)
+    }
+
+    /// Adds a user message.
+    pub fn user(self, content: impl Into<String>) -> Self {
+        self.message(raw::Role::User, content)
+    }
+
+    /// Adds an assistant message (an earlier answer, for multi-turn prompts).
+    pub fn assistant(self, content: impl Into<String>) -> Self {
+        self.message(raw::Role::Assistant, content)
+    }
+
+    /// Uses the model alias `alias` from the operator's `[models]` table (e.g. `fast`).
+    /// An alias that is not configured fails the call with [`LlmError::Rejected`].
+    pub fn model(mut self, alias: impl Into<String>) -> Self {
+        self.raw.model = Some(alias.into());
+        self
+    }
+
+    /// Caps the output at `max` tokens.
+    pub fn max_tokens(mut self, max: u32) -> Self {
+        self.raw.max_tokens = Some(max);
+        self
+    }
+
+    /// Sets the sampling temperature.
+    pub fn temperature(mut self, temperature: f32) -> Self {
+        self.raw.temperature = Some(temperature);
+        self
+    }
+
+    /// Asks for a JSON object as output (the provider's JSON mode where it has one). Say
+    /// in the prompt which keys you expect, and still handle text that does not parse.
+    pub fn json(mut self) -> Self {
+        self.raw.json_output = true;
+        self
+    }
+
+    /// Streams the output's tokens to the job's SSE clients as `token` events
+    /// `{label, delta}` while they arrive. You still get the whole text back.
+    pub fn stream(mut self, label: impl Into<String>) -> Self {
+        self.raw.stream_label = Some(label.into());
+        self
+    }
+
+    /// The messages added so far, as `(role, content)` with role `system`, `user` or
+    /// `assistant`.
+    pub fn messages(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.raw.messages.iter().map(|m| {
+            let role = match m.role {
+                raw::Role::System => "system",
+                raw::Role::User => "user",
+                raw::Role::Assistant => "assistant",
+            };
+            (role, m.content.as_str())
+        })
+    }
+}
+
+/// A finished completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The model's output (JSON text when the request used [`Request::json`]).
+    pub text: String,
+    /// The concrete model that answered, e.g. `gpt-4o-mini` or `offline`.
+    pub model: String,
+    /// Prompt tokens, as the provider counted them.
+    pub input_tokens: u32,
+    /// Output tokens, as the provider counted them.
+    pub output_tokens: u32,
+}
+
+impl Response {
+    /// Parses the output text as JSON into `T` (for requests made with [`Request::json`]).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.text)
+    }
+
+    /// The output parsed as a JSON value if it parses, else the trimmed text as a JSON
+    /// string: a forgiving way to keep structured output.
+    pub fn json_or_text(&self) -> serde_json::Value {
+        self.json()
+            .unwrap_or_else(|_| serde_json::Value::String(self.text.trim().to_string()))
+    }
+}
+
+/// Why a completion failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LlmError {
+    /// The provider or the host's per-provider limits refused the call for now.
+    RateLimited(String),
+    /// The provider did not answer in time.
+    Timeout(String),
+    /// The provider could not be reached or answered with a server error.
+    Unavailable(String),
+    /// The request itself is wrong (unknown model alias, prompt too long, refused content).
+    Rejected(String),
+}
+
+impl LlmError {
+    /// True for the transient kinds (rate-limited, timeout, unavailable): retrying the job
+    /// later may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, Self::Rejected(_))
+    }
+
+    /// The provider's or host's message.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::RateLimited(m) | Self::Timeout(m) | Self::Unavailable(m) | Self::Rejected(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for LlmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            Self::RateLimited(_) => "rate limited",
+            Self::Timeout(_) => "timed out",
+            Self::Unavailable(_) => "unavailable",
+            Self::Rejected(_) => "rejected",
+        };
+        write!(f, "LLM call {kind}: {}", self.message())
+    }
+}
+
+impl std::error::Error for LlmError {}
+
+impl From<LlmError> for JobError {
+    /// Rate-limited, timeout and unavailable become [`JobError::Retryable`]; rejected
+    /// becomes [`JobError::Permanent`]. The message keeps the LLM error's text.
+    fn from(error: LlmError) -> Self {
+        if error.is_transient() {
+            JobError::Retryable(error.to_string())
+        } else {
+            JobError::Permanent(error.to_string())
+        }
+    }
+}
+
+impl From<raw::LlmError> for LlmError {
+    fn from(error: raw::LlmError) -> Self {
+        match error {
+            raw::LlmError::RateLimited(m) => Self::RateLimited(m),
+            raw::LlmError::Timeout(m) => Self::Timeout(m),
+            raw::LlmError::Unavailable(m) => Self::Unavailable(m),
+            raw::LlmError::Rejected(m) => Self::Rejected(m),
+        }
+    }
+}
+
+fn convert(result: Result<raw::Response, raw::LlmError>) -> Result<Response, LlmError> {
+    result
+        .map(|r| Response {
+            text: r.text,
+            model: r.model,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+        })
+        .map_err(LlmError::from)
+}
+
+/// Runs one completion; blocks this plugin (not the host) until it finishes.
+pub fn complete(request: Request) -> Result<Response, LlmError> {
+    convert(raw::complete(&request.raw))
+}
+
+/// Runs several completions concurrently (under the providers' limits) and returns their
+/// outcomes in the order of `requests`. An empty list returns at once without a host call.
+///
+/// To fail the job on the first error: `let responses = llm::complete_all(reqs)
+/// .into_iter().collect::<Result<Vec<_>, _>>()?;`, or use [`first_error`] to prefer a
+/// permanent error over a transient one.
+pub fn complete_all(requests: Vec<Request>) -> Vec<Result<Response, LlmError>> {
+    if requests.is_empty() {
+        return Vec::new();
+    }
+    let raw_requests: Vec<raw::Request> = requests.into_iter().map(|r| r.raw).collect();
+    raw::complete_all(&raw_requests)
+        .into_iter()
+        .map(convert)
+        .collect()
+}
+
+/// All responses if every call succeeded; otherwise the most serious error: a rejected
+/// (permanent) one if any, else the first transient one. Use it on the output of
+/// [`complete_all`] so that one rejected request is not retried because another one
+/// happened to be rate-limited first.
+pub fn first_error(results: Vec<Result<Response, LlmError>>) -> Result<Vec<Response>, LlmError> {
+    let mut responses = Vec::with_capacity(results.len());
+    let mut transient = None;
+    for result in results {
+        match result {
+            Ok(response) => responses.push(response),
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => {
+                transient.get_or_insert(e);
+            }
+        }
+    }
+    match transient {
+        Some(e) => Err(e),
+        None => Ok(responses),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> Result<Response, LlmError> {
+        Ok(Response {
+            text: text.into(),
+            model: "m".into(),
+            input_tokens: 1,
+            output_tokens: 1,
+        })
+    }
+
+    #[test]
+    fn llm_errors_map_to_job_errors() {
+        let cases = [
+            (LlmError::RateLimited("a".into()), true),
+            (LlmError::Timeout("b".into()), true),
+            (LlmError::Unavailable("c".into()), true),
+            (LlmError::Rejected("d".into()), false),
+        ];
+        for (error, retryable) in cases {
+            let text = error.to_string();
+            match JobError::from(error) {
+                JobError::Retryable(m) => assert!(retryable && m == text),
+                JobError::Permanent(m) => assert!(!retryable && m == text),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn first_error_prefers_rejected() {
+        let results = vec![
+            ok("x"),
+            Err(LlmError::Timeout("t".into())),
+            Err(LlmError::Rejected("r".into())),
+        ];
+        assert_eq!(first_error(results), Err(LlmError::Rejected("r".into())));
+        let results = vec![ok("x"), Err(LlmError::Timeout("t".into()))];
+        assert_eq!(first_error(results), Err(LlmError::Timeout("t".into())));
+        assert_eq!(first_error(vec![ok("a"), ok("b")]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn request_builder_keeps_order_and_options() {
+        let request = Request::new()
+            .system("s")
+            .user("u")
+            .assistant("a")
+            .model("fast")
+            .max_tokens(9)
+            .temperature(0.5)
+            .json()
+            .stream("label");
+        let messages: Vec<_> = request.messages().collect();
+        assert_eq!(
+            messages,
+            [("system", "s"), ("user", "u"), ("assistant", "a")]
+        );
+        assert_eq!(request.raw.model.as_deref(), Some("fast"));
+        assert_eq!(request.raw.max_tokens, Some(9));
+        assert_eq!(request.raw.temperature, Some(0.5));
+        assert!(request.raw.json_output);
+        assert_eq!(request.raw.stream_label.as_deref(), Some("label"));
+    }
+
+    #[test]
+    fn json_or_text_falls_back_to_text() {
+        let r = ok(r#"{"a": 1}"#).unwrap();
+        assert_eq!(r.json_or_text()["a"], 1);
+        let r = ok(" plain ").unwrap();
+        assert_eq!(r.json_or_text(), serde_json::Value::String("plain".into()));
+    }
+}
