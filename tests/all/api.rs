@@ -1,0 +1,1 @@
+//! Tests: api (being written).

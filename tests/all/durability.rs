@@ -1,0 +1,1 @@
+//! Tests: durability (being written).

@@ -1,0 +1,12 @@
+//! Kiln's black-box tests: one binary, one module per area. Every test runs real parts:
+//! components built from `plugins/` (run `scripts/build-plugins` first), a real redb file
+//! in a temp dir, a real HTTP server on 127.0.0.1:0, real HTTP and SSE clients.
+
+mod support;
+
+mod api;
+mod durability;
+mod lifecycle;
+mod plugin_cli;
+mod runtime;
+mod sse;

@@ -1,0 +1,1 @@
+//! Tests: plugin_cli (being written).

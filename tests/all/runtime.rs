@@ -1,0 +1,1 @@
+//! Tests: runtime (being written).

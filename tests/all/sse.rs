@@ -1,0 +1,1 @@
+//! Tests: sse (being written).
