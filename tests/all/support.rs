@@ -18,7 +18,10 @@ use kiln::server::Server;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn must_exist(path: PathBuf) -> PathBuf {
@@ -32,7 +35,11 @@ fn must_exist(path: PathBuf) -> PathBuf {
 
 /// A bundled job type's component: `characters`, `factions` or `documents`.
 pub fn plugin_wasm(name: &str) -> PathBuf {
-    must_exist(repo_root().join("plugins/dist").join(format!("{name}.wasm")))
+    must_exist(
+        repo_root()
+            .join("plugins/dist")
+            .join(format!("{name}.wasm")),
+    )
 }
 
 /// A test fixture's component: `noop`, `hostile` or `wrong_version`.
@@ -97,8 +104,13 @@ impl InProcess {
     }
 
     /// Starts Kiln on an existing data dir (to test restarts in-process).
-    pub async fn start_in(data: tempfile::TempDir, plugins: tempfile::TempDir, extra_config: &str) -> Self {
-        let config: Config = toml::from_str(&test_config(extra_config)).expect("test config parses");
+    pub async fn start_in(
+        data: tempfile::TempDir,
+        plugins: tempfile::TempDir,
+        extra_config: &str,
+    ) -> Self {
+        let config: Config =
+            toml::from_str(&test_config(extra_config)).expect("test config parses");
         let resolved = config
             .resolve(Overrides {
                 addr: Some("127.0.0.1:0".into()),
@@ -227,7 +239,11 @@ pub struct SseEvent {
 }
 
 /// Opens an SSE stream at `url`, resuming after `last_event_id` (sent as the header).
-pub async fn open_sse(client: &reqwest::Client, url: &str, last_event_id: Option<u64>) -> reqwest::Response {
+pub async fn open_sse(
+    client: &reqwest::Client,
+    url: &str,
+    last_event_id: Option<u64>,
+) -> reqwest::Response {
     let mut request = client.get(url).header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id.to_string());
@@ -238,7 +254,11 @@ pub async fn open_sse(client: &reqwest::Client, url: &str, last_event_id: Option
 /// Reads events from an open SSE response until the stream ends, a terminal event
 /// arrives (and the stream then ends), `stop_after` events were read, or `timeout`.
 /// Comments and the retry hint are skipped.
-pub async fn read_sse(response: reqwest::Response, stop_after: Option<usize>, timeout: Duration) -> Vec<SseEvent> {
+pub async fn read_sse(
+    response: reqwest::Response,
+    stop_after: Option<usize>,
+    timeout: Duration,
+) -> Vec<SseEvent> {
     let mut events = Vec::new();
     let mut stream = response.bytes_stream();
     let mut buffer = String::new();
@@ -285,7 +305,12 @@ fn parse_frame(frame: &str) -> Option<SseEvent> {
 }
 
 /// Every event of a job from the start until its stream ends.
-pub async fn all_events(client: &reqwest::Client, base: &str, id: &str, timeout: Duration) -> Vec<SseEvent> {
+pub async fn all_events(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    timeout: Duration,
+) -> Vec<SseEvent> {
     let response = open_sse(client, &format!("{base}/v1/jobs/{id}/events"), None).await;
     assert_eq!(response.status(), 200, "SSE status");
     read_sse(response, None, timeout).await
@@ -304,7 +329,12 @@ pub async fn submit(client: &reqwest::Client, base: &str, body: Value) -> (u16, 
 }
 
 /// Polls `GET /v1/jobs/{id}` until its status is terminal or `timeout`; returns the job.
-pub async fn wait_terminal(client: &reqwest::Client, base: &str, id: &str, timeout: Duration) -> Value {
+pub async fn wait_terminal(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    timeout: Duration,
+) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let job: Value = client
@@ -321,4 +351,213 @@ pub async fn wait_terminal(client: &reqwest::Client, base: &str, id: &str, timeo
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers added for the api, sse, lifecycle and durability modules.
+
+/// An open SSE stream read one event at a time. `raw` keeps every byte received (to check
+/// comments and the `retry:` hint); `ended` says the server closed the stream.
+pub struct SseReader {
+    stream: futures::stream::BoxStream<'static, Result<Vec<u8>, reqwest::Error>>,
+    buffer: String,
+    pub raw: String,
+    pub ended: bool,
+}
+
+impl SseReader {
+    pub fn new(response: reqwest::Response) -> Self {
+        Self {
+            stream: response
+                .bytes_stream()
+                .map(|r| r.map(|b| b.to_vec()))
+                .boxed(),
+            buffer: String::new(),
+            raw: String::new(),
+            ended: false,
+        }
+    }
+
+    /// The next event, or `None` when the stream ended or `timeout` passed.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                if let Some(event) = parse_frame(&frame) {
+                    return Some(event);
+                }
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    let text = String::from_utf8_lossy(&chunk).into_owned();
+                    self.raw.push_str(&text);
+                    self.buffer.push_str(&text);
+                }
+                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until `done` is true for an event (included), the stream ends or `timeout`.
+    pub async fn until(
+        &mut self,
+        mut done: impl FnMut(&SseEvent) -> bool,
+        timeout: Duration,
+    ) -> Vec<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(event) => {
+                    let stop = done(&event);
+                    events.push(event);
+                    if stop {
+                        return events;
+                    }
+                }
+                None => return events,
+            }
+        }
+    }
+
+    /// Reads until the stream ends (check `ended`) or `timeout`.
+    pub async fn to_end(&mut self, timeout: Duration) -> Vec<SseEvent> {
+        self.until(|_| false, timeout).await
+    }
+}
+
+/// `GET url`: status and JSON body (`Null` when the body is not JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `POST url` with no body: status and JSON body.
+pub async fn post_empty(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.post(url).send().await.expect("POST");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+/// An RFC 3339 UTC time (`2024-05-01T12:00:00.123Z`) for `ms` since the epoch.
+pub fn rfc3339_at(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
+/// An RFC 3339 time `delta` from now.
+pub fn rfc3339_in(delta: Duration) -> String {
+    rfc3339_at(unix_ms() + delta.as_millis() as u64)
+}
+
+/// Parses an RFC 3339 time (`T` or space, optional fraction, `Z` or `±hh:mm`) to ms since
+/// the epoch; `None` when it is not one.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d, h, mi, s) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac_ms = 0i64;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let digits = &text[start..i.min(start + 3)];
+        frac_ms = format!("{digits:0<3}").parse().ok()?;
+    }
+    let offset_min = match text.get(i..)? {
+        "Z" | "z" => 0,
+        rest if rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':' =>
+        {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset_min * 60;
+    u64::try_from(secs * 1000 + frac_ms).ok()
 }

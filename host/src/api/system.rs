@@ -39,7 +39,7 @@ pub async fn queues(State(state): State<AppState>) -> Json<Value> {
         .into_iter()
         .map(|q| {
             let s = q.stats;
-            let avg = |total: u64, n: u64| if n == 0 { Value::Null } else { json!(total / n) };
+            let avg = |total: u64, n: u64| total.checked_div(n).map_or(Value::Null, |v| json!(v));
             let decided = s.completed + s.failed;
             json!({
                 "name": q.name,

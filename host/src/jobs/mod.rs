@@ -242,28 +242,28 @@ impl JobService {
             ));
         }
         let limits = settings.limits_of(&request.job_type);
-        if let Some(timeout) = request.timeout_s {
-            if timeout == 0 || timeout > limits.max_timeout_secs {
-                return Err(bad_request(
-                    "invalid_request",
-                    format!(
-                        "timeout_s must be between 1 and {} for '{}'",
-                        limits.max_timeout_secs, request.job_type
-                    ),
-                ));
-            }
+        if let Some(timeout) = request.timeout_s
+            && (timeout == 0 || timeout > limits.max_timeout_secs)
+        {
+            return Err(bad_request(
+                "invalid_request",
+                format!(
+                    "timeout_s must be between 1 and {} for '{}'",
+                    limits.max_timeout_secs, request.job_type
+                ),
+            ));
         }
         let depth = self.inner.queues.lock().expect("queues lock").total_depth();
         if depth >= settings.max_queued {
             return Err(ServiceError::QueueFull(depth));
         }
-        if let Some(key) = &request.idempotency_key {
-            if key.is_empty() || key.len() > 255 {
-                return Err(bad_request(
-                    "invalid_request",
-                    "Idempotency-Key must be 1 to 255 characters",
-                ));
-            }
+        if let Some(key) = &request.idempotency_key
+            && (key.is_empty() || key.len() > 255)
+        {
+            return Err(bad_request(
+                "invalid_request",
+                "Idempotency-Key must be 1 to 255 characters",
+            ));
         }
 
         let job = JobRecord {

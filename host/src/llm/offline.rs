@@ -21,7 +21,7 @@ pub struct OfflineConfig {
     /// Simulated time per call, in milliseconds. Default 250, so progress visibly moves
     /// in a demo; tests and benchmarks set 0.
     pub latency_ms: u64,
-    /// Words per answer when the request sets no `max_tokens`. Default 40.
+    /// Most words per answer (a request's `max_tokens` shortens it). Default 40.
     pub words: u32,
 }
 
@@ -116,9 +116,11 @@ impl OfflineClient {
         }
         request.model.hash(&mut hasher);
         let mut state = hasher.finish() | 1;
-        let count = request
-            .max_tokens
-            .map_or(self.config.words, |max| max.clamp(1, self.config.words));
+        // Roughly as long as a model would answer: a few words for a 24-token name, the
+        // configured maximum for long answers.
+        let count = request.max_tokens.map_or(self.config.words, |max| {
+            (max / 8).clamp(2, self.config.words.max(2))
+        });
         let words: Vec<&str> = (0..count)
             .map(|_| {
                 // xorshift64: deterministic and good enough to vary the words.

@@ -103,7 +103,8 @@ impl JobFailure {
 pub(crate) struct HostStop(pub JobFailure);
 
 impl HostStop {
-    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> wasmtime::Error {
+    /// A wasmtime error that stops the guest and fails the job with `kind`.
+    pub(crate) fn error(kind: FailureKind, message: impl Into<String>) -> wasmtime::Error {
         wasmtime::Error::new(HostStop(JobFailure::new(kind, message)))
     }
 }

@@ -69,7 +69,7 @@ impl HostState {
         if self.events.take() {
             Ok(())
         } else {
-            Err(HostStop::new(
+            Err(HostStop::error(
                 FailureKind::EventLimit,
                 format!(
                     "the plugin emitted events faster than {} per second",
@@ -83,7 +83,7 @@ impl HostState {
     fn admit_llm_calls(&mut self, n: usize) -> wasmtime::Result<()> {
         let wanted = self.usage.llm_calls.saturating_add(n as u64);
         if wanted > u64::from(self.limits.max_llm_calls) {
-            return Err(HostStop::new(
+            return Err(HostStop::error(
                 FailureKind::LlmLimit,
                 format!(
                     "the plugin asked for LLM call {wanted}; the limit is {} per job",
@@ -109,7 +109,7 @@ impl HostState {
     }
 
     fn token_limit_error(&self) -> wasmtime::Error {
-        HostStop::new(
+        HostStop::error(
             FailureKind::LlmLimit,
             format!(
                 "the job used {} LLM tokens; the limit is {}",
@@ -182,7 +182,7 @@ impl ResourceLimiter for HostState {
     ) -> wasmtime::Result<bool> {
         let cap = self.limits.memory_bytes();
         if desired > cap {
-            return Err(HostStop::new(
+            return Err(HostStop::error(
                 FailureKind::MemoryLimit,
                 format!(
                     "the plugin tried to grow its memory to {} MiB; the limit is {} MiB",
@@ -221,7 +221,7 @@ impl progress::Host for HostState {
     fn partial(&mut self, name: String, data: String) -> wasmtime::Result<()> {
         self.take_event()?;
         if data.len() > self.limits.max_result_bytes {
-            return Err(HostStop::new(
+            return Err(HostStop::error(
                 FailureKind::ResultTooLarge,
                 format!(
                     "partial '{name}' is {} bytes; the limit is {}",
@@ -231,7 +231,7 @@ impl progress::Host for HostState {
             ));
         }
         let data = serde_json::from_str(&data).map_err(|e| {
-            HostStop::new(
+            HostStop::error(
                 FailureKind::InvalidResult,
                 format!("partial '{name}' is not JSON: {e}"),
             )

@@ -324,7 +324,7 @@ impl Runtime {
         store.epoch_deadline_callback(move |store| {
             let state = store.data();
             if state.cancel.is_cancelled() {
-                return Err(HostStop::new(
+                return Err(HostStop::error(
                     FailureKind::Cancelled,
                     "the job was cancelled",
                 ));

@@ -208,14 +208,14 @@ pub(crate) fn check_contract(
     let wanted_export = format!("{CONTRACT_PACKAGE}/job-type@{CONTRACT_VERSION}");
     let mut exports = Vec::new();
     for (name, _) in ty.exports(engine) {
-        if let Some(version) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/job-type@")) {
-            if version != CONTRACT_VERSION {
-                anyhow::bail!(wrong_version(version));
-            }
+        if let Some(version) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/job-type@"))
+            && version != CONTRACT_VERSION
+        {
+            anyhow::bail!(wrong_version(version));
         }
         exports.push(name.to_string());
     }
-    if !exports.iter().any(|name| *name == wanted_export) {
+    if !exports.contains(&wanted_export) {
         anyhow::bail!(
             "the component does not export `{wanted_export}` (the `describe` and `run` \
              functions of a Kiln job type); it exports: [{}]",

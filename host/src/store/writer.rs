@@ -104,6 +104,17 @@ enum Reply {
 }
 
 impl Reply {
+    /// The reply slot of an op that was never applied.
+    fn unapplied(op: Op) -> Reply {
+        let never = || Err(StoreError::Closed);
+        match op {
+            Op::Insert { reply, .. } => Reply::Insert(reply, never()),
+            Op::Update { reply, .. } => Reply::Update(reply, never()),
+            Op::Delete { reply, .. } => Reply::Delete(reply, never()),
+            Op::Flush { reply } => Reply::Flush(reply),
+        }
+    }
+
     /// Replaces the outcome with a storage failure (the commit failed).
     fn fail(self, error: &StoreError) -> Reply {
         match self {
@@ -146,12 +157,13 @@ pub(super) fn run(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Op>, bus: A
 fn commit_batch(db: &Database, batch: Vec<Op>, bus: &Bus) {
     let mut replies = Vec::with_capacity(batch.len());
     let mut published = Vec::new();
+    let mut ops = batch.into_iter();
     let outcome = (|| -> Result<(), StoreError> {
         let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         {
             let mut tables = Tables::open(&txn)?;
-            for op in batch {
+            for op in ops.by_ref() {
                 replies.push(tables.apply(op, &mut published)?);
             }
         }
@@ -166,7 +178,10 @@ fn commit_batch(db: &Database, batch: Vec<Op>, bus: &Bus) {
         }
         Err(error) => {
             tracing::error!(%error, "a commit failed; its changes were not saved");
-            for reply in replies {
+            // Ops applied before the failure and ops never reached both fail: nothing
+            // of this batch was saved.
+            let unapplied = ops.map(Reply::unapplied);
+            for reply in replies.into_iter().chain(unapplied) {
                 reply.fail(&error).send();
             }
         }
@@ -236,10 +251,10 @@ impl<'txn> Tables<'txn> {
     ) -> Result<Inserted, StoreError> {
         if let Some(key) = &job.idempotency_key {
             let existing = self.idempotency.get(key.as_str()).map_err(storage)?;
-            if let Some(id) = existing.map(|guard| guard.value()) {
-                if let Some(record) = self.read(id)? {
-                    return Ok(Inserted::Existing(record));
-                }
+            if let Some(id) = existing.map(|guard| guard.value())
+                && let Some(record) = self.read(id)?
+            {
+                return Ok(Inserted::Existing(record));
             }
         }
         let id = job.id.as_u128();
