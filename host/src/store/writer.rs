@@ -106,11 +106,11 @@ enum Reply {
 impl Reply {
     /// The reply slot of an op that was never applied.
     fn unapplied(op: Op) -> Reply {
-        let never = || Err(StoreError::Closed);
+        // The outcome is replaced by `fail` before it is sent.
         match op {
-            Op::Insert { reply, .. } => Reply::Insert(reply, never()),
-            Op::Update { reply, .. } => Reply::Update(reply, never()),
-            Op::Delete { reply, .. } => Reply::Delete(reply, never()),
+            Op::Insert { reply, .. } => Reply::Insert(reply, Err(StoreError::Closed)),
+            Op::Update { reply, .. } => Reply::Update(reply, Err(StoreError::Closed)),
+            Op::Delete { reply, .. } => Reply::Delete(reply, Err(StoreError::Closed)),
             Op::Flush { reply } => Reply::Flush(reply),
         }
     }
