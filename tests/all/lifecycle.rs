@@ -8,19 +8,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const LONG: Duration = Duration::from_secs(120);
-
-async fn kiln(extra: &str) -> InProcess {
-    InProcess::start(ALL_PLUGINS, extra).await
-}
-
-fn id_of(job: &Value) -> String {
-    job["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {job:#}"))
-        .to_string()
-}
-
 /// Polls the job until `done` is true for it (or panics after `timeout`).
 async fn wait_job(
     kiln: &InProcess,
@@ -263,7 +250,7 @@ async fn cancel_stops_a_cpu_loop() {
         "{job:#}"
     );
 
-    let events = reader.to_end(LONG).await;
+    let events = reader.read_to_end(LONG).await;
     assert!(reader.ended, "stream ends after cancel: {events:#?}");
     assert_eq!(
         events.last().map(|e| e.event.as_str()),
@@ -274,7 +261,7 @@ async fn cancel_stops_a_cpu_loop() {
     // The server still runs other jobs.
     let (status, ok) = submit(
         &kiln.client,
-        &format!("{}", kiln.base),
+        &kiln.base.to_string(),
         json!({"type": "noop"}),
     )
     .await;
@@ -825,5 +812,48 @@ async fn queue_concurrency_limit_is_obeyed() {
             .map(|q| (q["running"].clone(), q["depth"].clone())),
         Some((json!(0), json!(0))),
         "{queues:#}"
+    );
+}
+
+/// A cancelled job waits for nothing: it no longer counts as queue depth nor against
+/// `max_queued`.
+#[tokio::test]
+async fn cancelled_delayed_jobs_leave_the_queue() {
+    let kiln = kiln("max_queued = 2").await;
+    let later = rfc3339_in(Duration::from_secs(3600));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, job) = submit(
+            &kiln.client,
+            &kiln.base,
+            json!({"type": "noop", "run_at": later}),
+        )
+        .await;
+        assert_eq!(status, 202, "{job:#}");
+        ids.push(id_of(&job));
+    }
+    for id in &ids {
+        let (status, job) =
+            post_empty(&kiln.client, &kiln.url(&format!("/v1/jobs/{id}/cancel"))).await;
+        assert_eq!(
+            (status, job["status"].clone()),
+            (200, json!("cancelled")),
+            "{job:#}"
+        );
+    }
+    let (_, queues) = get_json(&kiln.client, &kiln.url("/v1/queues")).await;
+    let noop = queues["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "noop"))
+        .cloned();
+    assert_eq!(
+        noop.as_ref().map(|q| q["depth"].clone()),
+        Some(json!(0)),
+        "nothing waits in the noop queue: {queues:#}"
+    );
+    let (status, job) = submit(&kiln.client, &kiln.base, json!({"type": "noop"})).await;
+    assert_eq!(
+        status, 202,
+        "no job is queued, so the queue is not full: {job:#}"
     );
 }

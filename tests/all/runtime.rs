@@ -1023,11 +1023,7 @@ async fn hostile_jobs_fail_alone_and_leave_the_host_healthy() {
             Job::hostile("flood", None),
             FailureKind::EventLimit,
         ),
-        (
-            "recurse",
-            Job::hostile("recurse", None),
-            FailureKind::StackOverflow,
-        ),
+        ("panic", Job::hostile("panic", None), FailureKind::Trap),
     ];
     let mut handles = Vec::new();
     for (mode, job, kind) in hostile_jobs {
@@ -1090,7 +1086,7 @@ async fn instance_slots_are_returned_after_failures() {
         ("trap", FailureKind::Trap),
         ("memory", FailureKind::MemoryLimit),
         ("panic", FailureKind::Trap),
-        ("recurse", FailureKind::StackOverflow),
+        ("flood", FailureKind::EventLimit),
         ("invalid_json", FailureKind::InvalidResult),
     ] {
         let ran = run(&runtime, &plugin, Job::hostile(mode, None)).await;

@@ -427,7 +427,7 @@ impl SseReader {
     }
 
     /// Reads until the stream ends (check `ended`) or `timeout`.
-    pub async fn to_end(&mut self, timeout: Duration) -> Vec<SseEvent> {
+    pub async fn read_to_end(&mut self, timeout: Duration) -> Vec<SseEvent> {
         self.until(|_| false, timeout).await
     }
 }
@@ -560,4 +560,88 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
     };
     let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset_min * 60;
     u64::try_from(secs * 1000 + frac_ms).ok()
+}
+
+/// A compiled-component cache shared by the tests of this binary (and kept between runs),
+/// so each new data dir does not compile every component again. The artifacts are keyed
+/// by component digest and engine hash, so sharing them is what Kiln's own cache does
+/// across restarts.
+fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-compiled-cache")
+}
+
+/// Copies the shared compiled artifacts into `data_dir/cache`.
+pub fn seed_cache(data_dir: &Path) {
+    let target = data_dir.join("cache");
+    let _ = std::fs::create_dir_all(&target);
+    let Ok(entries) = std::fs::read_dir(shared_cache()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            let _ = std::fs::copy(&path, target.join(entry.file_name()));
+        }
+    }
+}
+
+/// Saves the artifacts `data_dir/cache` has and the shared cache lacks (atomically).
+pub fn save_cache(data_dir: &Path) {
+    let shared = shared_cache();
+    let _ = std::fs::create_dir_all(&shared);
+    let Ok(entries) = std::fs::read_dir(data_dir.join("cache")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let dest = shared.join(entry.file_name());
+        if path.extension().is_some_and(|e| e == "cwasm") && !dest.exists() {
+            let tmp = shared.join(format!(
+                "{}.part{}",
+                entry.file_name().to_string_lossy(),
+                std::process::id()
+            ));
+            if std::fs::copy(&path, &tmp).is_ok() {
+                let _ = std::fs::rename(&tmp, &dest);
+            }
+        }
+    }
+}
+
+impl InProcess {
+    /// [`InProcess::start`] with the shared compiled-component cache.
+    pub async fn start_cached(plugins: &[&str], extra_config: &str) -> Self {
+        let plugins = plugins_dir(plugins);
+        let data = tempfile::tempdir().unwrap();
+        seed_cache(data.path());
+        let kiln = Self::start_in(data, plugins, extra_config).await;
+        save_cache(kiln.data.path());
+        kiln
+    }
+}
+
+impl KilnProcess {
+    /// [`KilnProcess::start`] with the shared compiled-component cache.
+    pub fn start_cached(data_dir: &Path, plugins_dir: &Path, extra_config: &str) -> Self {
+        seed_cache(data_dir);
+        let kiln = Self::start(data_dir, plugins_dir, extra_config);
+        save_cache(data_dir);
+        kiln
+    }
+}
+
+/// Hang guard for tests that wait on jobs and streams (never a performance bound).
+pub const LONG: Duration = Duration::from_secs(120);
+
+/// Kiln in process with every test component, sharing the compiled-component cache.
+pub async fn kiln(extra: &str) -> InProcess {
+    InProcess::start_cached(ALL_PLUGINS, extra).await
+}
+
+/// The `id` of a job's JSON.
+pub fn id_of(job: &Value) -> String {
+    job["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {job:#}"))
+        .to_string()
 }

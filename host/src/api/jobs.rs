@@ -116,19 +116,20 @@ pub async fn submit(
     Ok(response)
 }
 
+/// Parses an RFC 3339 time with its offset (`Z` or `±hh:mm`) into ms since the epoch.
+/// A time without an offset is refused rather than guessed.
 fn parse_time(text: &str) -> Result<u64, ApiError> {
-    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("run_at is not an RFC 3339 time: {e}"),
-        )
-    })?;
-    let ms = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| ApiError::bad_request("invalid_request", "run_at is before 1970"))?
-        .as_millis();
-    u64::try_from(ms)
-        .map_err(|_| ApiError::bad_request("invalid_request", "run_at is too far away"))
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!(
+                    "run_at must be an RFC 3339 time with an offset, e.g. 2030-01-02T03:04:05Z: {e}"
+                ),
+            )
+        })?;
+    let ms = time.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).map_err(|_| ApiError::bad_request("invalid_request", "run_at is before 1970"))
 }
 
 /// `GET /v1/jobs/{id}`.

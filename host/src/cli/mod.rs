@@ -67,8 +67,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 /// The whole `kiln` program: parse the command line, set up logging (`KILN_LOG`, default
 /// `info`, to stderr), run the command on a multi-threaded runtime.
 pub fn main() -> std::process::ExitCode {
+    main_from(std::env::args_os())
+}
+
+/// [`main`] with the given command line (the first item is the program name), for
+/// programs that embed `kiln`, such as the benchmark, which runs its server this way.
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
     use tracing_subscriber::EnvFilter;
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -310,7 +310,7 @@ impl JobService {
     /// Cancels a job. A queued job never starts; a running one is stopped (even inside a
     /// CPU loop) and this waits up to `wait` for it to end `cancelled`.
     pub async fn cancel(&self, id: Uuid, wait: Duration) -> Result<JobRecord, ServiceError> {
-        let mut live = self.inner.store.bus.subscribe_job(id);
+        let live = self.inner.store.bus.subscribe_job(id);
         let result = self
             .inner
             .store
@@ -328,6 +328,14 @@ impl JobService {
             })
             .await;
         let job = self.found(id, result)?;
+        if job.status == JobStatus::Cancelled {
+            // It was waiting: take it out of its queue so it stops counting as depth.
+            self.inner
+                .queues
+                .lock()
+                .expect("queues lock")
+                .remove(&job.queue, id);
+        }
         if job.status == JobStatus::Running {
             let running = self
                 .inner
@@ -339,17 +347,10 @@ impl JobService {
             if let Some(running) = running {
                 running.cancel.cancel();
             }
-            let _ = tokio::time::timeout(wait, async {
-                while let Ok(event) = live.recv().await {
-                    if event_names::is_terminal(&event.name) {
-                        break;
-                    }
-                }
-            })
-            .await;
+            self.await_terminal(id, live, wait).await;
+        } else {
+            self.await_terminal(id, live, Duration::ZERO).await;
         }
-        drop(live);
-        self.inner.store.bus.release_job(id);
         self.get(id)
     }
 
@@ -388,9 +389,27 @@ impl JobService {
 
     /// Waits up to `wait` for the job to end; returns it as it is then.
     pub async fn wait_for_end(&self, id: Uuid, wait: Duration) -> Result<JobRecord, ServiceError> {
-        let mut live = self.inner.store.bus.subscribe_job(id);
+        let live = self.inner.store.bus.subscribe_job(id);
         let job = self.get(id)?;
-        if !job.status.is_terminal() {
+        let wait = if job.status.is_terminal() {
+            Duration::ZERO
+        } else {
+            wait
+        };
+        self.await_terminal(id, live, wait).await;
+        self.get(id)
+    }
+
+    /// Waits up to `wait` for a terminal event of job `id` on `live` (subscribed before
+    /// the job's state was read, so the event cannot slip past), then lets the bus forget
+    /// the subscription.
+    async fn await_terminal(
+        &self,
+        id: Uuid,
+        mut live: tokio::sync::broadcast::Receiver<Arc<crate::store::JobEvent>>,
+        wait: Duration,
+    ) {
+        if !wait.is_zero() {
             let _ = tokio::time::timeout(wait, async {
                 while let Ok(event) = live.recv().await {
                     if event_names::is_terminal(&event.name) {
@@ -402,7 +421,6 @@ impl JobService {
         }
         drop(live);
         self.inner.store.bus.release_job(id);
-        self.get(id)
     }
 
     /// Figures per queue.
@@ -589,26 +607,38 @@ pub struct RecoveryReport {
     pub queued: usize,
 }
 
-/// An interrupted attempt: the next attempt is queued, or the job fails when its attempts
-/// are spent. Used by recovery at start and by shutdown.
+/// An interrupted attempt (the server died or shut down during it): the next attempt is
+/// queued at once, or the job fails when its attempts are spent.
 fn interrupt(job: &mut JobRecord, why: &str) -> Change {
     let error = ErrorInfo {
         kind: FailureKind::Interrupted.as_str().into(),
         message: format!("{why} {}", job.attempt),
     };
-    if job.attempt < job.max_attempts {
-        job.status = JobStatus::Queued;
-        job.attempt += 1;
-        job.progress = 0;
-        job.message = None;
-        job.error = Some(error);
-        Change::events(vec![status_event(job)])
-    } else {
-        job.status = JobStatus::Failed;
-        job.finished_at_ms = Some(now_ms());
-        job.error = Some(error.clone());
-        Change::events(vec![failed_event(&error)])
+    retry_or_fail(job, error, Duration::ZERO)
+}
+
+/// Queues the job's next attempt `delay` from now while attempts remain, else fails it.
+/// `error` says why this attempt ended either way.
+fn retry_or_fail(job: &mut JobRecord, error: ErrorInfo, delay: Duration) -> Change {
+    if job.attempt >= job.max_attempts {
+        return fail(job, error);
     }
+    job.status = JobStatus::Queued;
+    job.attempt += 1;
+    job.progress = 0;
+    job.message = None;
+    job.run_at_ms = (!delay.is_zero())
+        .then(|| now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
+    job.error = Some(error);
+    Change::events(vec![status_event(job)])
+}
+
+/// Ends the job as failed with `error`.
+fn fail(job: &mut JobRecord, error: ErrorInfo) -> Change {
+    job.status = JobStatus::Failed;
+    job.finished_at_ms = Some(now_ms());
+    job.error = Some(error.clone());
+    Change::events(vec![failed_event(&error)])
 }
 
 /// The `status` event of a job's current state.

@@ -133,6 +133,17 @@ impl Queues {
         (start, next_wake)
     }
 
+    /// Takes a waiting job out of its queue (it was cancelled). Returns whether it was there.
+    pub fn remove(&mut self, name: &str, id: Uuid) -> bool {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return false;
+        };
+        let before = queue.depth();
+        queue.ready.retain(|ready| ready.id.0 != id);
+        queue.delayed.retain(|&(_, _, delayed)| delayed != id);
+        queue.depth() < before
+    }
+
     /// Total waiting jobs.
     pub fn total_depth(&self) -> usize {
         self.queues.values().map(Queue::depth).sum()
@@ -164,6 +175,19 @@ mod tests {
         let ids: Vec<Uuid> = started.into_iter().map(|(_, id)| id).collect();
         assert_eq!(ids, vec![urgent, old]);
         assert_eq!(queues.total_depth(), 1);
+    }
+
+    #[test]
+    fn removed_jobs_no_longer_count_or_start() {
+        let mut queues = Queues::default();
+        let (ready, delayed) = (Uuid::now_v7(), Uuid::now_v7());
+        queues.push(("q", 4), ready, 0, None, 0);
+        queues.push(("q", 4), delayed, 0, Some(1_000), 0);
+        assert!(queues.remove("q", ready));
+        assert!(queues.remove("q", delayed));
+        assert!(!queues.remove("q", ready));
+        assert_eq!(queues.total_depth(), 0);
+        assert!(queues.take_startable(2_000).0.is_empty());
     }
 
     #[test]

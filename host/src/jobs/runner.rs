@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::{JobService, RunningJob, cancelled_event, failed_event, interrupt, status_event};
+use super::{
+    JobService, RunningJob, cancelled_event, fail, interrupt, retry_or_fail, status_event,
+};
 use crate::runtime::{EventSink, FailureKind, JobFailure, JobInput, PluginEvent, RunContext};
 use crate::store::{
     Change, ErrorInfo, JobRecord, JobStatus, NewEvent, Store, StoreError, event_names, now_ms,
@@ -252,20 +254,10 @@ fn fail_or_retry(
         kind: failure.kind.as_str().into(),
         message: failure.message,
     };
-    if failure.kind.is_retryable() && job.attempt < job.max_attempts {
-        job.status = JobStatus::Queued;
-        job.attempt += 1;
-        job.progress = 0;
-        job.message = None;
-        let backoff = settings.backoff(job.attempt);
-        job.run_at_ms = Some(now_ms() + u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
-        job.error = Some(error);
-        Change::events(vec![status_event(job)])
+    if failure.kind.is_retryable() {
+        retry_or_fail(job, error, settings.backoff(job.attempt + 1))
     } else {
-        job.status = JobStatus::Failed;
-        job.finished_at_ms = Some(now_ms());
-        job.error = Some(error.clone());
-        Change::events(vec![failed_event(&error)])
+        fail(job, error)
     }
 }
 

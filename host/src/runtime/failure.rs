@@ -128,12 +128,40 @@ pub(crate) fn classify(error: &wasmtime::Error, last_error_log: Option<&str>) ->
         Some(Trap::Interrupt) => {
             JobFailure::new(FailureKind::Timeout, "the plugin was interrupted")
         }
+        // Rust and C guests keep their frames' data on a stack inside linear memory, which
+        // runs out (and faults below address 0) long before wasmtime's own stack does: a
+        // memory fault whose backtrace is one or two functions over and over is unbounded
+        // recursion, not a stray pointer.
+        Some(Trap::MemoryOutOfBounds) if let Some(name) = runaway_recursion(error) => {
+            JobFailure::new(
+                FailureKind::StackOverflow,
+                format!("the plugin overflowed its stack: unbounded recursion in `{name}`"),
+            )
+        }
         Some(trap) => JobFailure::new(
             FailureKind::Trap,
             with_log(format!("the plugin trapped: {trap}{}", backtrace_of(error))),
         ),
         None => JobFailure::new(FailureKind::Trap, with_log(format!("{error:#}"))),
     }
+}
+
+/// The function recursing when the backtrace is a full window (wasmtime keeps 20 frames)
+/// of at most two distinct functions.
+fn runaway_recursion(error: &wasmtime::Error) -> Option<String> {
+    let frames = error.downcast_ref::<wasmtime::WasmBacktrace>()?.frames();
+    if frames.len() < 20 {
+        return None;
+    }
+    let mut distinct: Vec<u32> = frames.iter().map(|f| f.func_index()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    (distinct.len() <= 2).then(|| {
+        frames[0].func_name().map_or_else(
+            || format!("function {}", frames[0].func_index()),
+            str::to_string,
+        )
+    })
 }
 
 /// The guest backtrace wasmtime attached, if any, so the message points into the plugin.

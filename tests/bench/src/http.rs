@@ -1,0 +1,188 @@
+//! Figures through the real HTTP server: durable submits, and no-op jobs end to end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::stats::{Summary, summarize};
+
+/// Submit throughput and latency at one client concurrency.
+#[derive(Debug, Serialize)]
+pub struct SubmitFigure {
+    pub concurrency: usize,
+    pub submits: usize,
+    pub per_second: f64,
+    pub latency: Summary,
+}
+
+/// No-op jobs from submit to `completed`.
+#[derive(Debug, Serialize)]
+pub struct EndToEndFigure {
+    pub jobs: usize,
+    pub concurrency: usize,
+    pub jobs_per_second: f64,
+    /// From sending the submit to receiving the job's `running` event on `/v1/events`:
+    /// an upper bound of submit->start (it includes the HTTP and SSE delivery).
+    pub submit_to_start: Summary,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("http client")
+}
+
+/// `total` submits of `body` from `concurrency` clients; each is acknowledged only after
+/// its commit.
+pub async fn submits(
+    base: &str,
+    body: Value,
+    concurrency: usize,
+    total: usize,
+) -> anyhow::Result<SubmitFigure> {
+    let client = client();
+    let url = format!("{base}/v1/jobs");
+    let per_worker = total / concurrency;
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                let sent = Instant::now();
+                let response = client.post(&url).json(&body).send().await?;
+                anyhow::ensure!(
+                    response.status() == 202,
+                    "submit answered {}",
+                    response.status()
+                );
+                response.bytes().await?;
+                samples.push(sent.elapsed());
+            }
+            anyhow::Ok(samples)
+        })
+    });
+    let mut samples = Vec::with_capacity(total);
+    for worker in futures::future::join_all(workers).await {
+        samples.extend(worker??);
+    }
+    let wall = started.elapsed();
+    Ok(SubmitFigure {
+        concurrency,
+        submits: samples.len(),
+        per_second: samples.len() as f64 / wall.as_secs_f64(),
+        latency: summarize(&mut samples),
+    })
+}
+
+/// Submits `total` jobs of `job_type` from `concurrency` clients and waits for every one
+/// to complete, watching `/v1/events`.
+pub async fn end_to_end(
+    base: &str,
+    job_type: &str,
+    concurrency: usize,
+    total: usize,
+) -> anyhow::Result<EndToEndFigure> {
+    let client = client();
+    let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let completed = Arc::new(tokio::sync::Notify::new());
+    let done_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let events = client
+        .get(format!("{base}/v1/events?type={job_type}"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        events.status() == 200,
+        "/v1/events answered {}",
+        events.status()
+    );
+    let watcher = {
+        let (started_at, completed, done_count) =
+            (started_at.clone(), completed.clone(), done_count.clone());
+        tokio::spawn(async move {
+            let mut stream = events.bytes_stream();
+            let mut buffer = String::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let frame: String = buffer.drain(..end + 2).collect();
+                    let name = frame
+                        .lines()
+                        .find_map(|l| l.strip_prefix("event: "))
+                        .unwrap_or("");
+                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    let Ok(data) = serde_json::from_str::<Value>(data) else {
+                        continue;
+                    };
+                    let id = data["job_id"].as_str().unwrap_or_default().to_string();
+                    match (name, data["status"].as_str()) {
+                        ("status", Some("running")) => {
+                            started_at
+                                .lock()
+                                .unwrap()
+                                .entry(id)
+                                .or_insert_with(Instant::now);
+                        }
+                        ("completed", _)
+                            if done_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+                                >= total =>
+                        {
+                            completed.notify_one();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+    };
+    let url = format!("{base}/v1/jobs");
+    let body = json!({ "type": job_type, "payload": {} });
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let per_worker = total / concurrency;
+    let wall = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (client, url, body, sent_at) =
+            (client.clone(), url.clone(), body.clone(), sent_at.clone());
+        tokio::spawn(async move {
+            for _ in 0..per_worker {
+                let sent = Instant::now();
+                let job: Value = client.post(&url).json(&body).send().await?.json().await?;
+                let id = job["id"].as_str().unwrap_or_default().to_string();
+                sent_at.lock().unwrap().insert(id, sent);
+            }
+            anyhow::Ok(())
+        })
+    });
+    for worker in futures::future::join_all(workers).await {
+        worker??;
+    }
+    let total = per_worker * concurrency;
+    if done_count.load(std::sync::atomic::Ordering::SeqCst) < total {
+        tokio::time::timeout(Duration::from_secs(600), completed.notified()).await?;
+    }
+    let elapsed = wall.elapsed();
+    watcher.abort();
+    let sent_at = sent_at.lock().unwrap();
+    let started_at = started_at.lock().unwrap();
+    let mut samples: Vec<Duration> = sent_at
+        .iter()
+        .filter_map(|(id, sent)| {
+            started_at
+                .get(id)
+                .map(|start| start.saturating_duration_since(*sent))
+        })
+        .collect();
+    Ok(EndToEndFigure {
+        jobs: total,
+        concurrency,
+        jobs_per_second: total as f64 / elapsed.as_secs_f64(),
+        submit_to_start: summarize(&mut samples),
+    })
+}
