@@ -12,7 +12,10 @@ use serde::Deserialize;
 
 use crate::api::ApiSettings;
 use crate::jobs::ServiceSettings;
-use crate::llm::{LlmClient, ModelRouter, OfflineClient, OfflineConfig};
+use crate::llm::{
+    AdmissionConfig, ApiKey, DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, HttpProvider,
+    HttpProviderConfig, LlmClient, ModelRouter, OfflineClient, OfflineConfig, WireFormat,
+};
 use crate::runtime::{Limits, LimitsOverride, RuntimeConfig};
 
 /// The TOML file. Every field is optional; see the README for the full reference.
@@ -81,28 +84,116 @@ pub struct QueueConfig {
     pub max_concurrent: Option<usize>,
 }
 
-/// `[providers.NAME]`.
+/// `[providers.NAME]`: one LLM provider and its limits.
+///
+/// ```toml
+/// [providers.openai]
+/// kind = "openai"                  # "openai" | "anthropic" | "offline"
+/// api_key_env = "OPENAI_API_KEY"   # the variable holding the key; none = no auth header
+/// base_url = "https://api.openai.com/v1"
+/// max_concurrent = 8
+/// requests_per_minute = 500
+/// tokens_per_minute = 200000
+/// timeout_s = 120
+/// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// `offline` (more kinds: see the README).
+    /// `openai` (the Chat Completions wire format: OpenAI, Ollama, vLLM, llama.cpp server,
+    /// LM Studio), `anthropic` (the Messages API) or `offline` (synthetic text, no key).
     pub kind: String,
-    /// Offline: simulated latency per call, ms.
+    /// Offline: simulated latency per call, ms. Default 250.
     pub latency_ms: Option<u64>,
-    /// Offline: words per answer.
+    /// Offline: words per answer. Default 40.
     pub words: Option<u32>,
-    /// HTTP providers: base URL.
+    /// HTTP providers: base URL, without the endpoint. Default
+    /// `https://api.openai.com/v1` (openai) or `https://api.anthropic.com/v1` (anthropic).
     pub base_url: Option<String>,
-    /// HTTP providers: the environment variable holding the key.
+    /// HTTP providers: the environment variable holding the key. Unset means requests
+    /// carry no key (local servers). Set but missing from the environment is a startup
+    /// error.
     pub api_key_env: Option<String>,
-    /// Max concurrent requests.
+    /// HTTP providers: max requests in flight. Default 8.
     pub max_concurrent: Option<usize>,
-    /// Requests per minute.
+    /// HTTP providers: requests started per minute. Default unlimited.
     pub requests_per_minute: Option<u32>,
-    /// Tokens per minute.
+    /// HTTP providers: input plus output tokens per minute. Default unlimited.
     pub tokens_per_minute: Option<u32>,
-    /// Per-request timeout, seconds.
+    /// HTTP providers: deadline of one call, including waiting for the limits, retries and
+    /// streaming, seconds. Default 120.
     pub timeout_s: Option<u64>,
+}
+
+impl ProviderConfig {
+    /// Builds the provider called `name`.
+    fn build(&self, name: &str) -> anyhow::Result<Arc<dyn LlmClient>> {
+        let format = match self.kind.as_str() {
+            "offline" => {
+                let http_only = [
+                    ("base_url", self.base_url.is_some()),
+                    ("api_key_env", self.api_key_env.is_some()),
+                    ("max_concurrent", self.max_concurrent.is_some()),
+                    ("requests_per_minute", self.requests_per_minute.is_some()),
+                    ("tokens_per_minute", self.tokens_per_minute.is_some()),
+                    ("timeout_s", self.timeout_s.is_some()),
+                ];
+                if let Some((key, _)) = http_only.iter().find(|(_, set)| *set) {
+                    anyhow::bail!("provider '{name}': {key} does not apply to kind = \"offline\"");
+                }
+                let defaults = OfflineConfig::default();
+                return Ok(Arc::new(OfflineClient::new(OfflineConfig {
+                    latency_ms: self.latency_ms.unwrap_or(defaults.latency_ms),
+                    words: self.words.unwrap_or(defaults.words),
+                })));
+            }
+            "openai" => WireFormat::OpenAi,
+            "anthropic" => WireFormat::Anthropic,
+            other => anyhow::bail!(
+                "provider '{name}' has kind {other:?}; use \"openai\", \"anthropic\" or \"offline\""
+            ),
+        };
+        if self.latency_ms.is_some() || self.words.is_some() {
+            anyhow::bail!(
+                "provider '{name}': latency_ms and words apply to kind = \"offline\" only"
+            );
+        }
+        let api_key = match &self.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(value) if !value.trim().is_empty() => Some(ApiKey::new(value.trim())),
+                Ok(_) => anyhow::bail!(
+                    "provider '{name}': the environment variable {var} (api_key_env) is empty"
+                ),
+                Err(_) => anyhow::bail!(
+                    "provider '{name}': the environment variable {var} (api_key_env) is not set"
+                ),
+            },
+            None => None,
+        };
+        let max_concurrent = self.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT);
+        anyhow::ensure!(
+            max_concurrent >= 1,
+            "provider '{name}': max_concurrent must be at least 1"
+        );
+        anyhow::ensure!(
+            self.requests_per_minute != Some(0) && self.tokens_per_minute != Some(0),
+            "provider '{name}': a per-minute limit of 0 would admit nothing; leave it unset for no limit"
+        );
+        let config = HttpProviderConfig {
+            name: name.to_string(),
+            base_url: self.base_url.clone(),
+            api_key,
+            api_key_env: self.api_key_env.clone(),
+            timeout: self.timeout_s.map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+            admission: AdmissionConfig {
+                max_concurrent,
+                requests_per_minute: self.requests_per_minute,
+                tokens_per_minute: self.tokens_per_minute,
+            },
+        };
+        let provider =
+            HttpProvider::new(format, config).with_context(|| format!("provider '{name}'"))?;
+        Ok(Arc::new(provider))
+    }
 }
 
 /// Values from flags and `KILN_*` variables (clap merges those two, flags first).
@@ -237,19 +328,7 @@ impl Config {
     fn build_llm(&self) -> anyhow::Result<(Arc<dyn LlmClient>, Vec<String>)> {
         let mut providers: HashMap<String, Arc<dyn LlmClient>> = HashMap::new();
         for (name, provider) in &self.providers {
-            let client: Arc<dyn LlmClient> = match provider.kind.as_str() {
-                "offline" => {
-                    let defaults = OfflineConfig::default();
-                    Arc::new(OfflineClient::new(OfflineConfig {
-                        latency_ms: provider.latency_ms.unwrap_or(defaults.latency_ms),
-                        words: provider.words.unwrap_or(defaults.words),
-                    }))
-                }
-                other => anyhow::bail!(
-                    "provider '{name}' has kind {other:?}; this build supports kind = \"offline\""
-                ),
-            };
-            providers.insert(name.clone(), client);
+            providers.insert(name.clone(), provider.build(name)?);
         }
         let mut models = self.models.clone();
         if providers.is_empty() {
@@ -259,9 +338,26 @@ impl Config {
             );
         }
         if !models.contains_key("default") {
-            let mut names: Vec<&String> = providers.keys().collect();
-            names.sort();
-            models.insert("default".into(), format!("{}/default", names[0]));
+            // Only an offline provider can answer a model it was not told: a real provider
+            // would reject a model named "default", so say so at start instead.
+            let mut offline: Vec<&String> = providers
+                .keys()
+                .filter(|name| {
+                    self.providers
+                        .get(*name)
+                        .is_none_or(|p| p.kind == "offline")
+                })
+                .collect();
+            offline.sort();
+            match offline.first() {
+                Some(name) if offline.len() == providers.len() => {
+                    models.insert("default".into(), format!("{name}/default"));
+                }
+                _ => anyhow::bail!(
+                    "[models] has no `default` alias, which plugins use unless they name a \
+                     model: add one, e.g. default = \"openai/gpt-4o-mini\""
+                ),
+            }
         }
         let mut router = ModelRouter::default();
         for (alias, target) in &models {
@@ -317,6 +413,20 @@ mod tests {
         assert_eq!(resolved.service.limit_of("heavy"), 2);
         assert_eq!(resolved.service.limits_of("documents").memory_mib, 512);
         assert_eq!(resolved.runtime.max_memory_mib, 512);
+    }
+
+    #[test]
+    fn a_real_provider_needs_a_default_alias() {
+        let config: Config = toml::from_str(
+            "[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"",
+        )
+        .unwrap();
+        let err = config
+            .resolve(Overrides::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no `default` alias"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,11 @@ mod support;
 
 mod api;
 mod durability;
+mod fake_provider;
+mod journal;
 mod lifecycle;
 mod plugin_cli;
+mod providers;
+mod providers_e2e;
 mod runtime;
 mod sse;

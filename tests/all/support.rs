@@ -152,6 +152,16 @@ impl KilnProcess {
     /// Starts `kiln serve` on 127.0.0.1:0 with `data_dir`, `plugins_dir` and extra TOML
     /// config, and waits until it listens.
     pub fn start(data_dir: &Path, plugins_dir: &Path, extra_config: &str) -> Self {
+        Self::start_logging(data_dir, plugins_dir, extra_config, "info")
+    }
+
+    /// [`KilnProcess::start`] with the log filter `KILN_LOG=log_filter`.
+    pub fn start_logging(
+        data_dir: &Path,
+        plugins_dir: &Path,
+        extra_config: &str,
+        log_filter: &str,
+    ) -> Self {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, test_config(extra_config)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
@@ -161,7 +171,7 @@ impl KilnProcess {
             .arg(data_dir)
             .arg("--plugins-dir")
             .arg(plugins_dir)
-            .env("KILN_LOG", "info")
+            .env("KILN_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

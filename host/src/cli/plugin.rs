@@ -192,7 +192,7 @@ impl EventSink for PrintEvents {
             PluginEvent::Token { label, delta } if self.tokens => {
                 writeln!(err, "token {label}: {delta:?}")
             }
-            PluginEvent::Token { .. } => Ok(()),
+            PluginEvent::Token { .. } | PluginEvent::Replayed { .. } => Ok(()),
         };
     }
 }

@@ -12,7 +12,13 @@ use uuid::Uuid;
 use super::{
     JobService, RunningJob, cancelled_event, fail, interrupt, retry_or_fail, status_event,
 };
-use crate::runtime::{EventSink, FailureKind, JobFailure, JobInput, PluginEvent, RunContext};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use crate::runtime::{
+    CallJournal, EventSink, FailureKind, JobFailure, JobInput, JournalEntry, PluginEvent,
+    RunContext,
+};
 use crate::store::{
     Change, ErrorInfo, JobRecord, JobStatus, NewEvent, Store, StoreError, event_names, now_ms,
 };
@@ -138,7 +144,15 @@ impl JobService {
             payload,
             attempt: job.attempt,
         };
-        let outcome = self.inner.runtime.run(&plugin, input, context).await;
+        let journal = Arc::new(StoreJournal {
+            store: store.clone(),
+            id,
+        });
+        let outcome = self
+            .inner
+            .runtime
+            .run_journaled(&plugin, input, context, Some(journal))
+            .await;
         Some((job, outcome))
     }
 
@@ -291,8 +305,44 @@ impl EventSink for JobSink {
                     event_names::TOKEN,
                     json!({ "label": label, "delta": delta }),
                 ),
+                PluginEvent::Replayed { index, label } => NewEvent::new(
+                    event_names::REPLAYED,
+                    json!({ "index": index, "label": label }),
+                ),
             };
             Ok(Change::events(vec![event]))
         });
+    }
+}
+
+/// A job's LLM call journal in the store.
+struct StoreJournal {
+    store: Arc<Store>,
+    id: Uuid,
+}
+
+impl CallJournal for StoreJournal {
+    fn recorded(&self) -> Vec<(u64, JournalEntry)> {
+        match self.store.journal(self.id) {
+            Ok(entries) => entries
+                .into_iter()
+                .filter_map(|(index, bytes)| Some((index, serde_json::from_slice(&bytes).ok()?)))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the LLM call journal; no call will be replayed");
+                Vec::new()
+            }
+        }
+    }
+
+    fn record(&self, index: u64, entry: JournalEntry) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+            self.store
+                .journal_call(self.id, index, bytes)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
     }
 }

@@ -5,11 +5,31 @@
 //! [`LlmRequest`] to an `LlmClient` and gets an [`LlmResponse`] or an [`LlmError`] back.
 //! Keys and URLs stay on this side of the trait, so a plugin never sees them.
 
+mod admission;
+mod anthropic;
 mod offline;
+mod openai;
+mod provider;
 mod router;
+mod wire;
 
+pub use admission::{ANONYMOUS_CALLER, Admission, AdmissionConfig, DEFAULT_MAX_CONCURRENT, Permit};
+pub use anthropic::{ANTHROPIC_BASE_URL, ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
 pub use offline::{OfflineClient, OfflineConfig};
+pub use openai::OPENAI_BASE_URL;
+pub use provider::{
+    ApiKey, DEFAULT_OUTPUT_RESERVATION, DEFAULT_TIMEOUT, HttpProvider, HttpProviderConfig,
+    MAX_RATE_LIMIT_RETRIES, MAX_SERVER_RETRIES, WireFormat,
+};
 pub use router::ModelRouter;
+
+/// The caller set by [`LLM_CALLER`] for the current task, or [`ANONYMOUS_CALLER`] when
+/// none is.
+pub fn current_caller() -> String {
+    LLM_CALLER
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| ANONYMOUS_CALLER.to_string())
+}
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -84,6 +104,13 @@ pub enum LlmError {
     Rejected(String),
 }
 
+tokio::task_local! {
+    /// Who is calling: the job id, set by the runtime around each of a job's LLM calls, so
+    /// a provider's admission control can be fair between jobs. Unset outside a job
+    /// (`kiln plugin run`, tests): read it with `LLM_CALLER.try_with`.
+    pub static LLM_CALLER: String;
+}
+
 /// Receives streamed output text as it arrives.
 pub type TokenSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
@@ -108,12 +135,16 @@ pub fn estimate_tokens(text: &str) -> u32 {
 /// What a job spent on LLM calls: the `usage` of a job.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Calls made (answered or failed).
+    /// Calls sent to a provider (answered or failed).
     pub llm_calls: u64,
-    /// Prompt tokens of answered calls.
+    /// Prompt tokens of answered provider calls.
     pub input_tokens: u64,
-    /// Output tokens of answered calls.
+    /// Output tokens of answered provider calls.
     pub output_tokens: u64,
+    /// Calls answered from the job's journal instead of a provider (a retry or a recovery
+    /// re-running finished calls): not paid again, not counted above.
+    #[serde(default)]
+    pub replayed_calls: u64,
 }
 
 impl Usage {
@@ -127,5 +158,6 @@ impl Usage {
         self.llm_calls += other.llm_calls;
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
+        self.replayed_calls += other.replayed_calls;
     }
 }

@@ -20,6 +20,13 @@ pub enum PluginEvent {
         /// The item, as JSON.
         data: Value,
     },
+    /// An LLM call answered from the job's journal instead of a provider.
+    Replayed {
+        /// The call's position in the attempt.
+        index: u64,
+        /// Its stream label, if it had one.
+        label: Option<String>,
+    },
     /// A streamed piece of LLM output.
     Token {
         /// The stream label the plugin chose.

@@ -2,6 +2,7 @@
 //! and `log`. Each import enforces the job's limits; breaking one raises a [`HostStop`]
 //! that fails the job with its own kind.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,8 +15,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::kiln::plugin::{llm, log, progress, types};
 use super::events::{EventSink, PluginEvent};
 use super::failure::{FailureKind, HostStop};
+use super::journal::{CallJournal, JournalEntry, request_hash};
 use super::limits::Limits;
-use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, Message, Role, Usage};
+use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, Message, Role, TokenSink, Usage};
 
 /// Everything a job's store holds. One per attempt, dropped with the store.
 pub struct HostState {
@@ -33,19 +35,48 @@ pub struct HostState {
     events: EventBucket,
     pub(crate) usage: Usage,
     pub(crate) last_error_log: Option<String>,
+    journal: Option<Arc<dyn CallJournal>>,
+    /// What earlier attempts journaled, by call position.
+    recorded: HashMap<u64, JournalEntry>,
+    /// Position of the plugin's next LLM call in this attempt.
+    next_call: u64,
+    /// True until the first call that does not match the journal.
+    replaying: bool,
+}
+
+/// Where one call's answer comes from.
+enum Source {
+    /// The journal has this exact call: answer from it.
+    Replay(LlmResponse),
+    /// Ask the provider (and journal the answer at this position).
+    Provider,
 }
 
 impl HostState {
+    /// The state of one attempt of job `job_id` with `context`'s sink, LLM client,
+    /// cancel token and limits; it stops the guest with `timeout` at `deadline`.
     pub(crate) fn new(
-        job_id: String,
-        job_type: String,
-        sink: Arc<dyn EventSink>,
-        llm: Arc<dyn LlmClient>,
-        cancel: CancellationToken,
-        limits: Limits,
+        (job_id, job_type): (String, String),
+        context: super::RunContext,
         deadline: Instant,
+        journal: Option<Arc<dyn CallJournal>>,
     ) -> Self {
+        let super::RunContext {
+            sink,
+            llm,
+            cancel,
+            limits,
+            ..
+        } = context;
+        let recorded: HashMap<u64, JournalEntry> = journal
+            .as_ref()
+            .map(|j| j.recorded().into_iter().collect())
+            .unwrap_or_default();
         Self {
+            replaying: !recorded.is_empty(),
+            recorded,
+            journal,
+            next_call: 0,
             // An empty context: no preopened dirs, no env, no args, no network, stdio to
             // nowhere. WASI is linked only so standard-library guests instantiate.
             wasi: WasiCtx::builder().build(),
@@ -119,37 +150,94 @@ impl HostState {
         )
     }
 
-    /// Runs `requests` concurrently through the LLM client, streaming labelled ones.
+    /// Decides, for the next call position, whether the journal answers it. The first
+    /// call that does not match ends the replay for the rest of the attempt.
+    fn source_of(&mut self, index: u64, hash: &str) -> Source {
+        if self.replaying {
+            match self.recorded.get(&index) {
+                Some(entry) if entry.request_hash == hash => {
+                    return Source::Replay(entry.response.clone());
+                }
+                _ => self.replaying = false,
+            }
+        }
+        Source::Provider
+    }
+
+    /// Answers `requests` in order: replayed ones from the journal, the others
+    /// concurrently through the LLM client (streaming labelled ones), each journaled
+    /// before the plugin sees it.
     async fn complete_many(
         &mut self,
         requests: Vec<llm::Request>,
     ) -> wasmtime::Result<Vec<Result<llm::Response, llm::LlmError>>> {
-        self.admit_llm_calls(requests.len())?;
         let requests: Vec<LlmRequest> = requests.into_iter().map(LlmRequest::from).collect();
-        let client = self.llm.clone();
-        let sink = self.sink.clone();
-        let calls = requests.iter().map(|request| {
-            let client = client.clone();
-            let sink = sink.clone();
-            async move {
-                match &request.stream_label {
-                    Some(label) => {
-                        let forward = |delta: &str| {
+        let mut plan = Vec::with_capacity(requests.len());
+        for request in &requests {
+            let index = self.next_call;
+            self.next_call += 1;
+            let hash = request_hash(request);
+            let source = self.source_of(index, &hash);
+            plan.push((index, hash, source));
+        }
+        let live = plan
+            .iter()
+            .filter(|(_, _, s)| matches!(s, Source::Provider))
+            .count();
+        self.admit_llm_calls(live)?;
+
+        let (client, sink, journal) = (self.llm.clone(), self.sink.clone(), self.journal.clone());
+        let job_id = self.job_id.clone();
+        let calls = requests
+            .iter()
+            .zip(&plan)
+            .map(|(request, (index, hash, source))| {
+                let (client, sink, journal, job_id) = (
+                    client.clone(),
+                    sink.clone(),
+                    journal.clone(),
+                    job_id.clone(),
+                );
+                async move {
+                    if let Source::Replay(response) = source {
+                        replay(&*sink, *index, request, response);
+                        return (true, Ok(response.clone()));
+                    }
+                    let forward = |delta: &str| {
+                        if let Some(label) = &request.stream_label {
                             sink.emit(PluginEvent::Token {
                                 label: label.clone(),
                                 delta: delta.to_string(),
-                            })
+                            });
+                        }
+                    };
+                    let tokens = request
+                        .stream_label
+                        .as_ref()
+                        .map(|_| &forward as TokenSink<'_>);
+                    let outcome = crate::llm::LLM_CALLER
+                        .scope(job_id.clone(), client.complete(request, tokens))
+                        .await;
+                    if let (Ok(response), Some(journal)) = (&outcome, &journal) {
+                        let entry = JournalEntry {
+                            request_hash: hash.clone(),
+                            response: response.clone(),
                         };
-                        client.complete(request, Some(&forward)).await
+                        if let Err(error) = journal.record(*index, entry).await {
+                            tracing::warn!(%job_id, index, %error, "could not journal an LLM call");
+                        }
                     }
-                    None => client.complete(request, None).await,
+                    (false, outcome)
                 }
-            }
-        });
+            });
         let outcomes = join_all(calls).await;
         let mut answers = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
+        for (replayed, outcome) in outcomes {
             answers.push(match outcome {
+                Ok(response) if replayed => {
+                    self.usage.replayed_calls += 1;
+                    Ok(response.into())
+                }
                 Ok(response) => {
                     self.record_tokens(&response)?;
                     Ok(response.into())
@@ -161,6 +249,21 @@ impl HostState {
             });
         }
         Ok(answers)
+    }
+}
+
+/// Tells the job's clients a call was answered from the journal, and re-sends its text
+/// as one `token` event when the call was streamed, so a follower sees the same output.
+fn replay(sink: &dyn EventSink, index: u64, request: &LlmRequest, response: &LlmResponse) {
+    sink.emit(PluginEvent::Replayed {
+        index,
+        label: request.stream_label.clone(),
+    });
+    if let Some(label) = &request.stream_label {
+        sink.emit(PluginEvent::Token {
+            label: label.clone(),
+            delta: response.text.clone(),
+        });
     }
 }
 

@@ -16,6 +16,7 @@ mod engine;
 mod events;
 mod failure;
 mod host;
+mod journal;
 mod limits;
 mod plugin;
 
@@ -23,6 +24,7 @@ pub use bindings::CONTRACT_VERSION;
 pub use cache::{CacheOutcome, ComponentCache};
 pub use events::{DiscardEvents, EventSink, PluginEvent};
 pub use failure::{FailureKind, JobFailure};
+pub use journal::{CallJournal, JournalEntry, request_hash};
 pub use limits::{Limits, LimitsOverride};
 pub use plugin::{Plugin, PluginInfo, PluginRegistry, SchemaViolation};
 
@@ -229,9 +231,17 @@ impl Runtime {
             timeout: Duration::from_secs(10),
         };
         let (raw, _usage) = self
-            .call(pre, "describe", "(describe)", context, |bindings, store| {
-                async move { bindings.kiln_plugin_job_type().call_describe(store).await }.boxed()
-            })
+            .call(
+                pre,
+                "describe",
+                "(describe)",
+                context,
+                None,
+                |bindings, store| {
+                    async move { bindings.kiln_plugin_job_type().call_describe(store).await }
+                        .boxed()
+                },
+            )
             .await;
         let info =
             raw.map_err(|failure| anyhow::anyhow!("`describe` failed: {}", failure.message))?;
@@ -249,6 +259,18 @@ impl Runtime {
     /// Runs one attempt of `job` with `plugin`. Never panics and never fails the host:
     /// every way the attempt can go wrong comes back as a [`JobFailure`].
     pub async fn run(&self, plugin: &Plugin, job: JobInput, context: RunContext) -> RunOutcome {
+        self.run_journaled(plugin, job, context, None).await
+    }
+
+    /// [`Runtime::run`] with the job's LLM call journal: calls earlier attempts finished
+    /// are replayed from it, and new ones are recorded in it.
+    pub async fn run_journaled(
+        &self,
+        plugin: &Plugin,
+        job: JobInput,
+        context: RunContext,
+        journal: Option<Arc<dyn CallJournal>>,
+    ) -> RunOutcome {
         let limits = context.limits.clone();
         let cancel = context.cancel.clone();
         let wit_job = job_type::Job {
@@ -263,6 +285,7 @@ impl Runtime {
                 &job.id,
                 &job.job_type,
                 context,
+                journal,
                 move |bindings, store| {
                     async move {
                         bindings
@@ -291,6 +314,7 @@ impl Runtime {
         job_id: &str,
         job_type: &str,
         context: RunContext,
+        journal: Option<Arc<dyn CallJournal>>,
         invoke: impl for<'a> FnOnce(
             &'a JobPlugin,
             &'a mut Store<HostState>,
@@ -308,13 +332,10 @@ impl Runtime {
         let mut limits = context.limits;
         limits.memory_mib = limits.memory_mib.min(self.max_memory_mib);
         let state = HostState::new(
-            job_id.to_string(),
-            job_type.to_string(),
-            context.sink,
-            context.llm,
-            context.cancel,
-            limits,
+            (job_id.to_string(), job_type.to_string()),
+            RunContext { limits, ..context },
             deadline,
+            journal,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);

@@ -100,6 +100,7 @@ impl Store {
         txn.open_table(BY_TYPE)?;
         txn.open_table(BY_FINISH)?;
         txn.open_table(IDEMPOTENCY)?;
+        txn.open_table(JOURNAL)?;
         txn.commit()?;
 
         let db = Arc::new(db);
@@ -181,6 +182,38 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Delete { ids, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a job's journaled LLM call `index` (JSON bytes); durable when this returns.
+    pub async fn journal_call(
+        &self,
+        job: Uuid,
+        index: u64,
+        entry: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Journal {
+            job,
+            index,
+            entry,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A job's journaled LLM calls, by index, as stored.
+    pub fn journal(&self, job: Uuid) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(JOURNAL).map_err(storage)?;
+        let id = job.as_u128();
+        table
+            .range((id, 0)..=(id, u64::MAX))
+            .map_err(storage)?
+            .map(|entry| {
+                let (key, value) = entry.map_err(storage)?;
+                Ok((key.value().1, value.value().to_vec()))
+            })
+            .collect()
     }
 
     /// Waits until every change sent before this call is committed.

@@ -120,6 +120,8 @@ pub mod event_names {
     pub const PARTIAL: &str = "partial";
     /// `{label, delta}`: streamed LLM output.
     pub const TOKEN: &str = "token";
+    /// `{index, label}`: an LLM call answered from the job's journal (not paid again).
+    pub const REPLAYED: &str = "replayed";
     /// `{result}`: terminal.
     pub const COMPLETED: &str = "completed";
     /// `{error}`: terminal.

@@ -19,3 +19,6 @@ pub(super) const BY_TYPE: TableDefinition<(&str, u128), ()> = TableDefinition::n
 pub(super) const BY_FINISH: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_finish");
 /// Idempotency key -> job id.
 pub(super) const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency");
+/// (job id, call index) -> JSON of a journaled LLM call: the request's hash and the
+/// response, stored before the plugin saw it, so a re-run replays instead of paying again.
+pub(super) const JOURNAL: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("journal");

@@ -75,6 +75,13 @@ pub(super) enum Op {
         ids: Vec<Uuid>,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Stores one journaled LLM call (JSON bytes) of a job.
+    Journal {
+        job: Uuid,
+        index: u64,
+        entry: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Answers once everything sent before it is committed.
     Flush { reply: oneshot::Sender<()> },
 }
@@ -96,6 +103,10 @@ enum Reply {
         Option<oneshot::Sender<Result<JobRecord, StoreError>>>,
         Result<JobRecord, StoreError>,
     ),
+    Journal(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
     Delete(
         oneshot::Sender<Result<usize, StoreError>>,
         Result<usize, StoreError>,
@@ -111,6 +122,7 @@ impl Reply {
             Op::Insert { reply, .. } => Reply::Insert(reply, Err(StoreError::Closed)),
             Op::Update { reply, .. } => Reply::Update(reply, Err(StoreError::Closed)),
             Op::Delete { reply, .. } => Reply::Delete(reply, Err(StoreError::Closed)),
+            Op::Journal { reply, .. } => Reply::Journal(reply, Err(StoreError::Closed)),
             Op::Flush { reply } => Reply::Flush(reply),
         }
     }
@@ -121,6 +133,7 @@ impl Reply {
             Reply::Insert(tx, _) => Reply::Insert(tx, Err(error.clone())),
             Reply::Update(tx, _) => Reply::Update(tx, Err(error.clone())),
             Reply::Delete(tx, _) => Reply::Delete(tx, Err(error.clone())),
+            Reply::Journal(tx, _) => Reply::Journal(tx, Err(error.clone())),
             flush @ Reply::Flush(_) => flush,
         }
     }
@@ -135,6 +148,7 @@ impl Reply {
             }
             Reply::Update(None, Ok(_)) => {}
             Reply::Delete(tx, r) => drop(tx.send(r)),
+            Reply::Journal(tx, r) => drop(tx.send(r)),
             Reply::Flush(tx) => drop(tx.send(())),
         }
     }
@@ -198,6 +212,7 @@ struct Tables<'txn> {
     by_type: Table<'txn, (&'static str, u128), ()>,
     by_finish: Table<'txn, (u64, u128), ()>,
     idempotency: Table<'txn, &'static str, u128>,
+    journal: Table<'txn, (u128, u64), &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -211,6 +226,7 @@ impl<'txn> Tables<'txn> {
             by_type: txn.open_table(BY_TYPE).map_err(storage)?,
             by_finish: txn.open_table(BY_FINISH).map_err(storage)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
+            journal: txn.open_table(JOURNAL).map_err(storage)?,
         })
     }
 
@@ -237,6 +253,17 @@ impl<'txn> Tables<'txn> {
                     deleted += usize::from(self.delete(id)?);
                 }
                 Reply::Delete(reply, Ok(deleted))
+            }
+            Op::Journal {
+                job,
+                index,
+                entry,
+                reply,
+            } => {
+                self.journal
+                    .insert((job.as_u128(), index), entry.as_slice())
+                    .map_err(storage)?;
+                Reply::Journal(reply, Ok(()))
             }
             Op::Flush { reply } => Reply::Flush(reply),
         })
@@ -339,6 +366,9 @@ impl<'txn> Tables<'txn> {
             self.idempotency.remove(idem.as_str()).map_err(storage)?;
         }
         self.events
+            .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
+            .map_err(storage)?;
+        self.journal
             .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
             .map_err(storage)?;
         Ok(true)

@@ -9,7 +9,9 @@
 //! so every acknowledged submit is durable (fsync'd) as in production. Timings are measured,
 //! never asserted.
 
+mod fanout;
 mod http;
+mod restart;
 mod runtime;
 mod server;
 mod stats;
@@ -167,6 +169,77 @@ async fn run(args: Args) -> anyhow::Result<()> {
         e2e.jobs, e2e.jobs_per_second, e2e.submit_to_start.p50_us, e2e.submit_to_start.p99_us
     );
 
+    // 4. SSE fan-out.
+    let hostile = component("target/plugins/wasm32-wasip2/release/kiln_fixture_hostile.wasm")?;
+    std::fs::copy(&hostile, plugins.path().join("hostile.wasm"))?;
+    let fanout_config = "max_streams = 20000\n[queues.hostile]\nmax_concurrent = 1\n\
+                         [limits]\nmax_events_per_second = 1000000\n\
+                         [providers.offline]\nkind = \"offline\"\nlatency_ms = 0\n";
+    let mut fanout_figures = Vec::new();
+    for (subscribers, events) in [
+        (scale(1000, 100), scale(1000, 100)),
+        (scale(10_000, 500), 100),
+    ] {
+        for stream in [fanout::Stream::Job, fanout::Stream::All] {
+            let dir = data.path().join(format!("fanout-{subscribers}-{stream:?}"));
+            let server = server::KilnServer::start(&dir, plugins.path(), fanout_config)?;
+            fanout_figures.push(fanout::fanout(&server, stream, subscribers, events).await?);
+            server.stop();
+        }
+    }
+    println!("\nSSE fan-out (one job emitting progress as fast as it can):");
+    println!(
+        "  {:<6} {:>11} {:>7} {:>12} {:>14} {:>10} {:>10} {:>14}",
+        "stream",
+        "subscribers",
+        "events",
+        "deliveries",
+        "deliveries/s",
+        "p50 ms",
+        "p99 ms",
+        "idle KB/sub"
+    );
+    for f in &fanout_figures {
+        println!(
+            "  {:<6} {:>11} {:>7} {:>12} {:>14.0} {:>10.2} {:>10.2} {:>14.1}",
+            format!("{:?}", f.stream),
+            f.subscribers,
+            f.events,
+            f.deliveries,
+            f.deliveries_per_second,
+            f.latency.p50_us / 1000.0,
+            f.latency.p99_us / 1000.0,
+            f.rss_per_idle_subscriber_bytes / 1024.0
+        );
+    }
+
+    // 5. Restart with many stored jobs.
+    let jobs = scale(100_000, 10_000);
+    let dir = data.path().join("restart");
+    std::fs::create_dir_all(&dir)?;
+    restart::populate(&dir, jobs).await?;
+    let restart_figure = restart::restart(&dir, plugins.path(), config, jobs)?;
+    println!(
+        "\nRestart: {} stored queued jobs ({:.0} MB database): start to serving {:.0} ms",
+        restart_figure.jobs,
+        restart_figure.db_bytes as f64 / 1e6,
+        restart_figure.start_to_serving_ms
+    );
+
+    // 6. Recovery: calls the journal saves.
+    std::fs::copy(
+        bundled("characters")?,
+        plugins.path().join("characters.wasm"),
+    )?;
+    let recovery = restart::recovery(&data.path().join("recovery"), plugins.path(), 5).await?;
+    println!(
+        "\nRecovery: a characters job of {} LLM calls killed (SIGKILL) at {}%: {} calls replayed from the journal, {} paid after the restart",
+        recovery.calls_per_job,
+        recovery.progress_at_kill,
+        recovery.replayed_calls,
+        recovery.paid_after_restart
+    );
+
     if let Some(path) = args.json {
         let report = json!({
             "machine": machine,
@@ -175,6 +248,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "load": load_figures,
             "submit": submit_figures,
             "end_to_end": e2e,
+            "fanout": fanout_figures,
+            "restart": restart_figure,
+            "recovery": recovery,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         println!("\nwrote {}", path.display());

@@ -1,0 +1,209 @@
+//! Real providers under real jobs: a `characters` job against the fake OpenAI-format
+//! provider on loopback streams its tokens to SSE clients live, a burst of jobs stays
+//! inside the provider's limits, a `kill -9` repeats no finished provider call, and the
+//! key never shows up in logs, events or API answers.
+
+use std::collections::HashMap;
+use std::sync::Once;
+
+use serde_json::json;
+
+use crate::fake_provider::{Behavior, FakeProvider};
+use crate::support::*;
+
+const KEY: &str = "sk-kiln-e2e-4b1d-SECRET-never-print";
+const KEY_ENV: &str = "KILN_E2E_PROVIDER_KEY";
+
+fn set_key() {
+    static ONCE: Once = Once::new();
+    // SAFETY: set once, before any server starts, under a name nothing else uses.
+    ONCE.call_once(|| unsafe { std::env::set_var(KEY_ENV, KEY) });
+}
+
+/// TOML for a `fake` openai-format provider at `fake` with `settings`.
+fn provider_config(fake: &FakeProvider, settings: &str) -> String {
+    set_key();
+    format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"{KEY_ENV}\"\n{settings}\n\
+         [models]\ndefault = \"fake/test-model\"\n",
+        fake.base_url
+    )
+}
+
+#[tokio::test]
+async fn characters_tokens_stream_live_and_the_key_never_leaks() {
+    let fake = FakeProvider::with(Behavior {
+        chunk_delay_ms: 10,
+        ..Behavior::default()
+    })
+    .await;
+    let text = fake.behavior().text();
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&["characters"]);
+    let kiln = KilnProcess::start_logging(
+        data.path(),
+        plugins.path(),
+        &provider_config(&fake, "max_concurrent = 4"),
+        "debug",
+    );
+    let client = reqwest::Client::new();
+    let (status, job) = submit(
+        &client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "beekeepers", "count": 2 } }),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = id_of(&job);
+    let events = all_events(&client, &kiln.base, &id, LONG).await;
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("completed"),
+        "{events:?}"
+    );
+
+    // Tokens arrive live, before the job completes, in order per label: each label's
+    // deltas add up to the provider's text.
+    let mut streamed: HashMap<String, String> = HashMap::new();
+    for event in events.iter().filter(|e| e.event == "token") {
+        let label = event.data["label"].as_str().unwrap().to_string();
+        streamed
+            .entry(label)
+            .or_default()
+            .push_str(event.data["delta"].as_str().unwrap());
+    }
+    assert_eq!(
+        streamed.len(),
+        12,
+        "2 characters x 6 steps, one label each: {streamed:?}"
+    );
+    assert!(streamed.values().all(|s| *s == text), "{streamed:?}");
+    let result = &events.last().unwrap().data["result"];
+    assert_eq!(result[0]["name"], text.trim(), "{result:#}");
+    assert_eq!(fake.calls(), 12);
+    for seen in fake.seen() {
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {KEY}").as_str())
+        );
+    }
+
+    // The key is in no event, no API answer and no log line (debug level included).
+    let job = reqwest::get(kiln.url(&format!("/v1/jobs/{id}")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let plugins_list = reqwest::get(kiln.url("/v1/plugins"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (what, text) in [
+        ("events", format!("{events:?}")),
+        ("job", job),
+        ("plugins", plugins_list),
+        ("log", kiln.log()),
+    ] {
+        assert!(!text.contains(KEY), "the key leaked into the {what}");
+        assert!(
+            !text.contains("SECRET"),
+            "part of the key leaked into the {what}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_50_jobs_stays_inside_the_provider_limits() {
+    let fake = FakeProvider::with(Behavior {
+        delay_ms: 20,
+        ..Behavior::default()
+    })
+    .await;
+    let kiln = InProcess::start_cached(
+        &["characters"],
+        &format!(
+            "default_max_concurrent = 50\n{}",
+            provider_config(&fake, "max_concurrent = 3")
+        ),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..50 {
+        let (status, job) = submit(
+            &kiln.client,
+            &kiln.base,
+            json!({ "type": "characters", "payload": { "theme": format!("burst {n}"), "count": 1 } }),
+        )
+        .await;
+        assert_eq!(status, 202, "{job}");
+        ids.push(id_of(&job));
+    }
+    for id in &ids {
+        let job = wait_terminal(&kiln.client, &kiln.base, id, LONG).await;
+        assert_eq!(job["status"], "completed", "{job:#}");
+    }
+    assert_eq!(fake.calls(), 50 * 6, "every call made once");
+    assert_eq!(
+        fake.max_in_flight(),
+        3,
+        "max_concurrent = 3 held (and was used)"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_mid_job_repeats_no_finished_provider_call() {
+    let fake = FakeProvider::with(Behavior {
+        delay_ms: 250,
+        ..Behavior::default()
+    })
+    .await;
+    let config = provider_config(&fake, "max_concurrent = 8");
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&["characters"]);
+    let mut kiln = KilnProcess::start(data.path(), plugins.path(), &config);
+    let client = reqwest::Client::new();
+    let (_, job) = submit(
+        &client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "lamplighters", "count": 3 } }),
+    )
+    .await;
+    let id = id_of(&job);
+    let response = open_sse(&client, &kiln.url(&format!("/v1/jobs/{id}/events")), None).await;
+    let mut reader = SseReader::new(response);
+    while let Some(event) = reader.next(LONG).await {
+        if event.data["progress"].as_u64() >= Some(50) {
+            break;
+        }
+    }
+    kiln.kill9();
+    let before_restart = fake.calls();
+    assert!(
+        before_restart >= 9,
+        "three rounds were done: {before_restart}"
+    );
+
+    let kiln = KilnProcess::start(data.path(), plugins.path(), &config);
+    let done = wait_terminal(&client, &kiln.base, &id, LONG).await;
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", kiln.log());
+
+    // What the provider saw after the restart is exactly what the job paid for then, and
+    // that plus what the journal answered is the job's 18 calls: none of the finished
+    // rounds was asked again. (Bodies cannot be compared: the fake answers every call
+    // alike, so the three characters' later prompts are identical.)
+    let usage = &done["usage"];
+    let paid_after = usage["llm_calls"].as_u64().unwrap() as usize;
+    let replayed = usage["replayed_calls"].as_u64().unwrap() as usize;
+    assert!(
+        replayed >= 9,
+        "the three finished rounds were replayed: {usage:#}"
+    );
+    assert_eq!(fake.calls() - before_restart, paid_after, "{usage:#}");
+    assert_eq!(paid_after + replayed, 18, "{usage:#}");
+    // Calls the provider answered but the dead process never journaled (one round in
+    // flight at the kill) are the only ones it saw twice.
+    assert!(fake.calls() <= 18 + 3, "{} calls", fake.calls());
+}
