@@ -36,6 +36,8 @@ pub struct Config {
     pub keep_alive_secs: Option<u64>,
     /// Longest `?wait=` on submit, seconds. Default 60.
     pub max_wait_secs: Option<u64>,
+    /// Events an SSE subscriber may lag before it is disconnected. Default 1024.
+    pub sse_buffer_events: Option<usize>,
     /// How long finished jobs are kept, seconds. Default 86,400.
     pub job_ttl_secs: Option<u64>,
     /// How often expired jobs are swept, seconds. Default 60.
@@ -64,6 +66,8 @@ pub struct Config {
     pub providers: HashMap<String, ProviderConfig>,
     /// Model aliases -> `"provider/model"`.
     pub models: HashMap<String, String>,
+    /// Thresholds of the queue health rule (`GET /v1/queues`).
+    pub health: crate::monitor::HealthThresholds,
 }
 
 /// `[types.NAME]`.
@@ -309,6 +313,11 @@ impl Config {
             max_streams: self.max_streams.unwrap_or(api_defaults.max_streams),
             keep_alive: self.keep_alive_secs.map_or(api_defaults.keep_alive, secs),
             max_wait_secs: self.max_wait_secs.unwrap_or(api_defaults.max_wait_secs),
+            sse_buffer_events: self
+                .sse_buffer_events
+                .unwrap_or(api_defaults.sse_buffer_events)
+                .max(16),
+            health: self.health.clone(),
         };
         let (llm, model_aliases) = self.build_llm()?;
         Ok(Resolved {
@@ -360,6 +369,13 @@ impl Config {
             }
         }
         let mut router = ModelRouter::default();
+        for (name, client) in &providers {
+            let kind = self
+                .providers
+                .get(name)
+                .map_or("offline", |p| p.kind.as_str());
+            router.add_provider(name, kind, client.clone());
+        }
         for (alias, target) in &models {
             let (provider, model) = target.split_once('/').with_context(|| {
                 format!("[models] {alias} = {target:?}: write it as \"provider/model\"")

@@ -12,6 +12,7 @@
 //! - `runtime/`: the wasmtime sandbox that runs job types; reaches `llm/` only through the
 //!   host imports it implements.
 //! - `llm/`: LLM providers behind the [`llm::LlmClient`] trait, including `offline`.
+//! - `monitor`: metrics (`/metrics`), recent queue figures and the queue health rule.
 //! - `config`: the TOML file, `KILN_*` variables and flags, merged.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod jobs;
 pub mod llm;
+pub mod monitor;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -31,7 +31,10 @@ pub struct Server {
 impl Server {
     /// Opens the store, loads the plugins, recovers interrupted jobs and starts serving.
     pub async fn start(config: Resolved) -> anyhow::Result<Server> {
-        let store = Arc::new(Store::open(&config.data_dir.join(DB_FILE), 1024)?);
+        let store = Arc::new(Store::open(
+            &config.data_dir.join(DB_FILE),
+            config.api.sse_buffer_events,
+        )?);
         let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
         let plugins_dir = &config.plugins_dir;
         if !plugins_dir.is_dir() {

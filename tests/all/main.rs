@@ -5,10 +5,15 @@
 mod support;
 
 mod api;
+mod browser;
+mod cli;
 mod durability;
 mod fake_provider;
 mod journal;
 mod lifecycle;
+mod metrics;
+mod openapi;
+mod ops;
 mod plugin_cli;
 mod providers;
 mod providers_e2e;

@@ -655,3 +655,63 @@ pub fn id_of(job: &Value) -> String {
         .unwrap_or_else(|| panic!("no id in {job:#}"))
         .to_string()
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers added for the cli and ops modules.
+
+/// A free loopback port (bound and released: good enough for one test's restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl KilnProcess {
+    /// Starts `kiln serve` on the fixed address `addr` (e.g. `127.0.0.1:PORT`, so a
+    /// client can follow the server across a kill -9 and a restart on the same port), with
+    /// the shared compiled-component cache.
+    pub fn start_on(addr: &str, data_dir: &Path, plugins_dir: &Path, extra_config: &str) -> Self {
+        seed_cache(data_dir);
+        let config = data_dir.with_extension("toml");
+        std::fs::write(&config, test_config(extra_config)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
+            .args(["serve", "--addr", addr, "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--plugins-dir")
+            .arg(plugins_dir)
+            .env("KILN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning kiln");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("kiln listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("kiln did not start; its log:\n{}", log.lock().unwrap());
+            }
+        };
+        save_cache(data_dir);
+        Self { child, base, log }
+    }
+}

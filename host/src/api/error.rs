@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::jobs::ServiceError;
 use crate::runtime::SchemaViolation;
@@ -70,12 +71,54 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The `error` of an error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `malformed_json`, `invalid_request`, `invalid_payload`,
+    /// `unknown_type`, `unsupported_media_type`, `body_too_large`, `invalid_query`,
+    /// `invalid_cursor`, `invalid_last_event_id`, `not_found`, `method_not_allowed`,
+    /// `conflict`, `queue_full`, `too_many_streams`, `shutting_down`, `internal`.
+    #[schema(example = "not_found")]
+    pub kind: String,
+    /// For people.
+    pub message: String,
+    /// Where the payload fails the job type's JSON Schema (`invalid_payload` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+/// One way a payload fails its schema.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Violation {
+    /// JSON Pointer into the payload; `""` for the payload itself.
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "kind": self.kind, "message": self.message });
-        if !self.violations.is_empty() {
-            error["violations"] = json!(self.violations);
-        }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind.to_string(),
+                message: self.message,
+                violations: self
+                    .violations
+                    .into_iter()
+                    .map(|v| Violation {
+                        path: v.path,
+                        message: v.message,
+                    })
+                    .collect(),
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }

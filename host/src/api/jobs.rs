@@ -6,18 +6,19 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, JsonBody, job_id};
 use super::view::JobView;
 use crate::jobs::SubmitRequest;
 use crate::store::{JobStatus, ListQuery};
 
 /// The body of `POST /v1/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     /// Job type.
@@ -41,7 +42,8 @@ fn empty_object() -> Value {
 }
 
 /// Query of `POST /v1/jobs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitQuery {
     /// Wait up to this many seconds for the job to end (direct mode).
@@ -50,6 +52,20 @@ pub struct SubmitQuery {
 
 /// `POST /v1/jobs`: `202` with the new job, `200` with the job an `Idempotency-Key` already
 /// created, or `200` with the finished job when `?wait=` saw it end.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    params(SubmitQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same job (1 to 255 characters)")),
+    request_body(content = SubmitBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Created and queued", body = JobView,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 200, description = "The job this Idempotency-Key already created (`Idempotent-Replayed: true`), or the finished job when `?wait=` saw it end", body = JobView),
+        (status = 400, description = "Malformed JSON, unknown type, payload failing the type's JSON Schema (with `violations`), bad field or query", body = ErrorBody),
+        (status = 413, description = "Body larger than `max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 429, description = "`queue_full`: too many jobs waiting", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+    ))]
 pub async fn submit(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<SubmitQuery>,
@@ -133,6 +149,12 @@ fn parse_time(text: &str) -> Result<u64, ApiError> {
 }
 
 /// `GET /v1/jobs/{id}`.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (UUID)")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "Unknown or expired", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -142,7 +164,8 @@ pub async fn get(
 }
 
 /// Query of `GET /v1/jobs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Filter by status.
@@ -156,11 +179,26 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
+/// A page of `GET /v1/jobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<uuid::Uuid>,
+}
+
 /// `GET /v1/jobs`: `{jobs, next_cursor}`, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs, newest first", body = JobPage),
+        (status = 400, description = "`invalid_query` or `invalid_cursor`", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let status = match params.status.as_deref() {
         Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
             ApiError::bad_request(
@@ -200,10 +238,20 @@ pub async fn list(
         .into_iter()
         .map(|job| JobView::of(job, store))
         .collect();
-    Ok(Json(json!({ "jobs": jobs, "next_cursor": page.next })))
+    Ok(Json(JobPage {
+        jobs,
+        next_cursor: page.next,
+    }))
 }
 
 /// `POST /v1/jobs/{id}/cancel`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (UUID)")),
+    responses(
+        (status = 200, description = "The job, `cancelled` (a running job is stopped; the call waits up to 5 s for it)", body = JobView),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 409, description = "The job is already finished", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -216,6 +264,13 @@ pub async fn cancel(
 }
 
 /// `POST /v1/jobs/{id}/retry`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id (UUID)")),
+    responses(
+        (status = 202, description = "The job queued again as its next attempt", body = JobView),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 409, description = "The job is not `failed` or `cancelled`", body = ErrorBody),
+    ))]
 pub async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -3,9 +3,13 @@
 //! [`router`] builds the whole app from an [`AppState`]; `kiln serve` binds it, and tests
 //! drive it on `127.0.0.1:0`.
 
+mod dashboard;
 mod error;
 mod extract;
 mod jobs;
+mod metrics;
+mod openapi;
+mod ops;
 mod sse;
 mod system;
 mod view;
@@ -36,6 +40,11 @@ pub struct ApiSettings {
     pub keep_alive: Duration,
     /// Longest `?wait=` on submit, seconds. Default 60.
     pub max_wait_secs: u64,
+    /// Events an SSE subscriber may fall behind before it is disconnected (it then
+    /// resumes from the log). Default 1024.
+    pub sse_buffer_events: usize,
+    /// Thresholds of the queue health rule (`[health]`).
+    pub health: crate::monitor::HealthThresholds,
 }
 
 impl Default for ApiSettings {
@@ -45,6 +54,8 @@ impl Default for ApiSettings {
             max_streams: 10_000,
             keep_alive: Duration::from_secs(15),
             max_wait_secs: 60,
+            sse_buffer_events: 1024,
+            health: crate::monitor::HealthThresholds::default(),
         }
     }
 }
@@ -82,11 +93,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/bulk/retry", post(ops::bulk_retry))
+        .route("/v1/jobs/bulk/cancel", post(ops::bulk_cancel))
+        .route("/v1/doctor", get(ops::doctor))
+        .route("/v1/doctor/cleanup", post(ops::cleanup))
         .route("/v1/jobs/{id}/events", get(sse::job_events))
         .route("/v1/events", get(sse::all_events))
         .route("/v1/plugins", get(system::plugins))
         .route("/v1/queues", get(system::queues))
         .route("/healthz", get(system::healthz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -19,10 +19,11 @@ use futures::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio_util::sync::CancellationToken;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, job_id};
 use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, event_names};
 
@@ -30,7 +31,8 @@ use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, event_names};
 const REPLAY_PAGE: usize = 512;
 
 /// Query of `/v1/jobs/{id}/events`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobEventsQuery {
     /// For clients that cannot set the `Last-Event-ID` header.
@@ -38,6 +40,17 @@ pub struct JobEventsQuery {
 }
 
 /// `GET /v1/jobs/{id}/events`.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "The job's id (UUID)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        JobEventsQuery),
+    responses(
+        (status = 200, description = "Server-Sent Events: `status`, `progress`, `partial`, `token`, `replayed`, then one of `completed`, `failed`, `cancelled`; the `id:` is the event's sequence number", content_type = "text/event-stream", body = String),
+        (status = 204, description = "The job is over and nothing follows the given id"),
+        (status = 400, description = "Malformed `Last-Event-ID`", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 429, description = "`too_many_streams`", body = ErrorBody),
+    ))]
 pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -70,7 +83,8 @@ pub async fn job_events(
 }
 
 /// Query of `/v1/events`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AllEventsQuery {
     /// Only jobs of this type.
@@ -82,6 +96,13 @@ pub struct AllEventsQuery {
 
 /// `GET /v1/events`: live events of every job, for dashboards. Each event's data is
 /// wrapped as `{job_id, type, status, seq, data}`.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(AllEventsQuery),
+    responses(
+        (status = 200, description = "Server-Sent Events of every job, live; each event's data is `{job_id, type, status, seq, data}`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 429, description = "`too_many_streams`", body = ErrorBody),
+    ))]
 pub async fn all_events(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AllEventsQuery>,

@@ -8,7 +8,7 @@ use crate::llm::Usage;
 use crate::store::{ErrorInfo, JobRecord, JobStatus, Store, rfc3339};
 
 /// A job as clients see it. Field names are fixed by the design.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     /// The id.
     pub id: Uuid,
@@ -48,7 +48,7 @@ pub struct JobView {
 }
 
 /// Links of a job.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Links {
     /// `GET` the job.
     #[serde(rename = "self")]

@@ -1,7 +1,14 @@
 //! The `kiln` command line. One file per command; each is a thin layer over the library.
 
+mod client;
+mod doctor;
+mod jobs;
 mod plugin;
 mod serve;
+mod submit;
+mod watch;
+
+pub use client::{DEFAULT_SERVER, ServerArgs};
 
 use std::path::PathBuf;
 
@@ -24,6 +31,16 @@ pub enum Command {
     /// Check or run a plugin (a job type component) locally.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Submit a job to a running server; prints its id (or follows it with --watch).
+    Submit(submit::SubmitArgs),
+    /// Follow a job live: progress bar, stage, partials, then the result or the error.
+    /// Exits 0 completed, 1 failed, 2 cancelled.
+    Watch(watch::WatchArgs),
+    /// List, show, cancel or retry jobs on a running server.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Report stuck jobs, recent failures, plugins and provider reachability; fix them.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// `kiln serve`. Flags beat `KILN_*` variables, which beat the config file.
@@ -61,6 +78,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file).await,
         Command::Plugin(PluginCommand::Run(args)) => plugin::run(args).await,
+        Command::Submit(args) => submit::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
+        Command::Jobs(command) => jobs::run(command).await,
+        Command::Doctor(args) => doctor::run(args).await,
     }
 }
 

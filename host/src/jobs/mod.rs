@@ -5,10 +5,14 @@
 //! settled by the store, and each is durable before it is acknowledged. The in-memory
 //! [`queues`] only decide what runs next; they are rebuilt from the store at start.
 
+mod ops;
 mod queues;
 mod runner;
 mod settings;
 
+pub use ops::{
+    BulkFilter, DoctorReport, FailureGroup, MAX_BULK, PluginSummary, ProviderHealth, StuckJob,
+};
 pub use queues::QueueStats;
 pub use settings::ServiceSettings;
 
@@ -114,6 +118,8 @@ pub struct QueueReport {
     /// Figures since start.
     #[serde(skip)]
     pub stats: QueueStats,
+    /// When the oldest ready job (queued and due) began waiting, ms since the epoch.
+    pub oldest_ready_since_ms: Option<u64>,
 }
 
 /// A running attempt the service can stop.
@@ -141,6 +147,8 @@ struct Inner {
     /// Stops new attempts from starting.
     stopping: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
+    /// What `/metrics` and `/v1/queues` report.
+    metrics: Arc<crate::monitor::Metrics>,
 }
 
 impl JobService {
@@ -152,6 +160,7 @@ impl JobService {
         llm: Arc<dyn LlmClient>,
         settings: ServiceSettings,
     ) -> Self {
+        let metrics = Arc::new(crate::monitor::Metrics::new(&*llm));
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -164,6 +173,7 @@ impl JobService {
                 wake: Notify::new(),
                 stopping: CancellationToken::new(),
                 tasks: Mutex::new(JoinSet::new()),
+                metrics,
             }),
         }
     }
@@ -176,6 +186,11 @@ impl JobService {
     /// The loaded job types.
     pub fn plugins(&self) -> &Arc<PluginRegistry> {
         &self.inner.plugins
+    }
+
+    /// The metrics of this service.
+    pub fn metrics(&self) -> &Arc<crate::monitor::Metrics> {
+        &self.inner.metrics
     }
 
     /// The settings.
@@ -434,6 +449,7 @@ impl JobService {
                 running: queue.running,
                 limit: queue.limit,
                 stats: queue.stats,
+                oldest_ready_since_ms: queue.oldest_ready_since(),
             })
             .collect();
         reports.sort_by(|a, b| a.name.cmp(&b.name));

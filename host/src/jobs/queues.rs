@@ -12,6 +12,8 @@ use uuid::Uuid;
 struct Ready {
     priority: i32,
     id: Reverse<Uuid>,
+    /// When it became ready (queued, or its `run_at` came), ms; not part of the order.
+    since_ms: u64,
 }
 
 impl Ord for Ready {
@@ -64,6 +66,11 @@ impl Queue {
     pub fn depth(&self) -> usize {
         self.ready.len() + self.delayed.len()
     }
+
+    /// When the longest-waiting ready job became ready, ms (a scan of the ready jobs).
+    pub fn oldest_ready_since(&self) -> Option<u64> {
+        self.ready.iter().map(|ready| ready.since_ms).min()
+    }
 }
 
 /// Every queue, by name.
@@ -100,6 +107,7 @@ impl Queues {
             _ => queue.ready.push(Ready {
                 priority,
                 id: Reverse(id),
+                since_ms: now_ms,
             }),
         }
     }
@@ -120,6 +128,7 @@ impl Queues {
                 queue.ready.push(Ready {
                     priority,
                     id: Reverse(id),
+                    since_ms: at,
                 });
             }
             while queue.running < queue.limit {

@@ -27,7 +27,9 @@ impl JobService {
     /// Runs one attempt of job `id` from `queue`, then frees its queue slot.
     pub(super) async fn run_attempt(self, queue: String, id: Uuid) {
         let span = tracing::info_span!("job", job_id = %id, queue = %queue);
-        self.attempt(id).instrument(span).await;
+        crate::monitor::scope(self.inner.metrics.clone(), self.attempt(id))
+            .instrument(span)
+            .await;
         if let Some(q) = self
             .inner
             .queues
@@ -212,6 +214,13 @@ impl JobService {
         match ended {
             Ok(job) => {
                 self.record_end(&job, run_ms);
+                self.inner.metrics.attempt_finished(
+                    (&job.queue, &job.job_type),
+                    outcome_of(&job, interrupted),
+                    run_ms,
+                    usage.replayed_calls,
+                    now_ms(),
+                );
                 tracing::info!(
                     status = job.status.as_str(),
                     attempt = job.attempt,
@@ -236,6 +245,9 @@ impl JobService {
             q.stats.started += 1;
             q.stats.queue_ms += queue_ms;
         }
+        self.inner
+            .metrics
+            .attempt_started(queue, queue_ms, now_ms());
     }
 
     fn record_end(&self, job: &JobRecord, run_ms: u64) {
@@ -254,6 +266,18 @@ impl JobService {
                 _ => {}
             }
         }
+    }
+}
+
+/// How the attempt that left `job` in its state ended, for the metrics.
+fn outcome_of(job: &JobRecord, interrupted: bool) -> crate::monitor::Outcome {
+    use crate::monitor::Outcome;
+    match job.status {
+        JobStatus::Completed => Outcome::Completed,
+        JobStatus::Failed => Outcome::Failed,
+        JobStatus::Cancelled => Outcome::Cancelled,
+        _ if interrupted => Outcome::Interrupted,
+        _ => Outcome::Retried,
     }
 }
 

@@ -22,6 +22,7 @@ pub use provider::{
     MAX_RATE_LIMIT_RETRIES, MAX_SERVER_RETRIES, WireFormat,
 };
 pub use router::ModelRouter;
+pub use router::NamedProvider;
 
 /// The caller set by [`LLM_CALLER`] for the current task, or [`ANONYMOUS_CALLER`] when
 /// none is.
@@ -125,6 +126,18 @@ pub trait LlmClient: Send + Sync + 'static {
         request: &'a LlmRequest,
         tokens: Option<TokenSink<'a>>,
     ) -> BoxFuture<'a, Result<LlmResponse, LlmError>>;
+
+    /// Checks cheaply that the provider answers and accepts its credentials (for
+    /// `kiln doctor`). The message of an error never carries the key. Default: `Ok`.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The named providers behind this client (a router lists the ones it was given).
+    /// Default: none.
+    fn providers(&self) -> Vec<NamedProvider> {
+        Vec::new()
+    }
 }
 
 /// A rough token count for text whose provider gives none: about four bytes per token.
@@ -133,7 +146,7 @@ pub fn estimate_tokens(text: &str) -> u32 {
 }
 
 /// What a job spent on LLM calls: the `usage` of a job.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Calls sent to a provider (answered or failed).
     pub llm_calls: u64,

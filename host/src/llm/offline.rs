@@ -168,12 +168,14 @@ impl LlmClient for OfflineClient {
                 None => {}
             }
             let input: usize = request.messages.iter().map(|m| m.content.len()).sum();
-            Ok(LlmResponse {
+            let response = Ok(LlmResponse {
                 input_tokens: u32::try_from(input.div_ceil(4)).unwrap_or(u32::MAX),
                 output_tokens: estimate_tokens(&text),
                 model: OFFLINE_MODEL.to_string(),
                 text,
-            })
+            });
+            crate::monitor::llm_call(self as *const Self as *const (), "offline", &response);
+            response
         }
         .boxed()
     }

@@ -620,11 +620,53 @@ impl LlmClient for HttpProvider {
                     self.timeout.as_secs()
                 ))),
             };
-            result.map_err(|e| self.scrub(e))
+            let result = result.map_err(|e| self.scrub(e));
+            crate::monitor::llm_call(self as *const Self as *const (), &self.name, &result);
+            result
+        }
+        .boxed()
+    }
+
+    /// `GET {base_url}/models` with the provider's credentials, within [`PROBE_TIMEOUT`]
+    /// (or the provider's own timeout when shorter): any 2xx is reachable.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            let base = self
+                .url
+                .strip_suffix(self.format.path())
+                .unwrap_or(&self.url)
+                .trim_end_matches('/');
+            let request = self
+                .format
+                .headers(self.http.get(format!("{base}/models")), self.key.as_ref())
+                .timeout(self.timeout.min(PROBE_TIMEOUT));
+            let result = match request.send().await {
+                Err(error) if error.is_timeout() => Err(format!(
+                    "provider '{}' did not answer within {}s",
+                    self.name,
+                    self.timeout.min(PROBE_TIMEOUT).as_secs()
+                )),
+                Err(error) => Err(format!(
+                    "could not reach provider '{}': {}",
+                    self.name,
+                    describe(&error)
+                )),
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => match self.status_failure(response).await {
+                    Failure::Final(error) => Err(error.to_string()),
+                    Failure::Transient(message) | Failure::RateLimited { message, .. } => {
+                        Err(message)
+                    }
+                },
+            };
+            result.map_err(|message| self.scrub_text(message))
         }
         .boxed()
     }
 }
+
+/// Longest wait of a [`LlmClient::probe`] of an HTTP provider.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -16,10 +16,22 @@ struct Route {
     model: String,
 }
 
+/// A configured provider by its name in the config, for `kiln doctor`.
+#[derive(Clone)]
+pub struct NamedProvider {
+    /// The name of its `[providers.NAME]` table.
+    pub name: String,
+    /// `openai`, `anthropic` or `offline`.
+    pub kind: String,
+    /// The provider itself.
+    pub client: Arc<dyn LlmClient>,
+}
+
 /// An [`LlmClient`] that resolves aliases and forwards to providers.
 #[derive(Clone, Default)]
 pub struct ModelRouter {
     routes: HashMap<String, Route>,
+    named: Vec<NamedProvider>,
 }
 
 impl ModelRouter {
@@ -32,6 +44,18 @@ impl ModelRouter {
                 model: model.to_string(),
             },
         );
+    }
+
+    /// Registers `client` under its config `name` and `kind`, so [`LlmClient::providers`]
+    /// lists it.
+    pub fn add_provider(&mut self, name: &str, kind: &str, client: Arc<dyn LlmClient>) {
+        self.named.retain(|p| p.name != name);
+        self.named.push(NamedProvider {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            client,
+        });
+        self.named.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// The configured aliases.
@@ -61,5 +85,9 @@ impl LlmClient for ModelRouter {
             route.provider.complete(&concrete, tokens).await
         }
         .boxed()
+    }
+
+    fn providers(&self) -> Vec<NamedProvider> {
+        self.named.clone()
     }
 }

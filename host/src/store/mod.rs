@@ -374,6 +374,35 @@ impl Store {
             .collect()
     }
 
+    /// How many jobs are stored, by type and status (for `/metrics`): one pass over the
+    /// keys of the status and type indexes, no job record read.
+    pub fn count_by_type_and_status(&self) -> Result<Vec<(String, JobStatus, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let by_status = txn.open_table(BY_STATUS).map_err(storage)?;
+        let mut status_of = std::collections::HashMap::new();
+        for entry in by_status.iter().map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let (code, id) = key.value();
+            status_of.insert(id, code);
+        }
+        let by_type = txn.open_table(BY_TYPE).map_err(storage)?;
+        let mut counts: std::collections::BTreeMap<(String, u8), u64> = Default::default();
+        for entry in by_type.iter().map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let (job_type, id) = key.value();
+            if let Some(code) = status_of.get(&id) {
+                *counts.entry((job_type.to_string(), *code)).or_default() += 1;
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .filter_map(|((job_type, code), n)| {
+                let status = JobStatus::ALL.into_iter().find(|s| s.code() == code)?;
+                Some((job_type, status, n))
+            })
+            .collect())
+    }
+
     /// How many jobs are stored.
     pub fn job_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;

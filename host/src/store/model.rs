@@ -8,7 +8,7 @@ use crate::llm::Usage;
 
 /// Where a job is in its life. `queued -> running -> completed | failed | cancelled`; a job
 /// waiting out a retry backoff is `queued` with a later `run_at`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Waiting for its `run_at` and a free slot in its queue.
@@ -60,7 +60,7 @@ impl JobStatus {
 }
 
 /// The `error` of a failed job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorInfo {
     /// Machine-readable kind, e.g. `timeout`, `trap`, `retryable`.
     pub kind: String,

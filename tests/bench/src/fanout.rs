@@ -33,6 +33,8 @@ pub struct FanoutFigure {
     pub stream: Stream,
     pub subscribers: usize,
     pub events: usize,
+    /// Pause between the job's events; 0 is a burst (a throughput test).
+    pub pace_ms: u64,
     pub deliveries: usize,
     pub deliveries_per_second: f64,
     pub latency: Summary,
@@ -60,7 +62,7 @@ pub async fn fanout(
     server: &KilnServer,
     stream: Stream,
     subscribers: usize,
-    events: usize,
+    (events, pace_ms): (usize, u64),
 ) -> anyhow::Result<FanoutFigure> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -75,7 +77,7 @@ pub async fn fanout(
     let job = post(
         &client,
         jobs.clone(),
-        json!({ "type": "hostile", "payload": { "mode": "events", "n": events, "stamp": true } }),
+        json!({ "type": "hostile", "payload": { "mode": "events", "n": events, "stamp": true, "pace_ms": pace_ms } }),
     )
     .await?;
     let id = job["id"].as_str().unwrap_or_default().to_string();
@@ -120,6 +122,7 @@ pub async fn fanout(
         stream,
         subscribers,
         events,
+        pace_ms,
         deliveries,
         deliveries_per_second: deliveries as f64 / span.as_secs_f64().max(1e-6),
         latency: summarize(&mut latencies),

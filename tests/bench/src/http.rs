@@ -90,8 +90,6 @@ pub async fn end_to_end(
 ) -> anyhow::Result<EndToEndFigure> {
     let client = client();
     let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let completed = Arc::new(tokio::sync::Notify::new());
-    let done_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let events = client
         .get(format!("{base}/v1/events?type={job_type}"))
         .send()
@@ -102,8 +100,7 @@ pub async fn end_to_end(
         events.status()
     );
     let watcher = {
-        let (started_at, completed, done_count) =
-            (started_at.clone(), completed.clone(), done_count.clone());
+        let started_at = started_at.clone();
         tokio::spawn(async move {
             let mut stream = events.bytes_stream();
             let mut buffer = String::new();
@@ -122,21 +119,12 @@ pub async fn end_to_end(
                         continue;
                     };
                     let id = data["job_id"].as_str().unwrap_or_default().to_string();
-                    match (name, data["status"].as_str()) {
-                        ("status", Some("running")) => {
-                            started_at
-                                .lock()
-                                .unwrap()
-                                .entry(id)
-                                .or_insert_with(Instant::now);
-                        }
-                        ("completed", _)
-                            if done_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
-                                >= total =>
-                        {
-                            completed.notify_one();
-                        }
-                        _ => {}
+                    if name == "status" && data["status"] == "running" {
+                        started_at
+                            .lock()
+                            .unwrap()
+                            .entry(id)
+                            .or_insert_with(Instant::now);
                     }
                 }
             }
@@ -164,8 +152,29 @@ pub async fn end_to_end(
         worker??;
     }
     let total = per_worker * concurrency;
-    if done_count.load(std::sync::atomic::Ordering::SeqCst) < total {
-        tokio::time::timeout(Duration::from_secs(600), completed.notified()).await?;
+    // Completion is read from the queue's own count, not from the event stream, so the
+    // figure does not depend on the watcher keeping up.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let queues: Value = client
+            .get(format!("{base}/v1/queues"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let done = queues["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == job_type))
+            .and_then(|q| q["completed"].as_u64())
+            .unwrap_or(0);
+        if done as usize >= total {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {total} jobs completed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = wall.elapsed();
     watcher.abort();

@@ -31,6 +31,16 @@ struct Args {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Only these sections (comma-separated): sandbox, submit, e2e, fanout, restart,
+    /// recovery. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    sections: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, section: &str) -> bool {
+        self.sections.is_empty() || self.sections.iter().any(|s| s == section)
+    }
 }
 
 fn repo_root() -> PathBuf {
@@ -61,41 +71,105 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Where the components are, and how big a run is.
+struct Setup {
+    quick: bool,
+    noop: PathBuf,
+    plugins: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+impl Setup {
+    fn scale(&self, full: usize, quick: usize) -> usize {
+        if self.quick { quick } else { full }
+    }
+}
+
+/// Config of the servers the HTTP sections start.
+const SERVER_CONFIG: &str = "default_max_concurrent = 64\nmax_queued = 1000000\n\
+                             sse_buffer_events = 131072\n\
+                             [providers.offline]\nkind = \"offline\"\nlatency_ms = 0\n";
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let scale = |full: usize, quick: usize| if args.quick { quick } else { full };
-    let noop = component("target/plugins/wasm32-wasip2/release/kiln_fixture_noop.wasm")?;
-    let bundled = |name: &str| component(&format!("plugins/dist/{name}.wasm"));
+    let machine = machine();
+    println!("kiln-bench on {machine}\n");
+    let setup = Setup {
+        quick: args.quick,
+        noop: component("target/plugins/wasm32-wasip2/release/kiln_fixture_noop.wasm")?,
+        plugins: tempfile::tempdir()?,
+        data: tempfile::tempdir()?,
+    };
+    for (file, source) in [
+        ("noop.wasm", setup.noop.clone()),
+        (
+            "hostile.wasm",
+            component("target/plugins/wasm32-wasip2/release/kiln_fixture_hostile.wasm")?,
+        ),
+        ("characters.wasm", bundled("characters")?),
+    ] {
+        std::fs::copy(source, setup.plugins.path().join(file))?;
+    }
+    let mut report = serde_json::Map::new();
+    report.insert("machine".into(), json!(machine));
+    report.insert("quick".into(), json!(args.quick));
+    if args.wants("sandbox") {
+        report.insert("sandbox".into(), sandbox(&setup).await?);
+    }
+    if args.wants("submit") {
+        report.insert("submit".into(), submits(&setup).await?);
+    }
+    if args.wants("e2e") {
+        report.insert("end_to_end".into(), end_to_end(&setup).await?);
+    }
+    if args.wants("fanout") {
+        report.insert("fanout".into(), fanout(&setup).await?);
+    }
+    if args.wants("restart") {
+        report.insert("restart".into(), restart(&setup).await?);
+    }
+    if args.wants("recovery") {
+        report.insert("recovery".into(), recovery(&setup).await?);
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn bundled(name: &str) -> anyhow::Result<PathBuf> {
+    component(&format!("plugins/dist/{name}.wasm"))
+}
+
+/// 1. The sandbox, in process: per-job time and component load times.
+async fn sandbox(setup: &Setup) -> anyhow::Result<serde_json::Value> {
     let document: String = (0..40)
         .map(|i| format!("Paragraph {i}. The keeper climbed the stairs at dusk. The lamp was lit. Ships passed.\n\n"))
         .collect();
-    let machine = machine();
-    println!("kiln-bench on {machine}\n");
-
-    // 1. The sandbox, in process.
     let runs = vec![
         (
             "noop".to_string(),
-            noop.clone(),
+            setup.noop.clone(),
             "{}".to_string(),
-            scale(5000, 500),
+            setup.scale(5000, 500),
         ),
         (
             "characters".into(),
             bundled("characters")?,
             r#"{"theme":"pirates","count":3}"#.into(),
-            scale(300, 50),
+            setup.scale(300, 50),
         ),
         (
             "factions".into(),
             bundled("factions")?,
             r#"{"theme":"pirates","count":3}"#.into(),
-            scale(300, 50),
+            setup.scale(300, 50),
         ),
         (
             "documents".into(),
             bundled("documents")?,
             json!({ "text": document }).to_string(),
-            scale(200, 30),
+            setup.scale(200, 30),
         ),
     ];
     let run_figures = runtime::run_figures(&runs).await?;
@@ -128,23 +202,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             f.plugin, f.wasm_bytes, f.compile_ms, f.cache_hit_ms
         );
     }
+    Ok(json!({ "per_job": run_figures, "load": load_figures }))
+}
 
-    // 2. Durable submits through HTTP (jobs scheduled for 2099, so only the enqueue is measured).
-    let plugins = tempfile::tempdir()?;
-    std::fs::copy(&noop, plugins.path().join("noop.wasm"))?;
-    let config = "default_max_concurrent = 64\nmax_queued = 1000000\n\
-                  [providers.offline]\nkind = \"offline\"\nlatency_ms = 0\n";
-    let data = tempfile::tempdir()?;
-    let server = server::KilnServer::start(&data.path().join("submit"), plugins.path(), config)?;
+/// 2. Durable submits through HTTP (jobs scheduled for 2099: only the enqueue is measured).
+async fn submits(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let server = server::KilnServer::start(
+        &setup.data.path().join("submit"),
+        setup.plugins.path(),
+        SERVER_CONFIG,
+    )?;
     let later = json!({ "type": "noop", "payload": {}, "run_at": "2099-01-01T00:00:00Z" });
-    let mut submit_figures = Vec::new();
+    let mut figures = Vec::new();
     for (concurrency, total) in [
-        (1, scale(2000, 300)),
-        (16, scale(16000, 1600)),
-        (64, scale(32000, 3200)),
-        (256, scale(32768, 4096)),
+        (1, setup.scale(2000, 300)),
+        (16, setup.scale(16000, 1600)),
+        (64, setup.scale(32000, 3200)),
+        (256, setup.scale(32768, 4096)),
     ] {
-        submit_figures.push(http::submits(&server.base, later.clone(), concurrency, total).await?);
+        figures.push(http::submits(&server.base, later.clone(), concurrency, total).await?);
     }
     server.stop();
     println!("\nDurable submits, POST /v1/jobs (acknowledged after the commit):");
@@ -152,59 +228,97 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "  {:<12} {:>8} {:>10} {:>10} {:>10}",
         "concurrency", "submits", "per s", "p50 us", "p99 us"
     );
-    for f in &submit_figures {
+    for f in &figures {
         println!(
             "  {:<12} {:>8} {:>10.0} {:>10.1} {:>10.1}",
             f.concurrency, f.submits, f.per_second, f.latency.p50_us, f.latency.p99_us
         );
     }
+    Ok(json!(figures))
+}
 
-    // 3. No-op jobs end to end.
-    let server = server::KilnServer::start(&data.path().join("e2e"), plugins.path(), config)?;
-    let e2e = http::end_to_end(&server.base, "noop", 64, scale(20000, 2000)).await?;
+/// 3. No-op jobs end to end: saturated (64 clients submitting as fast as they can), and
+/// unloaded (one client, one job at a time) for submit->start without a queue.
+async fn end_to_end(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let server = server::KilnServer::start(
+        &setup.data.path().join("e2e"),
+        setup.plugins.path(),
+        SERVER_CONFIG,
+    )?;
+    let saturated = http::end_to_end(&server.base, "noop", 64, setup.scale(20000, 2000)).await?;
     server.stop();
-    println!("\nNo-op jobs end to end (64 submitting clients, queue limit 64):");
+    let server = server::KilnServer::start(
+        &setup.data.path().join("e2e-1"),
+        setup.plugins.path(),
+        SERVER_CONFIG,
+    )?;
+    let unloaded = http::end_to_end(&server.base, "noop", 1, setup.scale(2000, 200)).await?;
+    server.stop();
     println!(
-        "  {} jobs, {:.0} jobs/s; submit->start (send -> `running` event received) p50 {:.1} us, p99 {:.1} us",
-        e2e.jobs, e2e.jobs_per_second, e2e.submit_to_start.p50_us, e2e.submit_to_start.p99_us
+        "\nNo-op jobs end to end (submit -> start is send -> `running` event received on /v1/events):"
     );
+    println!(
+        "  {:<10} {:>8} {:>10} {:>16} {:>16}",
+        "clients", "jobs", "jobs/s", "to start p50 us", "to start p99 us"
+    );
+    for f in [&saturated, &unloaded] {
+        println!(
+            "  {:<10} {:>8} {:>10.0} {:>16.1} {:>16.1}",
+            f.concurrency,
+            f.jobs,
+            f.jobs_per_second,
+            f.submit_to_start.p50_us,
+            f.submit_to_start.p99_us
+        );
+    }
+    Ok(json!({ "saturated": saturated, "unloaded": unloaded }))
+}
 
-    // 4. SSE fan-out.
-    let hostile = component("target/plugins/wasm32-wasip2/release/kiln_fixture_hostile.wasm")?;
-    std::fs::copy(&hostile, plugins.path().join("hostile.wasm"))?;
-    let fanout_config = "max_streams = 20000\n[queues.hostile]\nmax_concurrent = 1\n\
-                         [limits]\nmax_events_per_second = 1000000\n\
-                         [providers.offline]\nkind = \"offline\"\nlatency_ms = 0\n";
-    let mut fanout_figures = Vec::new();
-    for (subscribers, events) in [
-        (scale(1000, 100), scale(1000, 100)),
-        (scale(10_000, 500), 100),
-    ] {
+/// 4. SSE fan-out.
+async fn fanout(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let config = "max_streams = 20000\n[queues.hostile]\nmax_concurrent = 1\n\
+                  [limits]\nmax_events_per_second = 1000000\n\
+                  [providers.offline]\nkind = \"offline\"\nlatency_ms = 0\n";
+    let mut figures = Vec::new();
+    // A burst of events measures delivery throughput; a paced job (10 events per
+    // second) measures fan-out latency without a backlog of the burst's own making.
+    let runs = [
+        (setup.scale(1000, 100), (setup.scale(1000, 100), 0)),
+        (setup.scale(10_000, 500), (50, 100)),
+    ];
+    for (subscribers, shape) in runs {
         for stream in [fanout::Stream::Job, fanout::Stream::All] {
-            let dir = data.path().join(format!("fanout-{subscribers}-{stream:?}"));
-            let server = server::KilnServer::start(&dir, plugins.path(), fanout_config)?;
-            fanout_figures.push(fanout::fanout(&server, stream, subscribers, events).await?);
+            let dir = setup
+                .data
+                .path()
+                .join(format!("fanout-{subscribers}-{stream:?}"));
+            let server = server::KilnServer::start(&dir, setup.plugins.path(), config)?;
+            figures.push(fanout::fanout(&server, stream, subscribers, shape).await?);
             server.stop();
         }
     }
-    println!("\nSSE fan-out (one job emitting progress as fast as it can):");
     println!(
-        "  {:<6} {:>11} {:>7} {:>12} {:>14} {:>10} {:>10} {:>14}",
+        "\nSSE fan-out (one job emitting progress as fast as it can; latency from the plugin's emit to arrival):"
+    );
+    println!(
+        "  {:<6} {:>11} {:>7} {:>6} {:>12} {:>14} {:>10} {:>10} {:>14}",
         "stream",
         "subscribers",
         "events",
+        "pace",
         "deliveries",
         "deliveries/s",
         "p50 ms",
         "p99 ms",
         "idle KB/sub"
     );
-    for f in &fanout_figures {
+    for f in &figures {
         println!(
-            "  {:<6} {:>11} {:>7} {:>12} {:>14.0} {:>10.2} {:>10.2} {:>14.1}",
+            "  {:<6} {:>11} {:>7} {:>6} {:>12} {:>14.0} {:>10.2} {:>10.2} {:>14.1}",
             format!("{:?}", f.stream),
             f.subscribers,
             f.events,
+            format!("{}ms", f.pace_ms),
             f.deliveries,
             f.deliveries_per_second,
             f.latency.p50_us / 1000.0,
@@ -212,50 +326,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
             f.rss_per_idle_subscriber_bytes / 1024.0
         );
     }
+    Ok(json!(figures))
+}
 
-    // 5. Restart with many stored jobs.
-    let jobs = scale(100_000, 10_000);
-    let dir = data.path().join("restart");
+/// 5. Restart with many stored jobs.
+async fn restart(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let jobs = setup.scale(100_000, 10_000);
+    let dir = setup.data.path().join("restart");
     std::fs::create_dir_all(&dir)?;
     restart::populate(&dir, jobs).await?;
-    let restart_figure = restart::restart(&dir, plugins.path(), config, jobs)?;
+    let figure = restart::restart(&dir, setup.plugins.path(), SERVER_CONFIG, jobs)?;
     println!(
         "\nRestart: {} stored queued jobs ({:.0} MB database): start to serving {:.0} ms",
-        restart_figure.jobs,
-        restart_figure.db_bytes as f64 / 1e6,
-        restart_figure.start_to_serving_ms
+        figure.jobs,
+        figure.db_bytes as f64 / 1e6,
+        figure.start_to_serving_ms
     );
+    Ok(json!(figure))
+}
 
-    // 6. Recovery: calls the journal saves.
-    std::fs::copy(
-        bundled("characters")?,
-        plugins.path().join("characters.wasm"),
-    )?;
-    let recovery = restart::recovery(&data.path().join("recovery"), plugins.path(), 5).await?;
+/// 6. Recovery: the provider calls the journal saves.
+async fn recovery(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let figure =
+        restart::recovery(&setup.data.path().join("recovery"), setup.plugins.path(), 5).await?;
     println!(
         "\nRecovery: a characters job of {} LLM calls killed (SIGKILL) at {}%: {} calls replayed from the journal, {} paid after the restart",
-        recovery.calls_per_job,
-        recovery.progress_at_kill,
-        recovery.replayed_calls,
-        recovery.paid_after_restart
+        figure.calls_per_job,
+        figure.progress_at_kill,
+        figure.replayed_calls,
+        figure.paid_after_restart
     );
-
-    if let Some(path) = args.json {
-        let report = json!({
-            "machine": machine,
-            "quick": args.quick,
-            "per_job": run_figures,
-            "load": load_figures,
-            "submit": submit_figures,
-            "end_to_end": e2e,
-            "fanout": fanout_figures,
-            "restart": restart_figure,
-            "recovery": recovery,
-        });
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-        println!("\nwrote {}", path.display());
-    }
-    Ok(())
+    Ok(json!(figure))
 }
 
 /// Cores and memory of this machine, for the record.

@@ -1,0 +1,560 @@
+// Kiln dashboard: plain JavaScript, no framework, no build step.
+//
+// State comes from one initial load (GET /v1/jobs?limit=100, /v1/plugins, /v1/queues) and
+// is then kept current by the live event stream GET /v1/events; there is no polling of
+// job state. Queue figures (GET /v1/queues) are refreshed every 5 s. Everything the page
+// shows that came from the server is inserted as text, never as HTML.
+'use strict';
+
+(() => {
+  const STATUSES = ['queued', 'running', 'completed', 'failed', 'cancelled'];
+  const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+  const EVENT_NAMES = ['status', 'progress', 'partial', 'token', 'replayed', 'completed', 'failed', 'cancelled'];
+  const RANK = { queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
+  // Fields of a job that do not change as it runs: safe to take from any snapshot.
+  const FIXED = ['created_at', 'queue', 'priority', 'max_attempts', 'run_at', 'links', 'type'];
+  const MAX_JOBS = 1000; // jobs kept in memory
+  const MAX_ROWS = 200; // rows shown
+  const MAX_ACTIVITY = 60;
+  const MAX_LOG_ROWS = 500;
+
+  const jobs = new Map(); // id -> job (the API's JSON, kept current by events)
+  const rows = new Map(); // id -> <tr>
+  const activity = []; // newest first
+  const pendingRefresh = new Set(); // ids to read once with GET /v1/jobs/{id}
+  let detail = null; // {id, source, events, partials, shown}
+  let renderQueued = false;
+
+  const $ = (selector, root = document) => root.querySelector(selector);
+
+  // ---- helpers ------------------------------------------------------------------------
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === 'text') node.textContent = value;
+      else if (key === 'class') node.className = value;
+      else node.setAttribute(key, value === true ? '' : value);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  // Calls the API; throws an Error whose message is the API's `kind: message`.
+  async function api(method, path, body) {
+    const init = { method, headers: { accept: 'application/json' } };
+    if (body !== undefined) {
+      init.headers['content-type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (error) {
+      throw new Error(`${method} ${path}: ${error.message}`);
+    }
+    const text = await response.text();
+    let json = null;
+    try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+    if (!response.ok) {
+      const e = json && json.error;
+      throw new Error(e ? `${e.kind}: ${e.message}` : `${method} ${path}: HTTP ${response.status}`);
+    }
+    return json;
+  }
+
+  let noticeTimer = null;
+  function notice(message, isError = false) {
+    const box = $('#notice');
+    box.textContent = message;
+    box.className = isError ? 'notice error' : 'notice';
+    box.dataset.kind = isError ? 'error' : 'info';
+    box.hidden = false;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => { box.hidden = true; }, isError ? 15000 : 6000);
+  }
+
+  const ms = (iso) => (iso ? Date.parse(iso) : NaN);
+  const short = (id) => id.slice(0, 8);
+  const json = (value) => (value === undefined || value === null ? '' : JSON.stringify(value, null, 2));
+
+  function duration(millis) {
+    if (!Number.isFinite(millis) || millis < 0) return '';
+    const s = Math.floor(millis / 1000);
+    if (s < 60) return `${s}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+    if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor(s / 60) % 60).padStart(2, '0')}m`;
+    return `${Math.floor(s / 86400)}d ${Math.floor(s / 3600) % 24}h`;
+  }
+
+  const runMillis = (job) => (job.started_at ? (ms(job.finished_at) || Date.now()) - ms(job.started_at) : NaN);
+  const thresholdSecs = () => Math.max(1, Number($('[name=threshold]').value) || 60);
+
+  // ---- state --------------------------------------------------------------------------
+
+  // Merges a job snapshot from the API. Live events may already be ahead of it (the
+  // snapshot was read before they were applied): then only its fixed fields are taken.
+  function merge(snapshot) {
+    const job = jobs.get(snapshot.id);
+    if (!job) {
+      jobs.set(snapshot.id, { ...snapshot });
+      return;
+    }
+    const sameAttempt = snapshot.attempt === job.attempt;
+    const fresher = snapshot.attempt > job.attempt || (sameAttempt && RANK[snapshot.status] >= RANK[job.status]);
+    if (fresher) {
+      const progress = job.progress || 0;
+      const message = job.message;
+      Object.assign(job, snapshot);
+      if (sameAttempt && snapshot.status === 'running' && progress > snapshot.progress) {
+        job.progress = progress;
+        job.message = message;
+      }
+    } else {
+      for (const key of FIXED) if (key in snapshot) job[key] = snapshot[key];
+      if (snapshot.usage) job.usage = snapshot.usage;
+    }
+  }
+
+  function forgetOldJobs() {
+    if (jobs.size <= MAX_JOBS) return;
+    const old = [...jobs.values()].filter((j) => TERMINAL.has(j.status)).sort(byNewest).slice(MAX_JOBS / 2);
+    for (const job of old) {
+      if (detail && detail.id === job.id) continue;
+      jobs.delete(job.id);
+      const row = rows.get(job.id);
+      if (row) row.remove();
+      rows.delete(job.id);
+    }
+  }
+
+  // One event of /v1/events: {job_id, type, status, seq, data}.
+  function onEvent(name, message) {
+    let event;
+    try { event = JSON.parse(message.data); } catch { return; }
+    const now = new Date().toISOString();
+    let job = jobs.get(event.job_id);
+    if (!job) {
+      job = { id: event.job_id, type: event.type, status: event.status, progress: 0, message: null, attempt: 1, created_at: now };
+      jobs.set(job.id, job);
+      pendingRefresh.add(job.id);
+    }
+    job.type = event.type;
+    job.status = event.status;
+    const data = event.data || {};
+    switch (name) {
+      case 'status':
+        if (data.attempt && data.attempt !== job.attempt) {
+          job.attempt = data.attempt;
+          job.progress = 0;
+          job.message = null;
+        }
+        if (event.status === 'running') {
+          job.started_at = now;
+          job.finished_at = null;
+          job.error = null;
+        }
+        if (event.status === 'queued') job.finished_at = null;
+        if (data.error) job.error = data.error;
+        break;
+      case 'progress':
+        job.progress = Math.max(job.progress || 0, data.progress || 0);
+        job.message = data.message;
+        break;
+      case 'completed':
+        job.result = data.result;
+        break;
+      case 'failed':
+        job.error = data.error;
+        break;
+      default:
+        break;
+    }
+    if (TERMINAL.has(event.status) && !job.finished_at) job.finished_at = now;
+    if (name !== 'token' && name !== 'progress') {
+      let text = name === 'status' ? event.status : name;
+      if (name === 'partial') text = `partial ${data.name}`;
+      if (name === 'failed' && data.error) text = `failed: ${data.error.kind}`;
+      if (name === 'status' && data.attempt > 1) text += ` (attempt ${data.attempt})`;
+      activity.unshift({ at: now, id: job.id, type: job.type, name, text });
+      if (activity.length > MAX_ACTIVITY) activity.length = MAX_ACTIVITY;
+    }
+    if (detail && detail.id === job.id && TERMINAL.has(event.status)) pendingRefresh.add(job.id);
+    forgetOldJobs();
+    scheduleRender();
+  }
+
+  // Reads the jobs first seen through events (for their creation time, queue, usage):
+  // at most 20 a second, so a burst of new jobs cannot flood the server.
+  async function flushRefreshes() {
+    const ids = [...pendingRefresh].slice(0, 20);
+    for (const id of ids) pendingRefresh.delete(id);
+    await Promise.all(ids.map(async (id) => {
+      try {
+        merge(await api('GET', `/v1/jobs/${id}`));
+      } catch { /* expired or gone: keep what the events said */ }
+    }));
+    if (ids.length) scheduleRender();
+  }
+
+  async function loadJobs() {
+    const page = await api('GET', '/v1/jobs?limit=100');
+    for (const job of page.jobs) merge(job);
+    scheduleRender();
+  }
+
+  async function loadPlugins() {
+    const { plugins } = await api('GET', '/v1/plugins');
+    const select = $('[name=type]');
+    for (const plugin of plugins) {
+      if (![...select.options].some((o) => o.value === plugin.name)) {
+        select.append(el('option', { value: plugin.name, text: plugin.name, title: plugin.description || '' }));
+      }
+    }
+  }
+
+  async function loadQueues() {
+    try {
+      const { queues } = await api('GET', '/v1/queues');
+      renderQueues(queues);
+    } catch (error) {
+      $('#queue-rows').replaceChildren(el('tr', {}, el('td', { text: `could not read queues: ${error.message}` })));
+    }
+  }
+
+  // ---- live stream --------------------------------------------------------------------
+
+  function setConnection(state, text) {
+    const badge = $('[data-testid=conn-state]');
+    badge.dataset.state = state;
+    badge.textContent = text || state;
+  }
+
+  function connect() {
+    const source = new EventSource('/v1/events');
+    let opened = false;
+    source.onopen = () => {
+      setConnection('live');
+      // /v1/events has no replay: after a reconnect, read the list again for what was missed.
+      if (opened) loadJobs().catch((e) => notice(`reloading jobs: ${e.message}`, true));
+      opened = true;
+    };
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) {
+        setConnection('closed', 'disconnected, retrying…');
+        setTimeout(connect, 5000);
+      } else {
+        setConnection('connecting', 'reconnecting…');
+      }
+    };
+    for (const name of EVENT_NAMES) source.addEventListener(name, (m) => onEvent(name, m));
+  }
+
+  // ---- actions ------------------------------------------------------------------------
+
+  async function act(action, id) {
+    try {
+      switch (action) {
+        case 'cancel':
+          merge(await api('POST', `/v1/jobs/${id}/cancel`));
+          notice(`Cancelled job ${short(id)}.`);
+          break;
+        case 'retry':
+          merge(await api('POST', `/v1/jobs/${id}/retry`));
+          notice(`Job ${short(id)} queued again.`);
+          break;
+        case 'bulk-retry': {
+          const body = { status: 'failed' };
+          const type = $('[name=type]').value;
+          if (type) body.type = type;
+          if (!window.confirm(`Retry every failed ${type || ''} job?`)) return;
+          const answer = await api('POST', '/v1/jobs/bulk/retry', body);
+          notice(`Retried ${answer.retried} job(s).`);
+          break;
+        }
+        case 'bulk-cancel': {
+          const body = { status: 'running', older_than_s: thresholdSecs() };
+          const type = $('[name=type]').value;
+          if (type) body.type = type;
+          if (!window.confirm(`Cancel every ${type || ''} job running for more than ${body.older_than_s} s?`)) return;
+          const answer = await api('POST', '/v1/jobs/bulk/cancel', body);
+          notice(`Cancelled ${answer.cancelled} job(s).`);
+          break;
+        }
+        case 'close-detail':
+          closeDetail();
+          break;
+        default:
+          return;
+      }
+    } catch (error) {
+      notice(error.message, true);
+    }
+    scheduleRender();
+  }
+
+  // ---- job detail ---------------------------------------------------------------------
+
+  function closeDetail() {
+    if (detail && detail.source) detail.source.close();
+    detail = null;
+    $('#detail').hidden = true;
+    scheduleRender();
+  }
+
+  // Shows one job: its fields from the job map, and its whole event log from
+  // GET /v1/jobs/{id}/events (replayed from the start, then live until it ends).
+  function openDetail(id) {
+    if (detail && detail.id === id) return;
+    closeDetail();
+    const source = new EventSource(`/v1/jobs/${id}/events`);
+    detail = { id, source, events: [], partials: [], shown: 0 };
+    const current = detail;
+    for (const name of EVENT_NAMES) {
+      source.addEventListener(name, (m) => {
+        if (detail !== current) return;
+        let data = null;
+        try { data = JSON.parse(m.data); } catch { data = m.data; }
+        current.events.push({ id: Number(m.lastEventId), name, data });
+        if (name === 'partial') current.partials.push(data);
+        if (TERMINAL.has(name)) source.close();
+        scheduleRender();
+      });
+    }
+    const section = $('#detail');
+    $('[data-field=events]', section).replaceChildren();
+    $('[data-field=partials]', section).replaceChildren();
+    section.hidden = false;
+    pendingRefresh.add(id);
+    flushRefreshes();
+    scheduleRender();
+  }
+
+  function actionButtons(job) {
+    const buttons = [];
+    if (!TERMINAL.has(job.status)) {
+      buttons.push(el('button', { type: 'button', 'data-action': 'cancel', 'data-testid': 'cancel-button', 'data-job-id': job.id, text: 'Cancel' }));
+    }
+    if (job.status === 'failed' || job.status === 'cancelled') {
+      buttons.push(el('button', { type: 'button', 'data-action': 'retry', 'data-testid': 'retry-button', 'data-job-id': job.id, text: 'Retry' }));
+    }
+    return buttons;
+  }
+
+  function renderDetail() {
+    const section = $('#detail');
+    if (!detail) return;
+    const job = jobs.get(detail.id) || { id: detail.id };
+    const field = (name) => $(`[data-field=${name}]`, section);
+    field('id').textContent = job.id;
+    field('type').textContent = job.type || '';
+    const status = field('status');
+    status.textContent = job.status || '';
+    status.className = `status status-${job.status}`;
+    field('message').textContent = job.message || '';
+    field('attempt').textContent = job.attempt ? `${job.attempt} of ${job.max_attempts || '?'}` : '';
+    field('created_at').textContent = job.created_at || '';
+    const u = job.usage;
+    field('usage').textContent = u
+      ? `${u.llm_calls} LLM calls, ${u.input_tokens} input + ${u.output_tokens} output tokens${u.replayed_calls ? `, ${u.replayed_calls} replayed` : ''}`
+      : '';
+    field('error').textContent = job.error ? `${job.error.kind}: ${job.error.message}` : '';
+    field('result').textContent = json(job.result);
+    const actions = field('actions');
+    const wanted = actionButtons(job);
+    if (actions.childElementCount !== wanted.length || [...actions.children].some((b, i) => b.dataset.action !== wanted[i].dataset.action)) {
+      actions.replaceChildren(...wanted);
+    }
+    // Append only what is new, keeping the log bounded.
+    const log = field('events');
+    for (; detail.shown < detail.events.length; detail.shown++) {
+      const e = detail.events[detail.shown];
+      const text = typeof e.data === 'string' ? e.data : JSON.stringify(e.data);
+      log.append(el('tr', { 'data-testid': 'detail-event' }, el('td', { text: String(e.id) }), el('td', { text: e.name }), el('td', { text: text.length > 300 ? `${text.slice(0, 300)}…` : text })));
+      if (e.name === 'partial') {
+        field('partials').append(el('li', {}, el('strong', { text: e.data.name }), el('pre', { text: json(e.data.data) })));
+      }
+    }
+    while (log.childElementCount > MAX_LOG_ROWS) log.firstElementChild.remove();
+  }
+
+  // ---- rendering ----------------------------------------------------------------------
+
+  function scheduleRender() {
+    if (renderQueued) return;
+    renderQueued = true;
+    setTimeout(() => {
+      renderQueued = false;
+      render();
+    }, 30);
+  }
+
+  const byNewest = (a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0); // UUIDv7: time order
+
+  function visibleJobs() {
+    const status = $('[name=status]').value;
+    const type = $('[name=type]').value;
+    const since = Number($('[name=since]').value);
+    const after = since ? Date.now() - since * 1000 : -Infinity;
+    return [...jobs.values()]
+      .filter((j) => (!status || j.status === status) && (!type || j.type === type) && !(ms(j.created_at) < after))
+      .sort(byNewest)
+      .slice(0, MAX_ROWS);
+  }
+
+  function makeRow(job) {
+    const row = el('tr', { 'data-testid': 'job-row', 'data-job-id': job.id },
+      el('td', {}, el('code', { text: short(job.id), title: job.id })),
+      el('td', { 'data-testid': 'job-type' }),
+      el('td', {}, el('span', { 'data-testid': 'job-status' })),
+      el('td', {}, el('progress', { max: '100', value: '0', 'data-testid': 'job-progress' }), el('span', { class: 'stage', 'data-testid': 'job-message' })),
+      el('td', { 'data-testid': 'job-age' }),
+      el('td', { 'data-testid': 'job-runtime' }),
+      el('td', { class: 'actions' }));
+    rows.set(job.id, row);
+    return row;
+  }
+
+  function updateRow(row, job) {
+    const set = (selector, text) => {
+      const node = $(selector, row);
+      if (node.textContent !== text) node.textContent = text;
+    };
+    row.dataset.status = job.status;
+    set('[data-testid=job-type]', job.type || '');
+    const status = $('[data-testid=job-status]', row);
+    status.className = `status status-${job.status}`;
+    set('[data-testid=job-status]', job.status);
+    const bar = $('[data-testid=job-progress]', row);
+    if (bar.value !== job.progress) bar.value = job.progress || 0;
+    bar.title = `${job.progress || 0}%`;
+    const stage = job.status === 'failed' && job.error ? `${job.error.kind}: ${job.error.message}` : job.message || '';
+    set('[data-testid=job-message]', stage);
+    set('[data-testid=job-age]', duration(Date.now() - ms(job.created_at)));
+    set('[data-testid=job-runtime]', duration(runMillis(job)));
+    row.classList.toggle('long', job.status === 'running' && runMillis(job) > thresholdSecs() * 1000);
+    row.classList.toggle('selected', Boolean(detail && detail.id === job.id));
+    const cell = $('td.actions', row);
+    const wanted = actionButtons(job);
+    const have = [...cell.children].map((b) => b.dataset.action).join();
+    if (have !== wanted.map((b) => b.dataset.action).join()) cell.replaceChildren(...wanted);
+  }
+
+  function renderJobs() {
+    const body = $('#job-rows');
+    const list = visibleJobs();
+    const wanted = list.map((job) => {
+      const row = rows.get(job.id) || makeRow(job);
+      updateRow(row, job);
+      return row;
+    });
+    const current = [...body.children];
+    if (current.length !== wanted.length || current.some((row, i) => row !== wanted[i])) {
+      body.replaceChildren(...wanted); // moves the same nodes: no row is recreated
+    }
+    $('#no-jobs').hidden = wanted.length > 0;
+  }
+
+  function renderSummary() {
+    const counts = Object.fromEntries(STATUSES.map((s) => [s, 0]));
+    const byType = new Map();
+    for (const job of jobs.values()) {
+      counts[job.status] = (counts[job.status] || 0) + 1;
+      if (!byType.has(job.type)) byType.set(job.type, Object.fromEntries(STATUSES.map((s) => [s, 0])));
+      byType.get(job.type)[job.status] += 1;
+    }
+    for (const status of STATUSES) {
+      const n = $(`[data-testid=card-${status}] .n`);
+      if (n.textContent !== String(counts[status])) n.textContent = String(counts[status]);
+    }
+    $('#type-rows').replaceChildren(...[...byType.keys()].sort().map((type) =>
+      el('tr', { 'data-testid': 'type-row', 'data-type': type }, el('td', { text: type }),
+        ...STATUSES.map((s) => el('td', { class: byType.get(type)[s] ? `status-${s}` : '', text: String(byType.get(type)[s]) })))));
+
+    const threshold = thresholdSecs() * 1000;
+    const long = [...jobs.values()].filter((j) => j.status === 'running' && runMillis(j) > threshold)
+      .sort((a, b) => runMillis(b) - runMillis(a));
+    $('#long-running').replaceChildren(...(long.length
+      ? long.slice(0, 30).map((j) => el('li', { 'data-job-id': j.id, 'data-testid': 'long-running-job' },
+        el('code', { text: short(j.id) }), ` ${j.type} running for ${duration(runMillis(j))} — ${j.progress || 0}% ${j.message || ''}`))
+      : [el('li', { class: 'empty', text: `Nothing running longer than ${thresholdSecs()} s.` })]));
+
+    const failed = [...jobs.values()].filter((j) => j.status === 'failed').sort(byNewest);
+    $('#failures').replaceChildren(...(failed.length
+      ? failed.slice(0, 30).map((j) => el('li', { 'data-job-id': j.id, 'data-testid': 'failure' },
+        el('code', { text: short(j.id) }), ` ${j.type} `,
+        el('span', { class: 'status-failed', text: j.error ? `${j.error.kind}: ${j.error.message}` : 'failed' })))
+      : [el('li', { class: 'empty', text: 'No failed jobs.' })]));
+
+    $('#activity').replaceChildren(...activity.map((a) => el('li', { 'data-job-id': a.id },
+      `${new Date(a.at).toLocaleTimeString()} `, el('code', { text: short(a.id) }), ` ${a.type} `,
+      el('span', { class: `status-${a.name === 'status' ? a.text.split(' ')[0] : a.name}`, text: a.text }))));
+  }
+
+  function formatCell(key, value) {
+    if (value === null || value === undefined) return el('td', { text: '—' });
+    if (key === 'health') {
+      const level = typeof value === 'string' ? value : value.status || value.level || '';
+      const why = typeof value === 'object' ? value.reason || value.reasons || '' : '';
+      return el('td', { class: `health-${level}`, title: typeof why === 'string' ? why : JSON.stringify(why), text: level || JSON.stringify(value) });
+    }
+    if (typeof value === 'number' && key.endsWith('_rate')) return el('td', { text: `${(value * 100).toFixed(1)}%` });
+    if (typeof value === 'number' && key.endsWith('_ms')) return el('td', { text: `${value} ms` });
+    if (Array.isArray(value)) return el('td', { text: value.map(String).join(', ') });
+    if (typeof value === 'object') return el('td', { text: JSON.stringify(value) });
+    return el('td', { text: String(value) });
+  }
+
+  // Shows whatever fields /v1/queues has: name and health first.
+  function renderQueues(queues) {
+    const keys = ['name'];
+    for (const key of ['health', 'health_reasons']) if (queues.some((q) => key in q)) keys.push(key);
+    for (const q of queues) for (const key of Object.keys(q)) if (!keys.includes(key)) keys.push(key);
+    $('#queue-head').replaceChildren(el('tr', {}, ...keys.map((k) => el('th', { text: k.replace(/_/g, ' ') }))));
+    $('#queue-rows').replaceChildren(...queues.map((q) =>
+      el('tr', { 'data-testid': 'queue-row', 'data-queue': q.name }, ...keys.map((k) => formatCell(k, q[k])))));
+  }
+
+  function render() {
+    renderJobs();
+    renderSummary();
+    renderDetail();
+  }
+
+  // ---- start --------------------------------------------------------------------------
+
+  function start() {
+    window.kilnDashboard = { jobs, loaded: false };
+    $('#job-rows').addEventListener('click', (e) => {
+      const button = e.target.closest('button[data-action]');
+      if (button) {
+        e.stopPropagation();
+        act(button.dataset.action, button.dataset.jobId);
+        return;
+      }
+      const row = e.target.closest('tr[data-job-id]');
+      if (row) openDetail(row.dataset.jobId);
+    });
+    document.body.addEventListener('click', (e) => {
+      const button = e.target.closest('button[data-action]');
+      if (button && !button.closest('#job-rows')) act(button.dataset.action, button.dataset.jobId);
+    });
+    const threshold = $('[name=threshold]');
+    threshold.value = localStorage.getItem('kiln.threshold') || threshold.value;
+    threshold.addEventListener('change', () => localStorage.setItem('kiln.threshold', threshold.value));
+    $('.filters').addEventListener('input', scheduleRender);
+    $('.filters').addEventListener('submit', (e) => e.preventDefault());
+
+    connect(); // first, so nothing that happens during the initial load is missed
+    Promise.all([loadJobs(), loadPlugins(), loadQueues()])
+      .then(() => { window.kilnDashboard.loaded = true; })
+      .catch((e) => notice(`loading: ${e.message}`, true));
+    setInterval(loadQueues, 5000); // queue figures only; job state comes from events
+    setInterval(flushRefreshes, 1000);
+    setInterval(() => { if (jobs.size) scheduleRender(); }, 1000); // ages and run times
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+})();

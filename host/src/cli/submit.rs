@@ -1,0 +1,88 @@
+//! `kiln submit TYPE --payload JSON`: posts a job; prints its id (or the job's JSON), and
+//! with `--watch` follows it like `kiln watch`.
+
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use super::client::{Client, ServerArgs};
+
+/// `kiln submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The job type.
+    #[arg(value_name = "TYPE")]
+    pub job_type: String,
+    /// The payload, as JSON, or `@FILE` to read it from a file.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Higher runs first within the queue (-1000..=1000).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Attempts before a retryable failure is final.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout, seconds.
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
+    /// Same key, same job: a repeated submit returns the first job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the job to its end, like `kiln watch`.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the job's JSON instead of its id.
+    #[arg(long)]
+    pub json: bool,
+    /// With --watch: also print streamed LLM tokens.
+    #[arg(long)]
+    pub tokens: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+pub(super) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.server)?;
+    let text = match args.payload.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the payload file {path}: {e}"))?,
+        None => args.payload.clone(),
+    };
+    let payload: Value = match serde_json::from_str(&text) {
+        Ok(payload) => payload,
+        Err(error) => {
+            eprintln!("error: --payload is not JSON: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut body = json!({ "type": args.job_type, "payload": payload });
+    if let Some(priority) = args.priority {
+        body["priority"] = json!(priority);
+    }
+    if let Some(max_attempts) = args.max_attempts {
+        body["max_attempts"] = json!(max_attempts);
+    }
+    if let Some(timeout_s) = args.timeout_s {
+        body["timeout_s"] = json!(timeout_s);
+    }
+    let mut request = client.http().post(client.url("/v1/jobs")).json(&body);
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let job = client.send(request).await?;
+    let id = job["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the server's answer has no job id: {job}"))?
+        .to_string();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    } else if args.watch {
+        eprintln!("submitted {id} ({})", args.job_type);
+    } else {
+        println!("{id}");
+    }
+    if args.watch {
+        return super::watch::follow(&client, &id, args.tokens).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}

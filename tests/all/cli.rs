@@ -1,0 +1,610 @@
+//! The server-facing command line (`kiln submit`, `watch`, `jobs`, `doctor`) run as the
+//! real program against real servers, and the Python example client run by `python3`.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::*;
+
+/// What a finished command printed.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status.code(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+fn kiln_command(server: &str, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln-test-server"));
+    command
+        .args(args)
+        .env("KILN_SERVER", server)
+        .env("KILN_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `kiln ARGS` against `server` to its end (within the hang guard).
+async fn kiln_cli(server: &str, args: &[&str]) -> Output {
+    let output = tokio::time::timeout(LONG, kiln_command(server, args).output())
+        .await
+        .expect("the command hung")
+        .expect("running kiln");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The `(percent, message)` of every progress bar line printed (one per event off a
+/// terminal).
+fn bars(stderr: &str) -> Vec<(u64, String)> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix('[')?;
+            let (bar, rest) = rest.split_once("] ")?;
+            if bar.len() != 25 || !bar.chars().all(|c| c == '#' || c == '-') {
+                return None;
+            }
+            let (percent, message) = rest.trim_start().split_once("% ")?;
+            Some((percent.parse().ok()?, message.to_string()))
+        })
+        .collect()
+}
+
+/// The `(percent, message)` of every progress event in a job's log.
+fn progress_events(events: &[SseEvent]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| {
+            (
+                e.data["progress"].as_u64().unwrap(),
+                e.data["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_status(kiln: &InProcess, id: &str, status: &str) {
+    for _ in 0..1000 {
+        let (_, job) = get_json(&kiln.client, &kiln.url(&format!("/v1/jobs/{id}"))).await;
+        if job["status"] == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {id} never became {status}");
+}
+
+#[tokio::test]
+async fn submit_watch_prints_progress_and_the_result() {
+    let kiln = kiln("").await;
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "submit",
+            "hostile",
+            "--payload",
+            r#"{"mode": "events", "n": 5}"#,
+            "--watch",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let expected: Vec<(u64, String)> = (1..=5).map(|i| (i * 20, format!("step {i}"))).collect();
+    assert_eq!(bars(&out.stderr), expected, "{out:?}");
+    assert!(out.stderr.contains("submitted "), "{out:?}");
+    assert!(out.stderr.contains("completed (attempt 1)"), "{out:?}");
+    let result: Value = serde_json::from_str(&out.stdout).expect("stdout is the result JSON");
+    assert_eq!(result, json!({"count": 5}));
+
+    // Without --watch: the id alone on stdout; with --json, the job.
+    let out = kiln_cli(&kiln.base, &["submit", "noop", "--priority", "-5"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let id = out.stdout.trim();
+    let (status, job) = get_json(&kiln.client, &kiln.url(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!((status, job["priority"].as_i64()), (200, Some(-5)), "{job}");
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "submit",
+            "noop",
+            "--json",
+            "--idempotency-key",
+            "k-1",
+            "--max-attempts",
+            "2",
+        ],
+    )
+    .await;
+    let job: Value = serde_json::from_str(&out.stdout).expect("job JSON");
+    assert_eq!(job["max_attempts"], 2);
+    let again = kiln_cli(&kiln.base, &["submit", "noop", "--idempotency-key", "k-1"]).await;
+    assert_eq!(
+        again.stdout.trim(),
+        job["id"].as_str().unwrap(),
+        "{again:?}"
+    );
+
+    // Errors: the API's kind and message, non-zero exit.
+    let out = kiln_cli(&kiln.base, &["submit", "nosuchtype"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("unknown_type"), "{out:?}");
+    assert!(
+        out.stderr.contains("unknown job type 'nosuchtype'"),
+        "{out:?}"
+    );
+    let out = kiln_cli(&kiln.base, &["submit", "hostile", "--payload", "{nope"]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("--payload is not JSON"), "{out:?}");
+    let out = kiln_cli(
+        &kiln.base,
+        &["submit", "hostile", "--payload", r#"{"mode": 3}"#],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("invalid_payload"), "{out:?}");
+    kiln.stop().await;
+}
+
+#[tokio::test]
+async fn watch_exits_1_on_failure_and_2_on_cancel() {
+    let kiln = kiln("").await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "hostile", "payload": {"mode": "permanent"}, "max_attempts": 1}),
+    )
+    .await;
+    let id = id_of(&job);
+    let out = kiln_cli(&kiln.base, &["watch", &id]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("failed (attempt 1): permanent: hostile: permanent"),
+        "{out:?}"
+    );
+    assert_eq!(out.stdout, "", "{out:?}");
+    // Watching it again after the end: the same outcome from the log.
+    let out = kiln_cli(&kiln.base, &["watch", &id]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // Cancelled while watched.
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "hostile", "payload": {"mode": "loop"}}),
+    )
+    .await;
+    let id = id_of(&job);
+    wait_status(&kiln, &id, "running").await;
+    let watcher = kiln_command(&kiln.base, &["watch", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post_empty(&kiln.client, &kiln.url(&format!("/v1/jobs/{id}/cancel"))).await;
+    let output = tokio::time::timeout(LONG, watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+
+    // An unknown job: the API's error, exit 1.
+    let out = kiln_cli(
+        &kiln.base,
+        &["watch", "01a2046d-015a-77c1-a8be-cf4576ee5091"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("not_found (HTTP 404)"), "{out:?}");
+    kiln.stop().await;
+}
+
+#[tokio::test]
+async fn watch_follows_a_job_across_a_kill_and_restart_without_loss_or_repeats() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&["characters"]);
+    let config = "[providers.offline]\nkind = \"offline\"\nlatency_ms = 400\n";
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = KilnProcess::start_on(&addr, data.path(), plugins.path(), config);
+    let client = reqwest::Client::new();
+    let (status, job) = submit(
+        &client,
+        &server.base,
+        json!({"type": "characters", "payload": {"theme": "ferry pilots", "count": 2}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = id_of(&job);
+
+    let mut watcher = kiln_command(&server.base, &["watch", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr_log = Arc::new(Mutex::new(String::new()));
+    let (first_bar_tx, first_bar) = tokio::sync::oneshot::channel();
+    let reader = {
+        let log = stderr_log.clone();
+        let stderr = watcher.stderr.take().unwrap();
+        tokio::spawn(async move {
+            let mut first_bar_tx = Some(first_bar_tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with('[')
+                    && let Some(tx) = first_bar_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
+    let mut stdout = watcher.stdout.take().unwrap();
+    let stdout_reader = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
+            .await
+            .unwrap();
+        text
+    });
+    tokio::time::timeout(LONG, first_bar)
+        .await
+        .expect("no progress printed")
+        .unwrap();
+    server.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server = KilnProcess::start_on(&addr, data.path(), plugins.path(), config);
+
+    let status = tokio::time::timeout(LONG, watcher.wait())
+        .await
+        .expect("watch hung")
+        .unwrap();
+    reader.await.unwrap();
+    let stdout = stdout_reader.await.unwrap();
+    let stderr = stderr_log.lock().unwrap().clone();
+    let out = Output {
+        status,
+        stdout,
+        stderr,
+    };
+    assert!(
+        out.status.success(),
+        "{out:?}\n--- server\n{}",
+        server.log()
+    );
+    assert!(out.stderr.contains("reconnecting"), "{out:?}");
+    assert!(
+        out.stderr.contains("status: running (attempt 2)"),
+        "{out:?}"
+    );
+
+    // Every progress event of the job's whole log, each printed exactly once, in order.
+    let events = all_events(&client, &server.base, &id, LONG).await;
+    let logged = progress_events(&events);
+    assert!(!logged.is_empty());
+    assert_eq!(bars(&out.stderr), logged, "{out:?}");
+    let partials = events.iter().filter(|e| e.event == "partial").count();
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("partial "))
+            .count(),
+        partials,
+        "{out:?}"
+    );
+    let statuses = events.iter().filter(|e| e.event == "status").count();
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.starts_with("status: "))
+            .count(),
+        statuses,
+        "{out:?}"
+    );
+    let result: Value = serde_json::from_str(&out.stdout).expect("result JSON on stdout");
+    let completed = events.last().unwrap();
+    assert_eq!(completed.event, "completed");
+    assert_eq!(result, completed.data["result"]);
+}
+
+#[tokio::test]
+async fn jobs_list_show_cancel_retry() {
+    let kiln = kiln("").await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "hostile", "payload": {"mode": "events", "n": 2}}),
+    )
+    .await;
+    let done = id_of(&job);
+    wait_terminal(&kiln.client, &kiln.base, &done, LONG).await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "hostile", "payload": {"mode": "permanent"}, "max_attempts": 1}),
+    )
+    .await;
+    let failed = id_of(&job);
+    wait_terminal(&kiln.client, &kiln.base, &failed, LONG).await;
+    let (_, job) = submit(&kiln.client, &kiln.base, json!({"type": "noop"})).await;
+    let noop = id_of(&job);
+    wait_terminal(&kiln.client, &kiln.base, &noop, LONG).await;
+
+    // list: a table, newest first, filters of the API.
+    let out = kiln_cli(&kiln.base, &["jobs", "list"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("ID "), "{out:?}");
+    for column in ["TYPE", "STATUS", "PROGRESS", "AGE", "MESSAGE"] {
+        assert!(lines[0].contains(column), "{out:?}");
+    }
+    assert_eq!(lines.len(), 4, "{out:?}");
+    assert!(lines[1].starts_with(&noop), "{out:?}");
+    assert!(lines[3].starts_with(&done), "{out:?}");
+    assert!(
+        lines[3].contains("completed") && lines[3].contains("100%"),
+        "{out:?}"
+    );
+    assert!(lines[3].contains("step 2"), "{out:?}");
+    assert!(lines[2].contains("failed") && lines[2].contains("hostile: permanent"));
+    let out = kiln_cli(
+        &kiln.base,
+        &["jobs", "list", "--type", "hostile", "--status", "failed"],
+    )
+    .await;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(lines[1].starts_with(&failed), "{out:?}");
+    let out = kiln_cli(&kiln.base, &["jobs", "list", "--limit", "2", "--json"]).await;
+    let page: Value = serde_json::from_str(&out.stdout).expect("page JSON");
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let out = kiln_cli(
+        &kiln.base,
+        &["jobs", "list", "--limit", "2", "--cursor", &cursor],
+    )
+    .await;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(lines[1].starts_with(&done), "{out:?}");
+    let out = kiln_cli(&kiln.base, &["jobs", "list", "--status", "bogus"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("invalid_query (HTTP 400)"), "{out:?}");
+    assert!(out.stderr.contains("unknown status \"bogus\""), "{out:?}");
+
+    // show.
+    let out = kiln_cli(&kiln.base, &["jobs", "show", &done]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("status      completed"), "{out:?}");
+    assert!(out.stdout.contains("\"count\": 2"), "{out:?}");
+    let out = kiln_cli(&kiln.base, &["jobs", "show", &failed, "--json"]).await;
+    let job: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(job["error"]["kind"], "permanent");
+    let out = kiln_cli(&kiln.base, &["jobs", "show", "not-a-job"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("not_found"), "{out:?}");
+
+    // retry: only failed or cancelled jobs.
+    let out = kiln_cli(&kiln.base, &["jobs", "retry", &failed]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("queued (attempt 2)"), "{out:?}");
+    let out = kiln_cli(&kiln.base, &["jobs", "retry", &done]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("conflict (HTTP 409)"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("only failed or cancelled jobs can be retried")
+    );
+
+    // cancel: a running loop stops; a finished job cannot be cancelled.
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "hostile", "payload": {"mode": "loop"}}),
+    )
+    .await;
+    let looping = id_of(&job);
+    wait_status(&kiln, &looping, "running").await;
+    let out = kiln_cli(&kiln.base, &["jobs", "cancel", &looping]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.trim(), format!("{looping} cancelled"));
+    let out = kiln_cli(&kiln.base, &["jobs", "cancel", &done]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("conflict"), "{out:?}");
+
+    // No server there: a clear message.
+    let out = kiln_cli(
+        &format!("http://127.0.0.1:{}", free_port()),
+        &["jobs", "list"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("could not reach the Kiln server"),
+        "{out:?}"
+    );
+    kiln.stop().await;
+}
+
+#[tokio::test]
+async fn doctor_reports_and_fixes_stuck_jobs() {
+    let kiln = kiln("").await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "hostile", "payload": {"mode": "trap"}, "max_attempts": 1}),
+    )
+    .await;
+    let trapped = id_of(&job);
+    wait_terminal(&kiln.client, &kiln.base, &trapped, LONG).await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "hostile", "payload": {"mode": "loop"}}),
+    )
+    .await;
+    let stuck = id_of(&job);
+    wait_status(&kiln, &stuck, "running").await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    let out = kiln_cli(&kiln.base, &["doctor", "--stuck-after-s", "1"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("stuck jobs"), "{out:?}");
+    assert!(out.stdout.contains(&stuck), "{out:?}");
+    assert!(
+        out.stdout.contains("failures in the last 24 h: 1"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("trap"), "{out:?}");
+    assert!(out.stdout.contains(&trapped), "{out:?}");
+    assert!(
+        out.stdout.contains("hostile 0.1.0") || out.stdout.contains("hostile "),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("offline (offline): reachable"),
+        "{out:?}"
+    );
+    let (_, job) = get_json(&kiln.client, &kiln.url(&format!("/v1/jobs/{stuck}"))).await;
+    assert_eq!(job["status"], "running", "a report alone changes nothing");
+
+    let out = kiln_cli(
+        &kiln.base,
+        &["doctor", "--stuck-after-s", "1", "--fix-stuck", "--cleanup"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("fix-stuck: cancelled 1 stuck running job(s)"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("cleanup: deleted 0 expired job(s)"),
+        "{out:?}"
+    );
+    let (_, job) = get_json(&kiln.client, &kiln.url(&format!("/v1/jobs/{stuck}"))).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+
+    let out = kiln_cli(&kiln.base, &["doctor", "--json"]).await;
+    let report: Value = serde_json::from_str(&out.stdout).expect("report JSON");
+    assert_eq!(report["stuck"], json!([]));
+    kiln.stop().await;
+}
+
+/// Runs `python3 ARGS` in the repository root.
+async fn python(args: &[&str]) -> Output {
+    let output = tokio::time::timeout(
+        LONG,
+        tokio::process::Command::new("python3")
+            .args(args)
+            .current_dir(repo_root())
+            .env("PYTHONPATH", repo_root().join("examples/python"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("python hung")
+    .expect("python3 runs");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn python_example_client_submits_follows_and_resumes() {
+    let kiln = kiln("").await;
+    let out = python(&[
+        "examples/python/kiln_client.py",
+        "--server",
+        &kiln.base,
+        "hostile",
+        r#"{"mode": "events", "n": 4}"#,
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("submitted "), "{out:?}");
+    let id = lines[0].trim_start_matches("submitted ").to_string();
+    let progress: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("progress"))
+        .collect();
+    assert_eq!(
+        progress,
+        [
+            "progress  25% step 1",
+            "progress  50% step 2",
+            "progress  75% step 3",
+            "progress 100% step 4"
+        ],
+        "{out:?}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some(r#"result {"count": 4}"#),
+        "{out:?}"
+    );
+
+    // follow() resumes after a given event id: exactly the events after it, in order.
+    let events = all_events(&kiln.client, &kiln.base, &id, LONG).await;
+    let script = format!(
+        "import kiln_client\n\
+         k = kiln_client.Kiln({server:?})\n\
+         for e in k.follow({id:?}, last_event_id=2):\n    print(e.id, e.event)\n",
+        server = kiln.base
+    );
+    let out = python(&["-c", &script]).await;
+    assert!(out.status.success(), "{out:?}");
+    let expected: Vec<String> = events
+        .iter()
+        .filter(|e| e.id.unwrap() > 2)
+        .map(|e| format!("{} {}", e.id.unwrap(), e.event))
+        .collect();
+    let printed: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(printed, expected, "{out:?}");
+
+    // After the end, nothing follows the last id (204): follow() ends at once; the API's
+    // errors are raised with their kind.
+    let last = events.last().unwrap().id.unwrap();
+    let script = format!(
+        "import kiln_client\n\
+         k = kiln_client.Kiln({server:?})\n\
+         print(len(list(k.follow({id:?}, last_event_id={last}))))\n\
+         try:\n    k.submit('nosuchtype', {{}})\n\
+         except kiln_client.KilnError as e:\n    print(e.status, e.kind)\n",
+        server = kiln.base
+    );
+    let out = python(&["-c", &script]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "0\n400 unknown_type\n", "{out:?}");
+    kiln.stop().await;
+}
