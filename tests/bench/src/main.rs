@@ -237,8 +237,8 @@ async fn submits(setup: &Setup) -> anyhow::Result<serde_json::Value> {
     Ok(json!(figures))
 }
 
-/// 3. No-op jobs end to end: saturated (64 clients submitting as fast as they can), and
-/// unloaded (one client, one job at a time) for submit->start without a queue.
+/// Section 3, no-op jobs end to end: saturated (64 clients submitting as fast as they
+/// can), and unloaded (one client, one job at a time) for submit->start without a queue.
 async fn end_to_end(setup: &Setup) -> anyhow::Result<serde_json::Value> {
     let server = server::KilnServer::start(
         &setup.data.path().join("e2e"),
