@@ -162,10 +162,27 @@ impl KilnProcess {
         extra_config: &str,
         log_filter: &str,
     ) -> Self {
+        Self::spawn(
+            "127.0.0.1:0",
+            data_dir,
+            plugins_dir,
+            extra_config,
+            log_filter,
+        )
+    }
+
+    /// Starts `kiln serve` on `addr` and waits until it listens.
+    fn spawn(
+        addr: &str,
+        data_dir: &Path,
+        plugins_dir: &Path,
+        extra_config: &str,
+        log_filter: &str,
+    ) -> Self {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, test_config(extra_config)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+            .args(["serve", "--addr", addr, "--config"])
             .arg(&config)
             .arg("--data-dir")
             .arg(data_dir)
@@ -674,44 +691,6 @@ impl KilnProcess {
     /// the shared compiled-component cache.
     pub fn start_on(addr: &str, data_dir: &Path, plugins_dir: &Path, extra_config: &str) -> Self {
         seed_cache(data_dir);
-        let config = data_dir.with_extension("toml");
-        std::fs::write(&config, test_config(extra_config)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
-            .args(["serve", "--addr", addr, "--config"])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--plugins-dir")
-            .arg(plugins_dir)
-            .env("KILN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning kiln");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("kiln listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let base = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(base) => base,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("kiln did not start; its log:\n{}", log.lock().unwrap());
-            }
-        };
-        save_cache(data_dir);
-        Self { child, base, log }
+        Self::spawn(addr, data_dir, plugins_dir, extra_config, "info")
     }
 }
