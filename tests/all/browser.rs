@@ -19,7 +19,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// The offline provider slow enough for a `characters` job's progress to be seen moving.
-const SLOW_PROVIDER: &str = "[providers.offline]\nkind = \"offline\"\nlatency_ms = 150\n";
+const SLOW_PROVIDER: &str = "[providers.offline]\nkind = \"offline\"\nlatency_ms = 300\n";
 
 /// One browser at a time: the machine is small and the tests are about what users see,
 /// not about many browsers.
