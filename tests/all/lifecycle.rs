@@ -769,15 +769,13 @@ async fn queue_concurrency_limit_is_obeyed() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, job) = get_json(&kiln.client, &kiln.url(&format!("/v1/jobs/{second}"))).await;
     assert_eq!(job["status"], "queued", "{job:#}");
-    let (status, queues) = get_json(&kiln.client, &kiln.url("/v1/queues")).await;
-    assert_eq!(status, 200);
-    let hostile = queues["queues"]
-        .as_array()
-        .and_then(|qs| qs.iter().find(|q| q["name"] == "hostile"))
-        .unwrap_or_else(|| panic!("no hostile queue: {queues:#}"));
-    assert_eq!(hostile["running"], 1, "{queues:#}");
-    assert_eq!(hostile["depth"], 1, "{queues:#}");
-    assert_eq!(hostile["limit"], 1, "{queues:#}");
+    let listed = queues(&kiln).await;
+    let hostile = listed
+        .get("hostile")
+        .unwrap_or_else(|| panic!("no hostile queue: {listed:#?}"));
+    assert_eq!(hostile["running"], 1, "{listed:#?}");
+    assert_eq!(hostile["depth"], 1, "{listed:#?}");
+    assert_eq!(hostile["limit"], 1, "{listed:#?}");
 
     // Cancel the waiting one first: it must never start, even once the slot frees.
     for id in [&second, &first] {
@@ -809,17 +807,14 @@ async fn queue_concurrency_limit_is_obeyed() {
             .any(|e| e.event == "status" && e.data["status"] == "running"),
         "the cancelled queued job never ran: {events:#?}"
     );
-    let (_, queues) = get_json(&kiln.client, &kiln.url("/v1/queues")).await;
-    let hostile = queues["queues"]
-        .as_array()
-        .and_then(|qs| qs.iter().find(|q| q["name"] == "hostile"))
-        .cloned();
+    let listed = queues(&kiln).await;
+    let hostile = listed.get("hostile").cloned();
     assert_eq!(
         hostile
             .as_ref()
             .map(|q| (q["running"].clone(), q["depth"].clone())),
         Some((json!(0), json!(0))),
-        "{queues:#}"
+        "{listed:#?}"
     );
 }
 
@@ -849,15 +844,12 @@ async fn cancelled_delayed_jobs_leave_the_queue() {
             "{job:#}"
         );
     }
-    let (_, queues) = get_json(&kiln.client, &kiln.url("/v1/queues")).await;
-    let noop = queues["queues"]
-        .as_array()
-        .and_then(|qs| qs.iter().find(|q| q["name"] == "noop"))
-        .cloned();
+    let listed = queues(&kiln).await;
+    let noop = listed.get("noop").cloned();
     assert_eq!(
         noop.as_ref().map(|q| q["depth"].clone()),
         Some(json!(0)),
-        "nothing waits in the noop queue: {queues:#}"
+        "nothing waits in the noop queue: {listed:#?}"
     );
     let (status, job) = submit(&kiln.client, &kiln.base, json!({"type": "noop"})).await;
     assert_eq!(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, InProcess, LONG, get_json, id_of, submit, wait_terminal};
+use crate::support::{self, InProcess, LONG, id_of, queues, submit, wait_terminal};
 
 /// One parsed sample line: `name{labels}` -> value.
 type Samples = BTreeMap<String, f64>;
@@ -109,17 +109,6 @@ fn sample(samples: &Samples, series: &str) -> f64 {
             samples.keys().collect::<Vec<_>>()
         )
     })
-}
-
-async fn queues(kiln: &InProcess) -> BTreeMap<String, Value> {
-    let (status, body) = get_json(&kiln.client, &kiln.url("/v1/queues")).await;
-    assert_eq!(status, 200, "{body}");
-    body["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| (q["name"].as_str().unwrap().to_string(), q.clone()))
-        .collect()
 }
 
 /// Polls `/v1/queues` until `queue`'s health is `health` (hang guard: [`LONG`]).

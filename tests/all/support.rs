@@ -694,3 +694,15 @@ impl KilnProcess {
         Self::spawn(addr, data_dir, plugins_dir, extra_config, "info")
     }
 }
+
+/// `GET /v1/queues`, by queue name.
+pub async fn queues(kiln: &InProcess) -> std::collections::BTreeMap<String, Value> {
+    let (status, body) = get_json(&kiln.client, &kiln.url("/v1/queues")).await;
+    assert_eq!(status, 200, "{body}");
+    body["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["name"].as_str().unwrap().to_string(), q.clone()))
+        .collect()
+}
