@@ -19,6 +19,7 @@ Run as a program it submits a job and prints its progress:
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -50,13 +51,21 @@ class Event:
 
 
 class Kiln:
-    def __init__(self, server="http://127.0.0.1:8080", timeout=60):
+    def __init__(self, server="http://127.0.0.1:8080", timeout=60, api_key=None):
+        """`api_key`: sent as `Authorization: Bearer` (not needed in open mode);
+        defaults to the KILN_API_KEY environment variable."""
         self.server = server.rstrip("/")
         self.timeout = timeout
+        self.api_key = api_key or os.environ.get("KILN_API_KEY")
+
+    def _auth(self, headers):
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
 
     def _request(self, method, path, body=None, headers=None):
         data = None
-        headers = dict(headers or {})
+        headers = self._auth(dict(headers or {}))
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
@@ -96,7 +105,7 @@ class Kiln:
         """
         failures = 0
         while True:
-            headers = {"Accept": "text/event-stream"}
+            headers = self._auth({"Accept": "text/event-stream"})
             if last_event_id is not None:
                 headers["Last-Event-ID"] = str(last_event_id)
             request = urllib.request.Request(

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::api::ApiSettings;
+use crate::auth::AuthConfig;
 use crate::jobs::ServiceSettings;
 use crate::llm::{
     AdmissionConfig, ApiKey, DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, HttpProvider,
@@ -68,6 +69,11 @@ pub struct Config {
     pub models: HashMap<String, String>,
     /// Thresholds of the queue health rule (`GET /v1/queues`).
     pub health: crate::monitor::HealthThresholds,
+    /// API keys, tokens and open mode (`[auth]`).
+    pub auth: AuthConfig,
+    /// Browser origins allowed to call the API (CORS), e.g. `["https://app.example.com"]`.
+    /// Default none: only same-origin pages and non-browser clients.
+    pub cors_origins: Vec<String>,
 }
 
 /// `[types.NAME]`.
@@ -229,6 +235,8 @@ pub struct Resolved {
     pub llm: Arc<dyn LlmClient>,
     /// Model aliases, for the startup log.
     pub model_aliases: Vec<String>,
+    /// Access control, built at start (it needs the data dir's token secret).
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -318,6 +326,7 @@ impl Config {
                 .unwrap_or(api_defaults.sse_buffer_events)
                 .max(16),
             health: self.health.clone(),
+            cors_origins: checked_origins(&self.cors_origins)?,
         };
         let (llm, model_aliases) = self.build_llm()?;
         Ok(Resolved {
@@ -329,6 +338,7 @@ impl Config {
             api,
             llm,
             model_aliases,
+            auth: self.auth.clone(),
         })
     }
 
@@ -390,6 +400,23 @@ impl Config {
     }
 }
 
+/// CORS origins as browsers send them: `scheme://host[:port]`, no path, no wildcard.
+fn checked_origins(origins: &[String]) -> anyhow::Result<Vec<String>> {
+    for origin in origins {
+        let (scheme, rest) = origin.split_once("://").unwrap_or(("", ""));
+        let well_formed = matches!(scheme, "http" | "https")
+            && !rest.is_empty()
+            && !rest.contains(['/', '*', ' '])
+            && origin.is_ascii();
+        anyhow::ensure!(
+            well_formed,
+            "cors_origins: {origin:?} is not an origin; write each as scheme://host[:port], \
+             e.g. \"https://app.example.com\" (no path, no wildcard)"
+        );
+    }
+    Ok(origins.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +470,22 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("no `default` alias"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        for bad in [
+            "*",
+            "https://a.example/",
+            "app.example.com",
+            "https://*.example",
+        ] {
+            let config: Config = toml::from_str(&format!("cors_origins = [{bad:?}]")).unwrap();
+            assert!(config.resolve(Overrides::default()).is_err(), "{bad}");
+        }
+        let config: Config = toml::from_str("cors_origins = [\"http://localhost:3000\"]").unwrap();
+        let resolved = config.resolve(Overrides::default()).unwrap();
+        assert_eq!(resolved.api.cors_origins, vec!["http://localhost:3000"]);
     }
 
     #[test]

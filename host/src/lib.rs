@@ -16,6 +16,7 @@
 //! - `config`: the TOML file, `KILN_*` variables and flags, merged.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod jobs;

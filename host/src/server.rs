@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::auth::Auth;
 use crate::config::Resolved;
 use crate::jobs::JobService;
 use crate::runtime::Runtime;
@@ -31,6 +32,9 @@ pub struct Server {
 impl Server {
     /// Opens the store, loads the plugins, recovers interrupted jobs and starts serving.
     pub async fn start(config: Resolved) -> anyhow::Result<Server> {
+        let auth = Arc::new(
+            Auth::from_config(&config.auth, config.addr, &config.data_dir).context("in [auth]")?,
+        );
         let store = Arc::new(Store::open(
             &config.data_dir.join(DB_FILE),
             config.api.sse_buffer_events,
@@ -71,7 +75,12 @@ impl Server {
             .with_context(|| format!("binding {}", config.addr))?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let state = AppState::new(service.clone(), config.api.clone(), shutdown.clone());
+        if auth.is_open() {
+            tracing::warn!(%addr, "auth: {}", auth.describe());
+        } else {
+            tracing::info!("auth: {}", auth.describe());
+        }
+        let state = AppState::new(service.clone(), config.api.clone(), auth, shutdown.clone());
         let app = api::router(state);
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {

@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod auth;
 mod browser;
 mod cli;
 mod durability;

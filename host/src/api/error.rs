@@ -17,6 +17,8 @@ pub struct ApiError {
     kind: &'static str,
     message: String,
     violations: Vec<SchemaViolation>,
+    /// Send `WWW-Authenticate: Bearer` (on `401`).
+    challenge: bool,
 }
 
 impl ApiError {
@@ -27,7 +29,14 @@ impl ApiError {
             kind,
             message: message.into(),
             violations: Vec::new(),
+            challenge: false,
         }
+    }
+
+    /// Adds `WWW-Authenticate: Bearer realm="kiln"`, which a `401` should carry.
+    pub fn with_challenge(mut self) -> Self {
+        self.challenge = true;
+        self
     }
 
     /// `400` with `kind`.
@@ -84,7 +93,8 @@ pub struct ErrorDetail {
     /// Machine-readable: `malformed_json`, `invalid_request`, `invalid_payload`,
     /// `unknown_type`, `unsupported_media_type`, `body_too_large`, `invalid_query`,
     /// `invalid_cursor`, `invalid_last_event_id`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `queue_full`, `too_many_streams`, `shutting_down`, `internal`.
+    /// `conflict`, `queue_full`, `too_many_streams`, `shutting_down`, `unauthorized`,
+    /// `forbidden`, `key_in_url`, `open_mode`, `internal`.
     #[schema(example = "not_found")]
     pub kind: String,
     /// For people.
@@ -119,6 +129,13 @@ impl IntoResponse for ApiError {
                     .collect(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.challenge {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"kiln\""),
+            );
+        }
+        response
     }
 }

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::access::{Caller, EventsToken, visible_job};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, JsonBody, job_id};
 use super::view::JobView;
@@ -50,6 +51,17 @@ pub struct SubmitQuery {
     pub wait: Option<f64>,
 }
 
+/// The answer of a submit: the job, and a token for following it from a browser.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmitView {
+    /// The job.
+    #[serde(flatten)]
+    pub job: JobView,
+    /// Its events token.
+    #[serde(flatten)]
+    pub token: EventsToken,
+}
+
 /// `POST /v1/jobs`: `202` with the new job, `200` with the job an `Idempotency-Key` already
 /// created, or `200` with the finished job when `?wait=` saw it end.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
@@ -57,10 +69,11 @@ pub struct SubmitQuery {
         ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same job (1 to 255 characters)")),
     request_body(content = SubmitBody, content_type = "application/json"),
     responses(
-        (status = 202, description = "Created and queued", body = JobView,
+        (status = 202, description = "Created and queued, with a read-only `events_token` for its event stream", body = SubmitView,
             headers(("Location" = String, description = "The job's URL"))),
-        (status = 200, description = "The job this Idempotency-Key already created (`Idempotent-Replayed: true`), or the finished job when `?wait=` saw it end", body = JobView),
+        (status = 200, description = "The job this Idempotency-Key already created (`Idempotent-Replayed: true`), or the finished job when `?wait=` saw it end", body = SubmitView),
         (status = 400, description = "Malformed JSON, unknown type, payload failing the type's JSON Schema (with `violations`), bad field or query", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 413, description = "Body larger than `max_body_bytes`", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 429, description = "`queue_full`: too many jobs waiting", body = ErrorBody),
@@ -68,6 +81,7 @@ pub struct SubmitQuery {
     ))]
 pub async fn submit(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiQuery(query): ApiQuery<SubmitQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SubmitBody>,
@@ -108,6 +122,7 @@ pub async fn submit(
         timeout_s: body.timeout_s,
         run_at_ms,
         idempotency_key,
+        tenant: caller.tenant().map(str::to_string),
     };
     let (mut job, created) = state.service.submit(request).await?;
     if let Some(wait) = wait {
@@ -119,7 +134,10 @@ pub async fn submit(
         StatusCode::ACCEPTED
     };
     let location = format!("/v1/jobs/{}", job.id);
-    let view = JobView::of(job, state.service.store());
+    let view = SubmitView {
+        token: EventsToken::issue(&state, job.id),
+        job: JobView::of(job, state.service.store()),
+    };
     let mut response = (status, Json(view)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
@@ -153,13 +171,15 @@ fn parse_time(text: &str) -> Result<u64, ApiError> {
     params(("id" = String, Path, description = "The job's id (UUID)")),
     responses(
         (status = 200, description = "The job", body = JobView),
-        (status = 404, description = "Unknown or expired", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 404, description = "Unknown, expired, or another tenant's", body = ErrorBody),
     ))]
 pub async fn get(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = state.service.get(job_id(&id)?)?;
+    let job = visible_job(&state, &caller, job_id(&id)?)?;
     Ok(Json(JobView::of(job, state.service.store())))
 }
 
@@ -194,9 +214,11 @@ pub struct JobPage {
     responses(
         (status = 200, description = "A page of jobs, newest first", body = JobPage),
         (status = 400, description = "`invalid_query` or `invalid_cursor`", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<JobPage>, ApiError> {
     let status = match params.status.as_deref() {
@@ -229,6 +251,7 @@ pub async fn list(
     let page = state.service.list(&ListQuery {
         status,
         job_type: params.job_type,
+        tenant: caller.tenant_filter().map(str::to_string),
         limit,
         before,
     })?;
@@ -249,17 +272,17 @@ pub async fn list(
     params(("id" = String, Path, description = "The job's id (UUID)")),
     responses(
         (status = 200, description = "The job, `cancelled` (a running job is stopped; the call waits up to 5 s for it)", body = JobView),
+        (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 404, description = "Unknown job", body = ErrorBody),
         (status = 409, description = "The job is already finished", body = ErrorBody),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = state
-        .service
-        .cancel(job_id(&id)?, Duration::from_secs(5))
-        .await?;
+    let job = visible_job(&state, &caller, job_id(&id)?)?;
+    let job = state.service.cancel(job.id, Duration::from_secs(5)).await?;
     Ok(Json(JobView::of(job, state.service.store())))
 }
 
@@ -268,14 +291,17 @@ pub async fn cancel(
     params(("id" = String, Path, description = "The job's id (UUID)")),
     responses(
         (status = 202, description = "The job queued again as its next attempt", body = JobView),
+        (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 404, description = "Unknown job", body = ErrorBody),
         (status = 409, description = "The job is not `failed` or `cancelled`", body = ErrorBody),
     ))]
 pub async fn retry(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let job = state.service.retry(job_id(&id)?).await?;
+    let job = visible_job(&state, &caller, job_id(&id)?)?;
+    let job = state.service.retry(job.id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(JobView::of(job, state.service.store())),

@@ -2,10 +2,11 @@
 //! figures the store and the scheduler already know read at scrape time.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::access::authenticate;
 use super::error::ApiError;
 use super::system::queue_views;
 use crate::jobs::ServiceError;
@@ -19,9 +20,21 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
     responses(
         (status = 200, description = "Every `kiln_*` metric in the Prometheus text format (0.0.4)",
             content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "No valid API key (unless `auth.public_metrics`)", body = super::error::ErrorBody),
+        (status = 403, description = "Not an admin key (unless `auth.public_metrics`)", body = super::error::ErrorBody),
         (status = 500, description = "The store could not be read", body = super::error::ErrorBody),
     ))]
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !state.auth.public_metrics && !authenticate(&state, &headers)?.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "GET /metrics needs an admin key, unless auth.public_metrics = true",
+        ));
+    }
     let store = state.service.store().clone();
     // A read of the two index tables: off the async workers.
     let jobs = tokio::task::spawn_blocking(move || store.count_by_type_and_status())

@@ -3,6 +3,7 @@
 //! [`router`] builds the whole app from an [`AppState`]; `kiln serve` binds it, and tests
 //! drive it on `127.0.0.1:0`.
 
+mod access;
 mod dashboard;
 mod error;
 mod extract;
@@ -27,6 +28,7 @@ use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::jobs::JobService;
 
 /// Settings of the HTTP layer.
@@ -45,6 +47,8 @@ pub struct ApiSettings {
     pub sse_buffer_events: usize,
     /// Thresholds of the queue health rule (`[health]`).
     pub health: crate::monitor::HealthThresholds,
+    /// Origins allowed to call the API from a browser (CORS). Default none.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiSettings {
@@ -56,6 +60,7 @@ impl Default for ApiSettings {
             max_wait_secs: 60,
             sse_buffer_events: 1024,
             health: crate::monitor::HealthThresholds::default(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -71,16 +76,24 @@ pub struct AppState {
     pub streams: Arc<Semaphore>,
     /// Cancelled at shutdown: ends every SSE stream so the server can drain.
     pub shutdown: CancellationToken,
+    /// Who may call what.
+    pub auth: Arc<Auth>,
 }
 
 impl AppState {
-    /// State for `service` with `settings`.
-    pub fn new(service: JobService, settings: ApiSettings, shutdown: CancellationToken) -> Self {
+    /// State for `service` with `settings` and access control `auth`.
+    pub fn new(
+        service: JobService,
+        settings: ApiSettings,
+        auth: Arc<Auth>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             streams: Arc::new(Semaphore::new(settings.max_streams)),
             settings: Arc::new(settings),
             service,
             shutdown,
+            auth,
         }
     }
 }
@@ -88,11 +101,17 @@ impl AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
-    Router::new()
+    let cors = access::cors_layer(&state.settings.cors_origins);
+    let router = Router::new()
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/token", post(access::job_token))
+        .route(
+            "/v1/session",
+            post(access::start_session).delete(access::end_session),
+        )
         .route("/v1/jobs/bulk/retry", post(ops::bulk_retry))
         .route("/v1/jobs/bulk/cancel", post(ops::bulk_cancel))
         .route("/v1/doctor", get(ops::doctor))
@@ -114,5 +133,9 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }

@@ -17,8 +17,9 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Schema};
 
+use super::access::{EventsToken, SessionView};
 use super::error::{ErrorBody, ErrorDetail, Violation};
-use super::jobs::{JobPage, SubmitBody};
+use super::jobs::{JobPage, SubmitBody, SubmitView};
 use super::system::{Healthz, PluginList, PluginView, QueueList, QueueView, RecentView};
 use super::view::{JobView, Links};
 use crate::llm::Usage;
@@ -40,6 +41,9 @@ use crate::store::{ErrorInfo, JobStatus};
         super::jobs::get,
         super::jobs::cancel,
         super::jobs::retry,
+        super::access::job_token,
+        super::access::start_session,
+        super::access::end_session,
         super::sse::job_events,
         super::sse::all_events,
         super::system::plugins,
@@ -50,12 +54,13 @@ use crate::store::{ErrorInfo, JobStatus};
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Violation, JobView, Links, Usage, ErrorInfo, JobStatus,
-        SubmitBody, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, Healthz,
+        SubmitBody, SubmitView, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, Healthz,
     )),
     tags(
         (name = "jobs", description = "Submit, read, list, cancel and retry jobs"),
         (name = "events", description = "Server-Sent Events of one job or of every job"),
         (name = "system", description = "Health, job types, queues, metrics, this document"),
+        (name = "auth", description = "Events tokens for browsers and dashboard sessions"),
         (name = "ops", description = "Operator actions: bulk retry and cancel, doctor, cleanup"),
         (name = "dashboard", description = "The built-in web pages"),
     )
@@ -66,7 +71,23 @@ pub struct ApiDoc;
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     other_routes(&mut doc);
+    add_security(&mut doc);
     doc
+}
+
+/// Declares the `Authorization: Bearer` key. Every operation accepts it; in open mode
+/// (no keys configured) it is not needed, so the key is optional in the document.
+fn add_security(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "apiKey",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    doc.security = Some(vec![
+        SecurityRequirement::new("apiKey", Vec::<String>::new()),
+        SecurityRequirement::default(),
+    ]);
 }
 
 /// `GET /openapi.json`.

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::access::Admin;
 use super::error::ApiError;
 use super::extract::{ApiQuery, parse_json, require_json};
 use crate::jobs::{BulkFilter, DoctorReport, MAX_BULK};
@@ -103,6 +104,7 @@ fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
 /// `POST /v1/jobs/bulk/retry`: `{"retried": n, "ids": [...]}`.
 pub async fn bulk_retry(
     State(state): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -124,6 +126,7 @@ pub async fn bulk_retry(
 /// `POST /v1/jobs/bulk/cancel`: `{"cancelled": n, "ids": [...]}`.
 pub async fn bulk_cancel(
     State(state): State<AppState>,
+    _: Admin,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -154,6 +157,7 @@ pub struct DoctorParams {
 /// `GET /v1/doctor`: stuck jobs, recent failures by kind, plugins, providers.
 pub async fn doctor(
     State(state): State<AppState>,
+    _: Admin,
     ApiQuery(params): ApiQuery<DoctorParams>,
 ) -> Result<Json<DoctorReport>, ApiError> {
     let stuck_after = params.stuck_after_s.unwrap_or(DEFAULT_STUCK_AFTER_S);
@@ -165,7 +169,7 @@ pub async fn doctor(
 }
 
 /// `POST /v1/doctor/cleanup`: runs the expiry sweep now; `{"deleted": n}`.
-pub async fn cleanup(State(state): State<AppState>) -> Json<Value> {
+pub async fn cleanup(State(state): State<AppState>, _: Admin) -> Json<Value> {
     let deleted = state.service.sweep_once().await;
     Json(json!({ "deleted": deleted }))
 }

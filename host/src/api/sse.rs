@@ -23,6 +23,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::AppState;
+use super::access::{Caller, authenticate_events, visible_job};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, job_id};
 use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, event_names};
@@ -37,6 +38,9 @@ const REPLAY_PAGE: usize = 512;
 pub struct JobEventsQuery {
     /// For clients that cannot set the `Last-Event-ID` header.
     pub last_event_id: Option<String>,
+    /// The job's `events_token`, for `EventSource`, which cannot send headers. Never an
+    /// API key.
+    pub token: Option<String>,
 }
 
 /// `GET /v1/jobs/{id}/events`.
@@ -47,7 +51,8 @@ pub struct JobEventsQuery {
     responses(
         (status = 200, description = "Server-Sent Events: `status`, `progress`, `partial`, `token`, `replayed`, then one of `completed`, `failed`, `cancelled`; the `id:` is the event's sequence number", content_type = "text/event-stream", body = String),
         (status = 204, description = "The job is over and nothing follows the given id"),
-        (status = 400, description = "Malformed `Last-Event-ID`", body = ErrorBody),
+        (status = 400, description = "Malformed `Last-Event-ID`, or an API key in the URL (`key_in_url`)", body = ErrorBody),
+        (status = 401, description = "No valid key, session or events token", body = ErrorBody),
         (status = 404, description = "Unknown job", body = ErrorBody),
         (status = 429, description = "`too_many_streams`", body = ErrorBody),
     ))]
@@ -58,7 +63,9 @@ pub async fn job_events(
     ApiQuery(query): ApiQuery<JobEventsQuery>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
+    let caller = authenticate_events(&state, &headers, query.token.as_deref(), id)?;
     let after = last_event_id(&headers, query.last_event_id.as_deref())?;
+    visible_job(&state, &caller, id)?;
     let permit = stream_permit(&state)?;
     let store = state.service.store().clone();
     let subscription = Subscription::job(store.bus.clone(), id);
@@ -101,10 +108,12 @@ pub struct AllEventsQuery {
     responses(
         (status = 200, description = "Server-Sent Events of every job, live; each event's data is `{job_id, type, status, seq, data}`", content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "No valid key or session", body = ErrorBody),
         (status = 429, description = "`too_many_streams`", body = ErrorBody),
     ))]
 pub async fn all_events(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiQuery(query): ApiQuery<AllEventsQuery>,
 ) -> Result<Response, ApiError> {
     let status = match query.status.as_deref() {
@@ -121,6 +130,7 @@ pub async fn all_events(
         (live, shutdown, permit),
         move |(mut live, shutdown, permit)| {
             let filter_type = filter_type.clone();
+            let caller = caller.clone();
             async move {
                 loop {
                     let event = tokio::select! {
@@ -133,6 +143,7 @@ pub async fn all_events(
                     };
                     if filter_type.as_ref().is_some_and(|t| *t != event.job_type)
                         || status.is_some_and(|s| s != event.status)
+                        || !caller.sees_tenant(event.tenant.as_deref())
                     {
                         continue;
                     }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::{Admin, Caller};
 use crate::monitor::{Health, HealthInput, WINDOW_MS};
 use crate::store::now_ms;
 
@@ -59,8 +60,11 @@ pub struct PluginView {
 
 /// `GET /v1/plugins`: the loaded job types with their payload schemas.
 #[utoipa::path(get, path = "/v1/plugins", tag = "system",
-    responses((status = 200, description = "The loaded job types", body = PluginList)))]
-pub async fn plugins(State(state): State<AppState>) -> Json<PluginList> {
+    responses(
+        (status = 200, description = "The loaded job types", body = PluginList),
+        (status = 401, description = "No valid API key", body = super::error::ErrorBody),
+    ))]
+pub async fn plugins(State(state): State<AppState>, _: Caller) -> Json<PluginList> {
     let mut plugins: Vec<PluginView> = state
         .service
         .plugins()
@@ -227,8 +231,12 @@ pub(super) fn queue_views(state: &AppState) -> Vec<QueueView> {
 /// has waited `warning_wait_secs` (30), or the recent success rate is under
 /// `warning_success_rate` (0.9) with `min_finished` decided; else `healthy`.
 #[utoipa::path(get, path = "/v1/queues", tag = "system",
-    responses((status = 200, description = "Every queue's figures and health", body = QueueList)))]
-pub async fn queues(State(state): State<AppState>) -> Json<QueueList> {
+    responses(
+        (status = 200, description = "Every queue's figures and health", body = QueueList),
+        (status = 401, description = "No valid API key", body = super::error::ErrorBody),
+        (status = 403, description = "Not an admin key: queue figures span every tenant", body = super::error::ErrorBody),
+    ))]
+pub async fn queues(State(state): State<AppState>, _: Admin) -> Json<QueueList> {
     Json(QueueList {
         queues: queue_views(&state),
     })

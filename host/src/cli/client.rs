@@ -18,6 +18,10 @@ pub struct ServerArgs {
     /// Base URL of the Kiln server.
     #[arg(long, env = "KILN_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    /// API key, sent as `Authorization: Bearer` (not needed in open mode). Prefer the
+    /// variable to the flag, which other users can see in the process list.
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// An error answer of the API (`{"error": {kind, message}}`), or a status without one.
@@ -56,8 +60,17 @@ impl Client {
             matches!(parsed.scheme(), "http" | "https"),
             "--server {base:?} must start with http:// or https://"
         );
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &args.api_key {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+                    .map_err(|_| anyhow::anyhow!("the API key must be printable ASCII"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .user_agent(concat!("kiln-cli/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Self { base, http })

@@ -3,6 +3,7 @@
 mod client;
 mod doctor;
 mod jobs;
+mod keys;
 mod plugin;
 mod serve;
 mod submit;
@@ -41,6 +42,9 @@ pub enum Command {
     Jobs(jobs::JobsCommand),
     /// Report stuck jobs, recent failures, plugins and provider reachability; fix them.
     Doctor(doctor::DoctorArgs),
+    /// Make API keys for `[[auth.keys]]`.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// `kiln serve`. Flags beat `KILN_*` variables, which beat the config file.
@@ -82,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Watch(args) => watch::run(args).await,
         Command::Jobs(command) => jobs::run(command).await,
         Command::Doctor(args) => doctor::run(args).await,
+        Command::Keys(command) => keys::run(command).map(|()| std::process::ExitCode::SUCCESS),
     }
 }
 

@@ -51,8 +51,10 @@ pub struct SubmitRequest {
     pub timeout_s: Option<u64>,
     /// Not before this time (ms since the epoch).
     pub run_at_ms: Option<u64>,
-    /// Same key, same job.
+    /// Same key, same job (within the tenant).
     pub idempotency_key: Option<String>,
+    /// The tenant that will own the job.
+    pub tenant: Option<String>,
 }
 
 /// Why a service call was refused.
@@ -299,7 +301,10 @@ impl JobService {
             finished_at_ms: None,
             usage: Default::default(),
             last_seq: 0,
-            idempotency_key: request.idempotency_key,
+            idempotency_key: request
+                .idempotency_key
+                .map(|key| crate::store::idempotency_slot(request.tenant.as_deref(), &key)),
+            tenant: request.tenant,
         };
         let payload = request.payload.to_string();
         let event = status_event(&job);

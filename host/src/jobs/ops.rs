@@ -191,6 +191,7 @@ impl JobService {
             let mut before = None;
             loop {
                 let page = self.list(&ListQuery {
+                    tenant: None,
                     status: Some(filter.status),
                     job_type: filter.job_type.clone(),
                     limit: PAGE,
@@ -266,6 +267,7 @@ impl JobService {
         let mut before = None;
         'pages: loop {
             let page = self.list(&ListQuery {
+                tenant: None,
                 status: Some(JobStatus::Failed),
                 job_type: None,
                 limit: PAGE,

@@ -12,7 +12,8 @@ mod writer;
 
 pub use bus::Bus;
 pub use model::{
-    ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, event_names, now_ms, rfc3339,
+    ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, event_names, idempotency_slot, now_ms,
+    rfc3339,
 };
 pub use writer::{Change, Inserted, Mutation};
 
@@ -56,6 +57,8 @@ pub struct ListQuery {
     pub status: Option<JobStatus>,
     /// Only jobs of this type.
     pub job_type: Option<String>,
+    /// Only jobs of this tenant.
+    pub tenant: Option<String>,
     /// Page size.
     pub limit: usize,
     /// Only jobs older than this one (the previous page's last id).
@@ -99,6 +102,7 @@ impl Store {
         txn.open_table(BY_STATUS)?;
         txn.open_table(BY_TYPE)?;
         txn.open_table(BY_FINISH)?;
+        txn.open_table(BY_TENANT)?;
         txn.open_table(IDEMPOTENCY)?;
         txn.open_table(JOURNAL)?;
         txn.commit()?;
@@ -279,6 +283,7 @@ impl Store {
                 at_ms: stored.at_ms,
                 job_type: job.job_type.clone(),
                 status: job.status,
+                tenant: job.tenant.clone(),
             });
         }
         Ok(out)
@@ -294,6 +299,18 @@ impl Store {
         // the record.
         let ids: Box<dyn Iterator<Item = Result<u128, StoreError>>> =
             match (&query.status, &query.job_type) {
+                _ if query.tenant.is_some() => {
+                    let tenant = query.tenant.as_deref().unwrap_or_default();
+                    let index = txn.open_table(BY_TENANT).map_err(storage)?;
+                    let range = index
+                        .range((tenant, 0)..(tenant, before))
+                        .map_err(storage)?;
+                    Box::new(
+                        range
+                            .rev()
+                            .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
+                    )
+                }
                 (Some(status), _) => {
                     let index = txn.open_table(BY_STATUS).map_err(storage)?;
                     let code = status.code();
@@ -328,7 +345,10 @@ impl Store {
             let Some(job) = read_job(&jobs, id?)? else {
                 continue;
             };
-            if query.job_type.as_ref().is_some_and(|t| *t != job.job_type) {
+            if query.job_type.as_ref().is_some_and(|t| *t != job.job_type)
+                || query.status.is_some_and(|s| s != job.status)
+                || query.tenant.is_some() && query.tenant != job.tenant
+            {
                 continue;
             }
             page.push(job);

@@ -106,8 +106,22 @@ pub struct JobRecord {
     pub usage: Usage,
     /// Sequence number of the job's last event (0: none yet).
     pub last_seq: u64,
-    /// The `Idempotency-Key` it was created with.
+    /// The `Idempotency-Key` it was created with, prefixed by its tenant (see
+    /// [`idempotency_slot`]).
     pub idempotency_key: Option<String>,
+    /// The tenant that owns it (`None`: created in open mode or by an admin key without
+    /// a tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// Where an `Idempotency-Key` is stored: per tenant, so two tenants using the same key
+/// never meet. Header values cannot hold a NUL, so the separator is unambiguous.
+pub fn idempotency_slot(tenant: Option<&str>, key: &str) -> String {
+    match tenant {
+        Some(tenant) => format!("{tenant}\0{key}"),
+        None => key.to_string(),
+    }
 }
 
 /// The names of SSE events.
@@ -169,6 +183,8 @@ pub struct JobEvent {
     pub job_type: String,
     /// The job's status after this event, for `/v1/events` filters.
     pub status: JobStatus,
+    /// The job's tenant, so `/v1/events` shows a client its tenant's jobs only.
+    pub tenant: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, now.

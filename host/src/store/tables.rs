@@ -15,6 +15,8 @@ pub(super) const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::
 pub(super) const BY_STATUS: TableDefinition<(u8, u128), ()> = TableDefinition::new("by_status");
 /// (job type, job id): list by type.
 pub(super) const BY_TYPE: TableDefinition<(&str, u128), ()> = TableDefinition::new("by_type");
+/// (tenant, job id): a tenant's jobs, so a small tenant's listing never walks everyone's.
+pub(super) const BY_TENANT: TableDefinition<(&str, u128), ()> = TableDefinition::new("by_tenant");
 /// (finished at ms, job id): the expiry sweeper's index of finished jobs.
 pub(super) const BY_FINISH: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_finish");
 /// Idempotency key -> job id.

@@ -211,6 +211,7 @@ struct Tables<'txn> {
     by_status: Table<'txn, (u8, u128), ()>,
     by_type: Table<'txn, (&'static str, u128), ()>,
     by_finish: Table<'txn, (u64, u128), ()>,
+    by_tenant: Table<'txn, (&'static str, u128), ()>,
     idempotency: Table<'txn, &'static str, u128>,
     journal: Table<'txn, (u128, u64), &'static [u8]>,
 }
@@ -225,6 +226,7 @@ impl<'txn> Tables<'txn> {
             by_status: txn.open_table(BY_STATUS).map_err(storage)?,
             by_type: txn.open_table(BY_TYPE).map_err(storage)?,
             by_finish: txn.open_table(BY_FINISH).map_err(storage)?,
+            by_tenant: txn.open_table(BY_TENANT).map_err(storage)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
             journal: txn.open_table(JOURNAL).map_err(storage)?,
         })
@@ -294,6 +296,11 @@ impl<'txn> Tables<'txn> {
         self.by_type
             .insert((job.job_type.as_str(), id), ())
             .map_err(storage)?;
+        if let Some(tenant) = &job.tenant {
+            self.by_tenant
+                .insert((tenant.as_str(), id), ())
+                .map_err(storage)?;
+        }
         if let Some(key) = &job.idempotency_key {
             self.idempotency.insert(key.as_str(), id).map_err(storage)?;
         }
@@ -359,6 +366,11 @@ impl<'txn> Tables<'txn> {
         self.by_type
             .remove((job.job_type.as_str(), key))
             .map_err(storage)?;
+        if let Some(tenant) = &job.tenant {
+            self.by_tenant
+                .remove((tenant.as_str(), key))
+                .map_err(storage)?;
+        }
         if let Some(at) = job.finished_at_ms {
             self.by_finish.remove((at, key)).map_err(storage)?;
         }
@@ -418,6 +430,7 @@ impl<'txn> Tables<'txn> {
                 at_ms,
                 job_type: job.job_type.clone(),
                 status: job.status,
+                tenant: job.tenant.clone(),
             });
         }
         Ok(())

@@ -59,7 +59,9 @@
     try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
     if (!response.ok) {
       const e = json && json.error;
-      throw new Error(e ? `${e.kind}: ${e.message}` : `${method} ${path}: HTTP ${response.status}`);
+      const error = new Error(e ? `${e.kind}: ${e.message}` : `${method} ${path}: HTTP ${response.status}`);
+      error.status = response.status;
+      throw error;
     }
     return json;
   }
@@ -219,7 +221,8 @@
       const { queues } = await api('GET', '/v1/queues');
       renderQueues(queues);
     } catch (error) {
-      $('#queue-rows').replaceChildren(el('tr', {}, el('td', { text: `could not read queues: ${error.message}` })));
+      const text = error.status === 403 ? 'queue figures need an admin key' : `could not read queues: ${error.message}`;
+      $('#queue-rows').replaceChildren(el('tr', {}, el('td', { text })));
     }
   }
 
@@ -524,8 +527,30 @@
 
   // ---- start --------------------------------------------------------------------------
 
+  // With API keys configured, the dashboard signs in once: the key is traded for an
+  // HttpOnly session cookie (POST /v1/session) and never kept by this page.
+  function showLogin() {
+    const form = $('#login');
+    form.hidden = false;
+    setConnection('closed', 'signed out');
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const key = form.elements.key.value.trim();
+      const response = await fetch('/v1/session', { method: 'POST', headers: { authorization: `Bearer ${key}` } });
+      if (response.ok) location.reload();
+      else notice('that key was not accepted', true);
+    });
+  }
+
   function start() {
     window.kilnDashboard = { jobs, loaded: false };
+    api('GET', '/v1/plugins').then(run, (error) => {
+      if (error.status === 401) showLogin();
+      else run();
+    });
+  }
+
+  function run() {
     $('#job-rows').addEventListener('click', (e) => {
       const button = e.target.closest('button[data-action]');
       if (button) {
