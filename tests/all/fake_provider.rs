@@ -2,9 +2,9 @@
 //! speaks the OpenAI Chat Completions (`POST /v1/chat/completions`) and Anthropic Messages
 //! (`POST /v1/messages`) wire formats, answering whole or streamed (SSE, with a pause
 //! between chunks). Each test tells it how to misbehave: 429 with `Retry-After` or 500 for
-//! the first N calls, one status always, slow answers, malformed bodies. It counts the
-//! calls it received and the most in flight at once, and records every request's path,
-//! headers and body.
+//! the first N calls, one status always, slow answers, malformed bodies, error messages
+//! that quote the request's credentials. It counts the calls it received and the most in
+//! flight at once, and records every request's path, headers and body.
 //!
 //! Written on plain tokio sockets, so it depends on nothing the host uses: one request per
 //! connection (`connection: close`), `content-length` for whole answers and chunked
@@ -43,6 +43,11 @@ pub struct Behavior {
     pub deltas: Vec<String>,
     /// Reported (input, output) tokens.
     pub usage: (u32, u32),
+    /// Error answers quote the request's credentials (its `authorization` and `x-api-key`
+    /// headers) this many times over in their message instead of `error_body` (0: they do
+    /// not), as a careless provider or a proxy dumping its request headers might: for tests
+    /// that a key echoed back never leaves the host, even in a long message cut short.
+    pub echo_credentials: usize,
 }
 
 impl Default for Behavior {
@@ -60,6 +65,7 @@ impl Default for Behavior {
                 .map(String::from)
                 .to_vec(),
             usage: (11, 5),
+            echo_credentials: 0,
         }
     }
 }
@@ -252,10 +258,14 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         behavior.status_always
     };
     if let Some(status) = status {
-        let body = behavior
-            .error_body
-            .clone()
-            .unwrap_or_else(|| json!({"error": {"message": "fake error"}}).to_string());
+        let body = if behavior.echo_credentials > 0 {
+            echoed_credentials(&seen, behavior.echo_credentials)
+        } else {
+            behavior
+                .error_body
+                .clone()
+                .unwrap_or_else(|| json!({"error": {"message": "fake error"}}).to_string())
+        };
         let extra = if status == 429 {
             format!("retry-after: {}\r\n", behavior.retry_after)
         } else {
@@ -317,6 +327,20 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
     };
     drop(in_flight);
     write_whole(&mut socket, 200, "", &body.to_string()).await
+}
+
+/// An error body quoting the credentials `seen` carried, `times` times over.
+fn echoed_credentials(seen: &Seen, times: usize) -> String {
+    let credentials = format!(
+        "authorization={:?} x-api-key={:?}",
+        seen.header("authorization").unwrap_or_default(),
+        seen.header("x-api-key").unwrap_or_default()
+    );
+    let message = format!(
+        "invalid credentials: {}",
+        vec![credentials; times].join("; ")
+    );
+    json!({"error": {"message": message, "type": "invalid_request_error"}}).to_string()
 }
 
 async fn write_whole(

@@ -19,4 +19,5 @@ mod plugin_cli;
 mod providers;
 mod providers_e2e;
 mod runtime;
+mod sandbox;
 mod sse;
