@@ -526,7 +526,10 @@ impl HttpProvider {
             .read_body(response, MAX_ERROR_BODY_BYTES)
             .await
             .unwrap_or_default();
-        let detail = self.scrub_text(wire::error_detail(&body));
+        // Scrubbed before the detail is cut short, so the cut cannot split a key into a
+        // piece the scrub would no longer recognise.
+        let body = self.scrub_text(String::from_utf8_lossy(&body).into_owned());
+        let detail = self.scrub_text(wire::error_detail(body.as_bytes()));
         let message = format!("provider '{}' answered HTTP {status}: {detail}", self.name);
         match status.as_u16() {
             429 => Failure::RateLimited {
@@ -548,9 +551,22 @@ impl HttpProvider {
     }
 
     /// `text` with the key's text replaced, in case a provider echoed it.
+    /// `text` with the key replaced, including the start of a key that a cut-short
+    /// message (ending in `…`) ends with.
     fn scrub_text(&self, text: String) -> String {
-        match &self.key {
-            Some(key) => text.replace(key.expose(), "[redacted]"),
+        let Some(key) = &self.key else {
+            return text;
+        };
+        let key = key.expose();
+        let text = text.replace(key, "[redacted]");
+        let Some(body) = text.strip_suffix('…') else {
+            return text;
+        };
+        let cut_key = (4..key.len())
+            .rev()
+            .find(|&n| key.is_char_boundary(n) && body.ends_with(&key[..n]));
+        match cut_key {
+            Some(n) => format!("{}[redacted]…", &body[..body.len() - n]),
             None => text,
         }
     }
