@@ -6,8 +6,10 @@ mod support;
 
 mod api;
 mod auth;
+mod bad_input;
 mod browser;
 mod cli;
+mod crash;
 mod durability;
 mod fake_provider;
 mod journal;
