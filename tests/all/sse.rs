@@ -413,3 +413,25 @@ async fn dashboard_rejects_a_bad_status_filter() {
     assert_eq!(status, 400, "{body:#}");
     assert_eq!(body["error"]["kind"], "invalid_query", "{body:#}");
 }
+
+#[tokio::test]
+async fn a_last_event_id_beyond_a_running_jobs_log_is_refused() {
+    let kiln = kiln("").await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "hostile", "payload": {"mode": "events", "n": 40, "pace_ms": 50}}),
+    )
+    .await;
+    let id = id_of(&job);
+    // No event of this job can have id 1000 yet: following from there would drop
+    // every event, the ending included, and never end.
+    let response = open_sse(&kiln.client, &events_url(&kiln, &id), Some(1000)).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "invalid_last_event_id", "{body}");
+    // Within the log it is fine.
+    let response = open_sse(&kiln.client, &events_url(&kiln, &id), Some(1)).await;
+    assert_eq!(response.status(), 200);
+    kiln.stop().await;
+}

@@ -6,7 +6,7 @@
 //! history): `EventSource` clients use the job's short-lived `events_token` instead.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::job_id;
+use super::extract::JobId;
 use crate::auth::{KEY_PREFIX, Principal, Refusal};
 use crate::jobs::ServiceError;
 use crate::store::{JobRecord, rfc3339};
@@ -133,9 +133,9 @@ impl EventsToken {
 pub async fn job_token(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    JobId(id): JobId,
 ) -> Result<Json<EventsToken>, ApiError> {
-    let job = visible_job(&state, &caller, job_id(&id)?)?;
+    let job = visible_job(&state, &caller, id)?;
     Ok(Json(EventsToken::issue(&state, job.id)))
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::access::{Caller, EventsToken, visible_job};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiQuery, JsonBody, job_id};
+use super::extract::{ApiQuery, JobId, JsonBody};
 use super::view::JobView;
 use crate::jobs::SubmitRequest;
 use crate::store::{JobStatus, ListQuery};
@@ -177,9 +177,9 @@ fn parse_time(text: &str) -> Result<u64, ApiError> {
 pub async fn get(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    JobId(id): JobId,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = visible_job(&state, &caller, job_id(&id)?)?;
+    let job = visible_job(&state, &caller, id)?;
     Ok(Json(JobView::of(job, state.service.store())))
 }
 
@@ -279,9 +279,9 @@ pub async fn list(
 pub async fn cancel(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    JobId(id): JobId,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = visible_job(&state, &caller, job_id(&id)?)?;
+    let job = visible_job(&state, &caller, id)?;
     let job = state.service.cancel(job.id, Duration::from_secs(5)).await?;
     Ok(Json(JobView::of(job, state.service.store())))
 }
@@ -298,9 +298,9 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    JobId(id): JobId,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let job = visible_job(&state, &caller, job_id(&id)?)?;
+    let job = visible_job(&state, &caller, id)?;
     let job = state.service.retry(job.id).await?;
     Ok((
         StatusCode::ACCEPTED,

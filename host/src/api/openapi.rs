@@ -14,7 +14,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Schema};
 
 use super::access::{EventsToken, SessionView};
@@ -72,7 +72,65 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     other_routes(&mut doc);
     add_security(&mut doc);
+    describe_event_streams(&mut doc);
     doc
+}
+
+/// Describes every `text/event-stream` answer per event, the way OpenAPI 3.2 reads such a
+/// schema (and tools such as Schemathesis read it in 3.1 too): `{event, data, id}` with
+/// `data` JSON text, not the whole stream as one string.
+fn describe_event_streams(doc: &mut utoipa::openapi::OpenApi) {
+    use crate::store::event_names::*;
+    let names = [
+        STATUS, PROGRESS, PARTIAL, TOKEN, REPLAYED, COMPLETED, FAILED, CANCELLED,
+    ];
+    let event = ObjectBuilder::new()
+        .description(Some(
+            "One Server-Sent Event. A job stream's `id` is the event's sequence number in \
+             the job's log; the dashboard stream's events have no `id`.",
+        ))
+        .property(
+            "event",
+            ObjectBuilder::new()
+                .schema_type(SchemaType::new(Type::String))
+                .enum_values(Some(names)),
+        )
+        .required("event")
+        .property(
+            "data",
+            ObjectBuilder::new()
+                .schema_type(SchemaType::new(Type::String))
+                .content_media_type("application/json")
+                .description(Some("The event's JSON")),
+        )
+        .required("data")
+        .property(
+            "id",
+            ObjectBuilder::new()
+                .schema_type(SchemaType::new(Type::String))
+                .pattern(Some("^[0-9]+$")),
+        );
+    doc.components
+        .get_or_insert_with(Default::default)
+        .schemas
+        .insert(
+            "SseEvent".to_string(),
+            RefOr::T(Schema::Object(event.build())),
+        );
+    let operations = doc.paths.paths.values_mut().flat_map(|item| {
+        [&mut item.get, &mut item.post]
+            .into_iter()
+            .filter_map(Option::as_mut)
+    });
+    for operation in operations {
+        for response in operation.responses.responses.values_mut() {
+            if let RefOr::T(response) = response
+                && let Some(content) = response.content.get_mut("text/event-stream")
+            {
+                content.schema = Some(RefOr::Ref(Ref::from_schema_name("SseEvent")));
+            }
+        }
+    }
 }
 
 /// Declares the `Authorization: Bearer` key. Every operation accepts it; in open mode
@@ -137,7 +195,41 @@ fn object(properties: &[(&str, Type, &str)]) -> RefOr<Schema> {
 
 /// Describes the routes of `ops.rs` and of the dashboard.
 fn other_routes(doc: &mut utoipa::openapi::OpenApi) {
-    let bulk_body = |status: &str| {
+    // Every field may be left out or null (it then takes its default); no other field is
+    // accepted. Only bulk cancel has `older_than_s`.
+    let bulk_body = |statuses: [&str; 2], status: &str, older_than: bool| {
+        let nullable = |kind: Type, description: &str| {
+            ObjectBuilder::new()
+                .schema_type([kind, Type::Null].into_iter().collect::<SchemaType>())
+                .description(Some(description))
+        };
+        let mut schema = ObjectBuilder::new()
+            .property(
+                "status",
+                nullable(Type::String, status).enum_values(Some([
+                    Some(statuses[0]),
+                    Some(statuses[1]),
+                    None,
+                ])),
+            )
+            .property("type", nullable(Type::String, "Only jobs of this type"))
+            .property(
+                "limit",
+                nullable(Type::Integer, "At most this many jobs, default 100")
+                    .minimum(Some(1))
+                    .maximum(Some(crate::jobs::MAX_BULK as u64)),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        if older_than {
+            schema = schema.property(
+                "older_than_s",
+                nullable(
+                    Type::Integer,
+                    "Started (running) or created (queued) longer ago than this, seconds",
+                )
+                .minimum(Some(0)),
+            );
+        }
         RequestBodyBuilder::new()
             .description(Some(
                 "Optional JSON body (an empty body takes every default)",
@@ -146,12 +238,7 @@ fn other_routes(doc: &mut utoipa::openapi::OpenApi) {
             .content(
                 "application/json",
                 ContentBuilder::new()
-                    .schema(Some(object(&[
-                        ("status", Type::String, status),
-                        ("type", Type::String, "Only jobs of this type"),
-                        ("older_than_s", Type::Integer, "Bulk cancel only: started (running) or created (queued) longer ago than this, seconds"),
-                        ("limit", Type::Integer, "At most this many jobs, 1..=1000, default 100"),
-                    ])))
+                    .schema(Some(RefOr::T(Schema::Object(schema.build()))))
                     .build(),
             )
             .build()
@@ -168,14 +255,22 @@ fn other_routes(doc: &mut utoipa::openapi::OpenApi) {
             "/v1/jobs/bulk/retry",
             HttpMethod::Post,
             "Retries failed (or cancelled) jobs in bulk",
-            Some(bulk_body("`failed` (default) or `cancelled`")),
+            Some(bulk_body(
+                ["failed", "cancelled"],
+                "`failed` (default) or `cancelled`",
+                false,
+            )),
             counted("retried"),
         ),
         (
             "/v1/jobs/bulk/cancel",
             HttpMethod::Post,
             "Cancels running (or queued) jobs in bulk, e.g. stuck ones",
-            Some(bulk_body("`running` (default) or `queued`")),
+            Some(bulk_body(
+                ["running", "queued"],
+                "`running` (default) or `queued`",
+                true,
+            )),
             counted("cancelled"),
         ),
         (
@@ -212,7 +307,12 @@ fn other_routes(doc: &mut utoipa::openapi::OpenApi) {
                     .parameter_in(ParameterIn::Query)
                     .required(Required::False)
                     .description(Some("A job running longer than this, or queued past its start by more, is stuck; seconds, default 600"))
-                    .schema(Some(ObjectBuilder::new().schema_type(SchemaType::new(Type::Integer)))),
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(SchemaType::new(Type::Integer))
+                            .minimum(Some(0))
+                            .maximum(Some(u64::MAX)),
+                    )),
             );
         }
         doc.paths.add_path_operation(path, vec![method], op.build());

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::access::Admin;
 use super::error::ApiError;
-use super::extract::{ApiQuery, parse_json, require_json};
+use super::extract::{ApiQuery, RawBody, parse_json, require_json};
 use crate::jobs::{BulkFilter, DoctorReport, MAX_BULK};
 use crate::store::JobStatus;
 
@@ -106,7 +106,7 @@ pub async fn bulk_retry(
     State(state): State<AppState>,
     _: Admin,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let body: BulkRetryBody = optional_body(&headers, &body)?;
     let filter = BulkFilter {
@@ -128,7 +128,7 @@ pub async fn bulk_cancel(
     State(state): State<AppState>,
     _: Admin,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let body: BulkCancelBody = optional_body(&headers, &body)?;
     let filter = BulkFilter {

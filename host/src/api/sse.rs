@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::access::{Caller, authenticate_events, visible_job};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiQuery, job_id};
+use super::extract::{ApiQuery, JobId};
 use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, event_names};
 
 /// Events replayed from the log per read.
@@ -58,11 +58,10 @@ pub struct JobEventsQuery {
     ))]
 pub async fn job_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobId(id): JobId,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<JobEventsQuery>,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&id)?;
     let caller = authenticate_events(&state, &headers, query.token.as_deref(), id)?;
     let after = last_event_id(&headers, query.last_event_id.as_deref())?;
     visible_job(&state, &caller, id)?;
@@ -73,6 +72,18 @@ pub async fn job_events(
     if job.status.is_terminal() && after >= job.last_seq {
         // Nothing will ever follow: 204 tells EventSource to stop reconnecting.
         return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if after > job.last_seq {
+        // Events are stored before anyone sees them, so no client can hold a later id;
+        // following from there would silently drop everything, the ending included.
+        return Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!(
+                "Last-Event-ID {after} is beyond this job's last event ({}); resume from an \
+                 id this stream sent",
+                job.last_seq
+            ),
+        ));
     }
     let stream = JobStream {
         store,

@@ -56,6 +56,7 @@ pub async fn populate(data_dir: &Path, jobs: usize) -> anyhow::Result<()> {
                     usage: Default::default(),
                     last_seq: 0,
                     idempotency_key: None,
+                    tenant: None,
                 };
                 let event = NewEvent::new(
                     event_names::STATUS,
