@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod durability;
 mod fake_provider;
+mod fuzz;
 mod journal;
 mod lifecycle;
 mod metrics;
