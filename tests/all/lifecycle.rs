@@ -45,8 +45,12 @@ fn assert_fresh_job(job: &Value, job_type: &str) {
     let id = job["id"].as_str().expect(&ctx);
     assert!(uuid::Uuid::parse_str(id).is_ok(), "id is a UUID: {ctx}");
     assert_eq!(job["type"], job_type, "{ctx}");
-    assert_eq!(job["status"], "queued", "{ctx}");
-    assert!(job["progress"].is_u64(), "{ctx}");
+    // An idle queue starts the job in the submit's own commit, so it may already run.
+    assert!(
+        job["status"] == "queued" || job["status"] == "running",
+        "{ctx}"
+    );
+    assert_eq!(job["progress"], 0, "{ctx}");
     assert!(job.get("message").is_some(), "message field: {ctx}");
     assert_eq!(job["result"], Value::Null, "{ctx}");
     assert!(job.get("result").is_some(), "result field present: {ctx}");

@@ -149,6 +149,7 @@ async fn every_route_is_described() {
             let request = match *method {
                 "get" => kiln.client.get(&url),
                 "post" => kiln.client.post(&url),
+                "delete" => kiln.client.delete(&url),
                 other => panic!("unexpected method {other}"),
             };
             let response = request.send().await.unwrap();

@@ -308,12 +308,58 @@ impl JobService {
         };
         let payload = request.payload.to_string();
         let event = status_event(&job);
+        if self.reserve_slot(&job) {
+            return self.submit_and_start(job, payload, event).await;
+        }
         match self.inner.store.insert(job, payload, event).await? {
             Inserted::Created(job) => {
                 self.enqueue(&job);
                 Ok((job, true))
             }
             Inserted::Existing(job) => Ok((job, false)),
+        }
+    }
+
+    /// Takes a slot of `job`'s queue for it if one is free and no job is due ahead of it.
+    fn reserve_slot(&self, job: &JobRecord) -> bool {
+        let now = now_ms();
+        if self.inner.stopping.is_cancelled() || job.run_at_ms.is_some_and(|at| at > now) {
+            return false;
+        }
+        let limit = self.inner.settings.limit_of(&job.queue);
+        let mut queues = self.inner.queues.lock().expect("queues lock");
+        let queue = queues.queue(&job.queue, limit);
+        if queue.running < queue.limit && !queue.has_due(now) {
+            queue.running += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The fast path of a submit that got a slot: the insert and the start go to the
+    /// writer together, so they usually share one group commit and the job starts one
+    /// commit after it was sent instead of two. The answer already says `running`.
+    async fn submit_and_start(
+        &self,
+        job: JobRecord,
+        payload: String,
+        event: NewEvent,
+    ) -> Result<(JobRecord, bool), ServiceError> {
+        let (id, queue) = (job.id, job.queue.clone());
+        let running = self.register_running(id);
+        // `join!` polls the insert first, so its op is queued before the start's.
+        let (inserted, started) = futures::join!(
+            self.inner.store.insert(job, payload, event),
+            self.start_attempt(id)
+        );
+        let answer = started.as_ref().ok().cloned();
+        // Whatever happened, the attempt task frees the slot (and runs the job if it
+        // started: a replayed Idempotency-Key inserted nothing, so nothing started).
+        tokio::spawn(self.clone().run_started(queue, id, running, started));
+        match inserted? {
+            Inserted::Created(created) => Ok((answer.unwrap_or(created), true)),
+            Inserted::Existing(existing) => Ok((existing, false)),
         }
     }
 

@@ -68,6 +68,12 @@ impl Queue {
     }
 
     /// When the longest-waiting ready job became ready, ms (a scan of the ready jobs).
+    /// Whether a job is ready, or delayed but due by `now_ms`: a new job must not start
+    /// ahead of it.
+    pub fn has_due(&self, now_ms: u64) -> bool {
+        !self.ready.is_empty() || self.delayed.first().is_some_and(|&(at, _, _)| at <= now_ms)
+    }
+
     pub fn oldest_ready_since(&self) -> Option<u64> {
         self.ready.iter().map(|ready| ready.since_ms).min()
     }

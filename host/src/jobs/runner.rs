@@ -24,73 +24,110 @@ use crate::store::{
 };
 
 impl JobService {
-    /// Runs one attempt of job `id` from `queue`, then frees its queue slot.
+    /// Runs one attempt of job `id`, whose slot in `queue` the dispatcher took.
     pub(super) async fn run_attempt(self, queue: String, id: Uuid) {
+        let running = self.register_running(id);
+        let started = self.start_attempt(id).await;
+        self.run_started(queue, id, running, started).await;
+    }
+
+    /// A job's stop handle, registered before the job turns `running`, so a cancel never
+    /// misses it.
+    pub(super) fn register_running(&self, id: Uuid) -> Arc<RunningJob> {
+        let running = Arc::new(RunningJob {
+            cancel: CancellationToken::new(),
+            interrupted: AtomicBool::new(false),
+        });
+        self.inner
+            .running
+            .lock()
+            .expect("running lock")
+            .insert(id, running.clone());
+        running
+    }
+
+    /// Commits the start of job `id`'s attempt: `queued -> running`. A job cancelled
+    /// (or deleted) while it waited is refused: it never starts.
+    pub(super) fn start_attempt(
+        &self,
+        id: Uuid,
+    ) -> impl std::future::Future<Output = Result<JobRecord, StoreError>> + Send + 'static {
+        let store = self.inner.store.clone();
+        async move {
+            store
+                .update(id, |job| {
+                    if job.status != JobStatus::Queued {
+                        return Err(StoreError::Conflict(format!(
+                            "job is {}",
+                            job.status.as_str()
+                        )));
+                    }
+                    job.status = JobStatus::Running;
+                    job.started_at_ms = Some(now_ms());
+                    job.progress = 0;
+                    job.message = None;
+                    Ok(Change::events(vec![status_event(job)]))
+                })
+                .await
+        }
+    }
+
+    /// Runs the attempt whose start was `started` (or refused), records how it ended,
+    /// and frees its queue slot.
+    pub(super) async fn run_started(
+        self,
+        queue: String,
+        id: Uuid,
+        running: Arc<RunningJob>,
+        started: Result<JobRecord, StoreError>,
+    ) {
         let span = tracing::info_span!("job", job_id = %id, queue = %queue);
-        crate::monitor::scope(self.inner.metrics.clone(), self.attempt(id))
+        let attempt = async {
+            let outcome = match started {
+                Ok(job) => Some(self.run(job, &running).await),
+                Err(StoreError::Conflict(_) | StoreError::NotFound) => None,
+                Err(error) => {
+                    tracing::error!(%error, "could not start the job");
+                    None
+                }
+            };
+            self.inner.running.lock().expect("running lock").remove(&id);
+            // The sandbox is done with it: the slot goes to the next job now, while the
+            // outcome is committed, so a queue's throughput is not bounded by its
+            // limit divided by two commit times. (For a moment the store may show the
+            // next job running before this one's end: the limit is on running plugins.)
+            self.release_slot(&queue);
+            if let Some((job, outcome)) = outcome {
+                self.finish(job, outcome, &running).await;
+            }
+        };
+        crate::monitor::scope(self.inner.metrics.clone(), attempt)
             .instrument(span)
             .await;
+    }
+
+    /// Gives a slot of `queue` back and wakes the dispatcher.
+    pub(super) fn release_slot(&self, queue: &str) {
         if let Some(q) = self
             .inner
             .queues
             .lock()
             .expect("queues lock")
-            .get_mut(&queue)
+            .get_mut(queue)
         {
             q.running = q.running.saturating_sub(1);
         }
         self.inner.wake.notify_one();
     }
 
-    async fn attempt(&self, id: Uuid) {
-        let running = Arc::new(RunningJob {
-            cancel: CancellationToken::new(),
-            interrupted: AtomicBool::new(false),
-        });
-        // Registered before the job turns `running`, so a cancel never misses it.
-        self.inner
-            .running
-            .lock()
-            .expect("running lock")
-            .insert(id, running.clone());
-        let outcome = self.start_and_run(id, &running).await;
-        self.inner.running.lock().expect("running lock").remove(&id);
-        let Some((job, outcome)) = outcome else {
-            return;
-        };
-        self.finish(job, outcome, &running).await;
-    }
-
-    async fn start_and_run(
+    /// Runs a started attempt in the sandbox.
+    async fn run(
         &self,
-        id: Uuid,
+        job: JobRecord,
         running: &RunningJob,
-    ) -> Option<(JobRecord, crate::runtime::RunOutcome)> {
+    ) -> (JobRecord, crate::runtime::RunOutcome) {
         let store = &self.inner.store;
-        let started = store
-            .update(id, |job| {
-                if job.status != JobStatus::Queued {
-                    // Cancelled (or deleted) while it waited: it never starts.
-                    return Err(StoreError::Conflict(format!(
-                        "job is {}",
-                        job.status.as_str()
-                    )));
-                }
-                job.status = JobStatus::Running;
-                job.started_at_ms = Some(now_ms());
-                job.progress = 0;
-                job.message = None;
-                Ok(Change::events(vec![status_event(job)]))
-            })
-            .await;
-        let job = match started {
-            Ok(job) => job,
-            Err(StoreError::Conflict(_) | StoreError::NotFound) => return None,
-            Err(error) => {
-                tracing::error!(%error, "could not start the job");
-                return None;
-            }
-        };
+        let id = job.id;
         let queue_ms = job.started_at_ms.unwrap_or_default().saturating_sub(
             job.run_at_ms
                 .unwrap_or(job.created_at_ms)
@@ -104,13 +141,13 @@ impl JobService {
                 FailureKind::UnknownType,
                 format!("no plugin for job type '{}' is loaded", job.job_type),
             );
-            return Some((
+            return (
                 job,
                 crate::runtime::RunOutcome {
                     result: Err(failure),
                     usage: Default::default(),
                 },
-            ));
+            );
         };
         let payload = match store.payload(id) {
             Ok(Some(payload)) => payload,
@@ -119,13 +156,13 @@ impl JobService {
                     FailureKind::Internal,
                     format!("the job's payload could not be read: {other:?}"),
                 );
-                return Some((
+                return (
                     job,
                     crate::runtime::RunOutcome {
                         result: Err(failure),
                         usage: Default::default(),
                     },
-                ));
+                );
             }
         };
         let limits = self.inner.settings.limits_of(&job.job_type);
@@ -155,7 +192,7 @@ impl JobService {
             .runtime
             .run_journaled(&plugin, input, context, Some(journal))
             .await;
-        Some((job, outcome))
+        (job, outcome)
     }
 
     /// Records how the attempt ended: completed, cancelled, re-queued for a retry (or
