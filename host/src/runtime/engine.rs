@@ -7,12 +7,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances. Every tick, each running guest yields to the async
 /// executor (so a CPU-bound plugin cannot hog a worker thread) and checks its deadline and
 /// cancel flag: a cancelled or overdue job stops within one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Memory (and table) bytes of a pool slot kept resident and reset in place when a job
+/// ends. A Rust plugin's linear memory starts around 1 MiB; larger ones are reset with
+/// madvise beyond this.
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
 /// Builds the engine: component model on, epoch interruption on, and the pooling
 /// allocator sized for `max_instances` concurrent jobs whose memories may reach
@@ -26,7 +31,14 @@ pub fn build_engine(max_instances: u32, max_memory_bytes: usize) -> anyhow::Resu
         .total_memories(max_instances.saturating_mul(4))
         .total_tables(max_instances.saturating_mul(4))
         .total_stacks(max_instances)
-        .max_memory_size(max_memory_bytes);
+        .max_memory_size(max_memory_bytes)
+        // Reset a finished job's memory with memset (only the pages it touched, found
+        // with PAGEMAP_SCAN where the kernel has it) instead of madvise: every madvise
+        // unmaps pages, and the TLB shootdown interrupts every core running Kiln. Profiled
+        // at a fifth of the workers' time with no-op jobs; see BENCHMARKS.md.
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(KEEP_RESIDENT_BYTES)
+        .pagemap_scan(Enabled::Auto);
 
     let mut config = Config::new();
     config
