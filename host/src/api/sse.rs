@@ -158,16 +158,9 @@ pub async fn all_events(
                     {
                         continue;
                     }
-                    let data = serde_json::json!({
-                        "job_id": event.job_id,
-                        "type": event.job_type,
-                        "status": event.status,
-                        "seq": event.seq,
-                        "data": event.data,
-                    });
                     let sse = Event::default()
                         .event(event.name.as_str())
-                        .data(data.to_string());
+                        .data(event.dashboard_data_text());
                     return Some((sse, (live, shutdown, permit)));
                 }
             }
@@ -254,7 +247,8 @@ struct JobStream {
     subscription: Subscription,
     last_seq: u64,
     replaying: bool,
-    buffer: VecDeque<JobEvent>,
+    /// Shared with every other subscriber: never copied per subscriber.
+    buffer: VecDeque<Arc<JobEvent>>,
     done: bool,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
@@ -275,7 +269,7 @@ impl JobStream {
                 let sse = Event::default()
                     .id(event.seq.to_string())
                     .event(event.name.as_str())
-                    .data(event.data.to_string());
+                    .data(event.data_text());
                 return Some((sse, self));
             }
             if self.replaying {
@@ -284,7 +278,7 @@ impl JobStream {
                     .events_after(&self.job, self.last_seq, REPLAY_PAGE)
                 {
                     Ok(page) if page.is_empty() => self.replaying = false,
-                    Ok(page) => self.buffer.extend(page),
+                    Ok(page) => self.buffer.extend(page.into_iter().map(Arc::new)),
                     Err(error) => {
                         tracing::error!(%error, job_id = %self.job.id, "event replay failed");
                         return None;
@@ -297,7 +291,7 @@ impl JobStream {
                 () = self.shutdown.cancelled() => return None,
                 received = live.recv() => match received {
                     Ok(event) if event.seq <= self.last_seq => {}
-                    Ok(event) if event.seq == self.last_seq + 1 => self.buffer.push_back((*event).clone()),
+                    Ok(event) if event.seq == self.last_seq + 1 => self.buffer.push_back(event),
                     // A gap (should not happen): read what is missing from the log.
                     Ok(_) => self.replaying = true,
                     // Too slow, or the bus went away: close; the client resumes from its

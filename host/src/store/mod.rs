@@ -284,6 +284,8 @@ impl Store {
                 job_type: job.job_type.clone(),
                 status: job.status,
                 tenant: job.tenant.clone(),
+                text: Default::default(),
+                dashboard_text: Default::default(),
             });
         }
         Ok(out)

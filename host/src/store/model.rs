@@ -185,6 +185,34 @@ pub struct JobEvent {
     pub status: JobStatus,
     /// The job's tenant, so `/v1/events` shows a client its tenant's jobs only.
     pub tenant: Option<String>,
+    /// `data` as JSON text, made once however many subscribers send it.
+    #[serde(skip)]
+    pub text: std::sync::OnceLock<String>,
+    /// The `/v1/events` form `{job_id, type, status, seq, data}` as JSON text, made once.
+    #[serde(skip)]
+    pub dashboard_text: std::sync::OnceLock<String>,
+}
+
+impl JobEvent {
+    /// `data` as JSON text. With ten thousand subscribers, encoding it per subscriber
+    /// was most of an event's fan-out cost; now the first subscriber encodes it.
+    pub fn data_text(&self) -> &str {
+        self.text.get_or_init(|| self.data.to_string())
+    }
+
+    /// The event as `/v1/events` sends it, as JSON text, encoded once.
+    pub fn dashboard_data_text(&self) -> &str {
+        self.dashboard_text.get_or_init(|| {
+            serde_json::json!({
+                "job_id": self.job_id,
+                "type": self.job_type,
+                "status": self.status,
+                "seq": self.seq,
+                "data": self.data,
+            })
+            .to_string()
+        })
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

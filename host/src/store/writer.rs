@@ -431,6 +431,8 @@ impl<'txn> Tables<'txn> {
                 job_type: job.job_type.clone(),
                 status: job.status,
                 tenant: job.tenant.clone(),
+                text: Default::default(),
+                dashboard_text: Default::default(),
             });
         }
         Ok(())
