@@ -68,10 +68,12 @@ pub async fn fanout(
         .pool_max_idle_per_host(0)
         .build()?;
     let jobs = format!("{}/v1/jobs", server.base);
+    // The blocker sleeps (in a host call) rather than spinning, so it leaves the cores
+    // to the subscribers connecting and to a profiler's view of the fan-out.
     let blocker = post(
         &client,
         jobs.clone(),
-        json!({ "type": "hostile", "payload": { "mode": "loop" } }),
+        json!({ "type": "hostile", "payload": { "mode": "events", "n": 10, "pace_ms": 60000 } }),
     )
     .await?;
     let job = post(
