@@ -640,6 +640,11 @@ async fn non_utf8_in_the_path_query_and_headers() {
         ),
         ("GET /v1/jobs/%FF%FE", get(b"/v1/jobs/%FF%FE"), not_a_job),
         (
+            "GET /assets/%80",
+            get(b"/assets/%80"),
+            Expect::Error(404, "not_found"),
+        ),
+        (
             "GET /v1/jobs/%FF/events",
             get(b"/v1/jobs/%FF/events"),
             not_a_job,

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use axum::Router;
 use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -81,8 +82,12 @@ async fn example(headers: HeaderMap) -> Response {
     serve("/examples/browser", &headers)
 }
 
-async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
-    serve(&format!("/assets/{path}"), &headers)
+/// A path that is not even text names no file: the same `404` as any unknown one.
+async fn asset(path: Result<Path<String>, PathRejection>, headers: HeaderMap) -> Response {
+    match path {
+        Ok(Path(path)) => serve(&format!("/assets/{path}"), &headers),
+        Err(_) => ApiError::not_found("no such file").into_response(),
+    }
 }
 
 /// The file at `path` with caching headers, `304` when the client's copy is current, or
