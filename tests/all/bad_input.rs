@@ -659,11 +659,7 @@ async fn non_utf8_in_the_path_query_and_headers() {
             http("POST", b"/v1/jobs/%C3%28/retry", &[], b""),
             not_a_job,
         ),
-        (
-            "GET /v1/jobs/%00 (NUL)",
-            get(b"/v1/jobs/%00"),
-            not_a_job,
-        ),
+        ("GET /v1/jobs/%00 (NUL)", get(b"/v1/jobs/%00"), not_a_job),
         (
             "?status=%FF",
             get(b"/v1/jobs?status=%FF"),

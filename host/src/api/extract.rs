@@ -109,7 +109,9 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(text)) => job_id(&text).map(JobId),
-            Err(_) => Err(ApiError::not_found("no job with that id (it is not even text)")),
+            Err(_) => Err(ApiError::not_found(
+                "no job with that id (it is not even text)",
+            )),
         }
     }
 }
