@@ -108,16 +108,15 @@ impl JobService {
 
     /// Gives a slot of `queue` back and wakes the dispatcher.
     pub(super) fn release_slot(&self, queue: &str) {
-        if let Some(q) = self
-            .inner
-            .queues
-            .lock()
-            .expect("queues lock")
-            .get_mut(queue)
-        {
-            q.running = q.running.saturating_sub(1);
-        }
+        self.with_queue(queue, |q| q.running = q.running.saturating_sub(1));
         self.inner.wake.notify_one();
+    }
+
+    /// Applies `change` to the in-memory queue `name`, if it exists.
+    fn with_queue(&self, name: &str, change: impl FnOnce(&mut super::queues::Queue)) {
+        if let Some(q) = self.inner.queues.lock().expect("queues lock").get_mut(name) {
+            change(q);
+        }
     }
 
     /// Runs a started attempt in the sandbox.
@@ -272,29 +271,17 @@ impl JobService {
     }
 
     fn record_start(&self, queue: &str, queue_ms: u64) {
-        if let Some(q) = self
-            .inner
-            .queues
-            .lock()
-            .expect("queues lock")
-            .get_mut(queue)
-        {
+        self.with_queue(queue, |q| {
             q.stats.started += 1;
             q.stats.queue_ms += queue_ms;
-        }
+        });
         self.inner
             .metrics
             .attempt_started(queue, queue_ms, now_ms());
     }
 
     fn record_end(&self, job: &JobRecord, run_ms: u64) {
-        if let Some(q) = self
-            .inner
-            .queues
-            .lock()
-            .expect("queues lock")
-            .get_mut(&job.queue)
-        {
+        self.with_queue(&job.queue, |q| {
             q.stats.finished += 1;
             q.stats.run_ms += run_ms;
             match job.status {
@@ -302,7 +289,7 @@ impl JobService {
                 JobStatus::Failed => q.stats.failed += 1,
                 _ => {}
             }
-        }
+        });
     }
 }
 
