@@ -43,12 +43,21 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = authenticate(state, &parts.headers)?;
-        if principal.is_admin() {
-            Ok(Admin)
-        } else {
-            Err(forbidden())
-        }
+        require_admin(state, &parts.headers).map(|()| Admin)
+    }
+}
+
+/// `Ok` when the request's caller is an admin (or anyone, in open mode); else `401` or
+/// `403 forbidden`.
+pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if authenticate(state, headers)?.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route is for operators: it needs an admin key",
+        ))
     }
 }
 
@@ -183,11 +192,7 @@ pub async fn start_session(
     let cookie = session_cookie(&state, &issued.token, state.auth.session_ttl.as_secs());
     let view = SessionView {
         name: identity.name.clone(),
-        role: if identity.role == crate::auth::Role::Admin {
-            "admin"
-        } else {
-            "client"
-        },
+        role: identity.role.as_str(),
         tenant: identity.tenant.clone(),
         expires_at: rfc3339(issued.expires_at_ms),
     };
@@ -293,12 +298,4 @@ fn refusal_error(refusal: Refusal) -> ApiError {
         }
     };
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).with_challenge()
-}
-
-fn forbidden() -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "this route is for operators: it needs an admin key",
-    )
 }

@@ -2,11 +2,11 @@
 //! figures the store and the scheduler already know read at scrape time.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::access::authenticate;
+use super::access::require_admin;
 use super::error::ApiError;
 use super::system::queue_views;
 use crate::jobs::ServiceError;
@@ -28,12 +28,8 @@ pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !state.auth.public_metrics && !authenticate(&state, &headers)?.is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "GET /metrics needs an admin key, unless auth.public_metrics = true",
-        ));
+    if !state.auth.public_metrics {
+        require_admin(&state, &headers)?;
     }
     let store = state.service.store().clone();
     // A read of the two index tables: off the async workers.

@@ -64,11 +64,11 @@ pub async fn job_events(
 ) -> Result<Response, ApiError> {
     let caller = authenticate_events(&state, &headers, query.token.as_deref(), id)?;
     let after = last_event_id(&headers, query.last_event_id.as_deref())?;
-    visible_job(&state, &caller, id)?;
     let permit = stream_permit(&state)?;
     let store = state.service.store().clone();
+    // Subscribed before the job is read, so no event committed in between is missed.
     let subscription = Subscription::job(store.bus.clone(), id);
-    let job = state.service.get(id)?;
+    let job = visible_job(&state, &caller, id)?;
     if job.status.is_terminal() && after >= job.last_seq {
         // Nothing will ever follow: 204 tells EventSource to stop reconnecting.
         return Ok(StatusCode::NO_CONTENT.into_response());

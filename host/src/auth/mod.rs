@@ -84,6 +84,16 @@ pub enum Role {
     Client,
 }
 
+impl Role {
+    /// The name used in the config and in answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Client => "client",
+        }
+    }
+}
+
 /// A configured key, once its hash matched.
 #[derive(Debug)]
 pub struct Identity {
@@ -191,11 +201,6 @@ pub struct IssuedToken {
 }
 
 impl Auth {
-    /// Open mode with an ephemeral signer: what tests and embedded servers get by default.
-    pub fn open() -> Self {
-        Self::build(true, Vec::new(), Signer::ephemeral().expect("randomness"))
-    }
-
     /// Access control from `[auth]`, for a server listening on `addr` with its token
     /// secret in `data_dir`. Refuses open mode on a non-loopback address unless
     /// `mode = "open"` asks for it.
@@ -507,7 +512,7 @@ mod tests {
 
     #[test]
     fn a_job_token_opens_that_job_only() {
-        let auth = Auth::open();
+        let auth = Auth::build(true, Vec::new(), Signer::ephemeral().unwrap());
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let token = auth.job_token(a).token;
         assert!(matches!(

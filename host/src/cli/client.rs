@@ -37,7 +37,11 @@ pub struct ApiFailure {
 
 impl fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (HTTP {}): {}", self.kind, self.status, self.message)
+        write!(f, "{} (HTTP {}): {}", self.kind, self.status, self.message)?;
+        if self.status == 401 {
+            write!(f, "\n(the CLI sends the key in KILN_API_KEY, or --api-key)")?;
+        }
+        Ok(())
     }
 }
 

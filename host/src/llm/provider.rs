@@ -526,10 +526,7 @@ impl HttpProvider {
             .read_body(response, MAX_ERROR_BODY_BYTES)
             .await
             .unwrap_or_default();
-        // Scrubbed before the detail is cut short, so the cut cannot split a key into a
-        // piece the scrub would no longer recognise.
-        let body = self.scrub_text(String::from_utf8_lossy(&body).into_owned());
-        let detail = self.scrub_text(wire::error_detail(body.as_bytes()));
+        let detail = self.scrub_text(wire::error_detail(&body));
         let message = format!("provider '{}' answered HTTP {status}: {detail}", self.name);
         match status.as_u16() {
             429 => Failure::RateLimited {
