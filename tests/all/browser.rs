@@ -5,15 +5,21 @@
 //!
 //! Install the browser with `scripts/install-test-deps` (`scripts/test` and `.ci/run` do).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
-use crate::support::{InProcess, LONG, all_events, get_json, id_of, submit};
+use crate::support::{
+    InProcess, KilnProcess, LONG, SseEvent, all_events, free_port, get_json, id_of, plugins_dir,
+    submit,
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -33,13 +39,6 @@ fn artifacts_dir() -> PathBuf {
         .join("browser-artifacts");
     std::fs::create_dir_all(&dir).expect("creating target/browser-artifacts");
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// A headless Chromium session through a chromedriver this test started. Dropping it
@@ -180,7 +179,12 @@ impl Drop for Browser {
 
 /// Opens the dashboard and waits until it has loaded and its live stream is open.
 async fn open_dashboard(browser: &Browser, kiln: &InProcess) {
-    browser.goto(&kiln.url("/")).await;
+    open_dashboard_at(browser, &kiln.url("/")).await;
+}
+
+/// [`open_dashboard`] for the dashboard at `url`.
+async fn open_dashboard_at(browser: &Browser, url: &str) {
+    browser.goto(url).await;
     browser
         .wait_for(
             "the dashboard to load and connect",
@@ -280,14 +284,14 @@ async fn dashboard_shows_a_running_jobs_progress_and_completion_live() {
     browser
         .client
         .find(Locator::Css(&format!(
-            "[data-testid=job-row][data-job-id=\"{id}\"] code"
+            "[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=job-type]"
         )))
         .await
         .expect("the job's row")
         .click()
         .await
         .expect("clicking the job");
-    let log = all_events(&kiln.client, &kiln.base, &id, LONG).await;
+    let log = logged_rows(&all_events(&kiln.client, &kiln.base, &id, LONG).await);
     browser
         .wait_for(
             "the job detail's whole event log and result",
@@ -602,5 +606,627 @@ async fn dashboard_files_are_served_with_types_and_caching() {
     let (status, body) = get_json(&kiln.client, &kiln.url("/assets/nope.js")).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["kind"], "not_found", "{body}");
+    kiln.stop().await;
+}
+
+/// The rows a job detail's event log shows for `events`: every event but the token
+/// events, which are folded into one text per label (a token `reset` keeps its row).
+fn logged_rows(events: &[SseEvent]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter(|e| e.event != "token" || e.data["reset"] == true)
+        .map(|e| (e.id.expect("event id"), e.event.clone()))
+        .collect()
+}
+
+/// The text a page should show per label after `events`: the deltas of the last attempt
+/// (a `running` status voids the text streamed before it), each `reset` voiding its
+/// label's text so far.
+fn token_texts(events: &[SseEvent]) -> BTreeMap<String, String> {
+    let mut texts = BTreeMap::new();
+    for event in events {
+        match event.event.as_str() {
+            "status" if event.data["status"] == "running" => texts.clear(),
+            "token" => {
+                let label = event.data["label"]
+                    .as_str()
+                    .expect("token label")
+                    .to_string();
+                let text: &mut String = texts.entry(label).or_default();
+                if event.data["reset"] == true {
+                    text.clear();
+                } else {
+                    text.push_str(event.data["delta"].as_str().expect("token delta"));
+                }
+            }
+            _ => {}
+        }
+    }
+    texts
+}
+
+/// The dashboard's job detail as `{status, rows: [[id, name]], tokens: {label: text}}`.
+const DETAIL_STATE: &str = "
+    const rows = [...document.querySelectorAll('[data-testid=detail-event]')]
+      .map((tr) => [Number(tr.cells[0].textContent), tr.cells[1].textContent]);
+    const tokens = {};
+    for (const d of document.querySelectorAll('[data-testid=token-label]')) {
+      tokens[d.dataset.label] = d.querySelector('pre').textContent;
+    }
+    return {status: document.querySelector('[data-testid=detail-status]').textContent,
+            rows, tokens};";
+
+/// Clicks the element at `css`.
+async fn click(browser: &Browser, css: &str) {
+    browser
+        .client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("finding {css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_end_of_each_job_id_and_copies_the_whole_id_on_click() {
+    let _turn = ONE_BROWSER.lock().await;
+    let kiln = InProcess::start_cached(&["fixture:noop"], "").await;
+    let browser = Browser::start("dashboard-job-ids").await;
+    open_dashboard(&browser, &kiln).await;
+
+    // UUIDv7 ids made in the same minute share their first 8 hex digits.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, job) = submit(
+            &kiln.client,
+            &kiln.base,
+            json!({"type": "noop", "payload": {}}),
+        )
+        .await;
+        assert_eq!(status, 202, "{job}");
+        ids.push(id_of(&job));
+    }
+    let shown = browser
+        .wait_for(
+            "a row for each job",
+            &format!(
+                "const ids = {ids:?};
+                 const codes = ids.map((id) => document.querySelector(
+                   `[data-testid=job-row][data-job-id=\"${{id}}\"] [data-testid=job-id]`));
+                 return codes.every(Boolean) ? codes.map((c) => [c.textContent, c.title]) : null;"
+            ),
+        )
+        .await;
+    println!("ids {ids:?}, shown {shown}");
+    for (id, seen) in ids.iter().zip(shown.as_array().unwrap()) {
+        assert_eq!(
+            seen[0].as_str().unwrap(),
+            format!("…{}", &id[24..]),
+            "the row of {id} does not show the id's end"
+        );
+        assert!(
+            seen[1].as_str().unwrap().contains(id.as_str()),
+            "no full id in the tooltip: {seen}"
+        );
+    }
+    let distinct: BTreeSet<&str> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_str().unwrap())
+        .collect();
+    assert_eq!(distinct.len(), ids.len(), "two jobs look the same: {shown}");
+
+    // A click copies the whole id, says so, and does not open the job.
+    let target = &ids[1];
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{target}\"] [data-testid=job-id]"),
+    )
+    .await;
+    let hint = browser
+        .wait_for(
+            "the copied hint",
+            "const h = document.querySelector('[data-testid=copied-hint]');
+             return h.hidden ? null : {text: h.textContent, id: h.dataset.copied,
+               visible: h.getClientRects().length > 0};",
+        )
+        .await;
+    assert_eq!(
+        hint,
+        json!({"text": "copied", "id": target, "visible": true}),
+        "{hint}"
+    );
+    browser.screenshot("copied").await;
+    assert_eq!(
+        browser
+            .js("return document.querySelector('[data-testid=job-detail]').hidden;")
+            .await,
+        json!(true),
+        "clicking the id opened the job"
+    );
+    // What the clipboard holds, pasted into a text box as a user would.
+    browser
+        .js(
+            "const box = document.createElement('textarea'); box.id = 'paste-here';
+             document.body.append(box); box.focus(); return true;",
+        )
+        .await;
+    browser
+        .client
+        .find(Locator::Id("paste-here"))
+        .await
+        .expect("paste box")
+        .send_keys(&format!("{}v", char::from(fantoccini::key::Key::Control)))
+        .await
+        .expect("pasting");
+    let pasted = browser
+        .wait_for(
+            "the pasted id",
+            "const v = document.getElementById('paste-here').value; return v || null;",
+        )
+        .await;
+    assert_eq!(
+        pasted,
+        json!(target),
+        "the clipboard does not hold the job's id"
+    );
+    browser.close().await;
+    kiln.stop().await;
+}
+
+/// Whether the dashboard's sign-in form is shown (laid out, not merely in the page).
+const LOGIN_SHOWN: &str =
+    "return document.querySelector('[data-testid=login]').getClientRects().length > 0;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_asks_for_a_key_only_when_the_server_has_keys() {
+    let _turn = ONE_BROWSER.lock().await;
+    let browser = Browser::start("dashboard-sign-in").await;
+
+    // Open mode: no key exists, so there is nothing to sign in with.
+    let open = InProcess::start_cached(&["fixture:noop"], "").await;
+    open_dashboard(&browser, &open).await;
+    browser.screenshot("open-mode").await;
+    assert_eq!(
+        browser.js(LOGIN_SHOWN).await,
+        json!(false),
+        "open mode shows a sign-in form"
+    );
+    open.stop().await;
+
+    // With keys: the form is shown, and a key signs in.
+    let key = ::kiln::auth::new_key().unwrap();
+    let config = format!(
+        "[auth]\n[[auth.keys]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+        ::kiln::auth::hash_key(&key)
+    );
+    let keyed = InProcess::start_cached(&["fixture:noop"], &config).await;
+    browser.goto(&keyed.url("/")).await;
+    browser.wait_for("the sign-in form", LOGIN_SHOWN).await;
+    browser.screenshot("keys-sign-in").await;
+    let input = browser
+        .client
+        .find(Locator::Css("[data-testid=login-key]"))
+        .await
+        .expect("key box");
+    input.send_keys(&key).await.expect("typing the key");
+    click(&browser, "[data-testid=login-submit]").await;
+    browser
+        .wait_for(
+            "the signed-in dashboard to load and connect",
+            "return !!(window.kilnDashboard && window.kilnDashboard.loaded && \
+             document.querySelector('[data-testid=conn-state]').dataset.state === 'live');",
+        )
+        .await;
+    assert_eq!(
+        browser.js(LOGIN_SHOWN).await,
+        json!(false),
+        "signed in, the form is still shown"
+    );
+    browser.screenshot("keys-signed-in").await;
+    browser.close().await;
+    keyed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_queues_table_fits_its_column_at_1400_px() {
+    let _turn = ONE_BROWSER.lock().await;
+    let kiln = InProcess::start_cached(&["characters", "factions", "documents"], "").await;
+    let browser = Browser::start("dashboard-queues").await;
+    open_dashboard(&browser, &kiln).await;
+    browser
+        .wait_for(
+            "the three queues",
+            "return document.querySelectorAll('[data-testid=queue-name]').length === 3;",
+        )
+        .await;
+    let shot = browser.screenshot("queues").await;
+    let geometry = browser
+        .js(
+            "const table = document.querySelector('[data-testid=queues]');
+             const box = table.parentElement;
+             return {window: window.innerWidth, page: document.documentElement.scrollWidth,
+                     viewport: document.documentElement.clientWidth,
+                     table: table.scrollWidth, box: box.clientWidth,
+                     right: Math.ceil(box.getBoundingClientRect().right),
+                     overflow: getComputedStyle(box).overflowX};",
+        )
+        .await;
+    println!("geometry {geometry}, see {}", shot.display());
+    assert_eq!(geometry["window"], json!(1400), "{geometry}");
+    let n = |k: &str| geometry[k].as_f64().unwrap();
+    assert!(
+        n("table") <= n("box"),
+        "the queues table is wider than its box (cut off): {geometry}"
+    );
+    assert!(
+        n("right") <= n("viewport"),
+        "the queues box reaches past the window: {geometry}"
+    );
+    assert!(
+        n("page") <= n("viewport"),
+        "the page scrolls sideways: {geometry}"
+    );
+    // Wider content (many queues) scrolls inside the box instead of being cut.
+    assert_eq!(geometry["overflow"], json!("auto"), "{geometry}");
+    browser.close().await;
+    kiln.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_detail_lists_status_progress_and_partials_with_tokens_folded_per_label() {
+    let _turn = ONE_BROWSER.lock().await;
+    let provider = "[providers.offline]\nkind = \"offline\"\nlatency_ms = 40\n";
+    let kiln = InProcess::start_cached(&["characters"], provider).await;
+    let browser = Browser::start("dashboard-detail-log").await;
+    open_dashboard(&browser, &kiln).await;
+    let (status, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "characters", "payload": {"theme": "lighthouse keepers", "count": 2}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = id_of(&job);
+    browser
+        .wait_for(
+            "the job's row",
+            &format!(
+                "return !!document.querySelector('[data-testid=job-row][data-job-id=\"{id}\"]');"
+            ),
+        )
+        .await;
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=job-type]"),
+    )
+    .await;
+
+    let log = all_events(&kiln.client, &kiln.base, &id, LONG).await;
+    let rows = logged_rows(&log);
+    let texts = token_texts(&log);
+    let tokens = log.iter().filter(|e| e.event == "token").count();
+    for name in ["status", "progress", "partial", "completed"] {
+        assert!(
+            rows.iter().any(|(_, n)| n == name),
+            "the job logged no {name}: {log:?}"
+        );
+    }
+    assert!(
+        tokens > rows.len(),
+        "too few token events to test the folding: {log:?}"
+    );
+    let state = browser
+        .wait_for(
+            "the detail's whole log",
+            &format!(
+                "const s = (() => {{ {DETAIL_STATE} }})();
+                 return s.status === 'completed' && s.rows.length >= {} ? s : null;",
+                rows.len()
+            ),
+        )
+        .await;
+    let shown: Vec<(u64, String)> = serde_json::from_value(state["rows"].clone()).unwrap();
+    assert_eq!(
+        shown, rows,
+        "the event log's rows are not the job's non-token events"
+    );
+    let shown_texts: BTreeMap<String, String> =
+        serde_json::from_value(state["tokens"].clone()).unwrap();
+    assert_eq!(shown_texts, texts, "the folded token text per label");
+
+    // A label opens to its whole text.
+    let label = texts.keys().next().unwrap();
+    click(
+        &browser,
+        &format!("[data-testid=token-label][data-label=\"{label}\"] summary"),
+    )
+    .await;
+    let opened = browser
+        .js(&format!(
+            "const d = document.querySelector('[data-testid=token-label][data-label=\"{label}\"]');
+             return {{open: d.open, visible: d.querySelector('pre').getClientRects().length > 0}};"
+        ))
+        .await;
+    assert_eq!(opened, json!({"open": true, "visible": true}), "{opened}");
+    browser
+        .js("document.querySelector('[data-testid=detail-tokens]').scrollIntoView(); return true;")
+        .await;
+    browser.screenshot("detail").await;
+    browser.close().await;
+    kiln.stop().await;
+}
+
+/// The browser example's token lines, `{label: text}`.
+const EXAMPLE_TOKENS: &str = "const t = {};
+    for (const line of document.querySelectorAll('[data-testid=token-line]')) {
+      t[line.dataset.label] = line.querySelector('span').textContent;
+    }
+    return t;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_attempt_clears_the_token_text_of_the_last_one_on_both_pages() {
+    let _turn = ONE_BROWSER.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&["characters"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let start = {
+        let (addr, data, plugins) = (
+            addr.clone(),
+            data.path().to_owned(),
+            plugins.path().to_owned(),
+        );
+        // Slow enough (5 steps of 1.5 s) for the kill to land inside attempt 1.
+        let provider = "[providers.offline]\nkind = \"offline\"\nlatency_ms = 1500\n";
+        move || KilnProcess::start_on(&addr, &data, &plugins, provider)
+    };
+    let mut server = tokio::task::spawn_blocking(start.clone()).await.unwrap();
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+
+    // The example page submits and follows the job; the dashboard shows its detail.
+    let browser = Browser::start("new-attempt-tokens").await;
+    browser.goto(&server.url("/examples/browser")).await;
+    let example = browser.client.window().await.expect("window");
+    let id = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             window.kiln.submitJob('characters', {theme: 'lighthouse keepers', count: 2})
+               .then((job) => { window.kiln.follow(job.id, job.events_token); done(job.id); },
+                     (e) => done('error: ' + e.message));",
+            Vec::new(),
+        )
+        .await
+        .expect("submitting from the example page");
+    let id = id.as_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    let dashboard = browser
+        .client
+        .new_window(false)
+        .await
+        .expect("a second window")
+        .handle;
+    browser
+        .client
+        .switch_to_window(dashboard.clone())
+        .await
+        .unwrap();
+    open_dashboard_at(&browser, &server.url("/")).await;
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=job-type]"),
+    )
+    .await;
+    browser
+        .wait_for(
+            "streamed text in the detail",
+            &format!(
+                "const s = (() => {{ {DETAIL_STATE} }})(); return Object.keys(s.tokens).length > 0;"
+            ),
+        )
+        .await;
+
+    // Kill the server while the first attempt streams; its restart runs attempt 2.
+    let (_, job) = get_json(&client, &format!("{base}/v1/jobs/{id}")).await;
+    assert_eq!(
+        job["status"], "running",
+        "the job ended before the kill: {job}"
+    );
+    server.kill9();
+    let server = tokio::task::spawn_blocking(start).await.unwrap();
+    let job = crate::support::wait_terminal(&client, &base, &id, LONG).await;
+    assert_eq!(job["status"], "completed", "{job}\n{}", server.log());
+    let log = all_events(&client, &base, &id, LONG).await;
+    let last_running = log
+        .iter()
+        .rposition(|e| e.event == "status" && e.data["status"] == "running")
+        .expect("a running status");
+    assert_eq!(
+        log[last_running].data["attempt"], 2,
+        "{:?}",
+        log[last_running]
+    );
+    assert!(
+        log[..last_running].iter().any(|e| e.event == "token"),
+        "attempt 1 streamed nothing before the kill: {log:?}"
+    );
+    let texts = token_texts(&log);
+
+    let state = browser
+        .wait_for(
+            "the dashboard detail to show the completed job",
+            &format!(
+                "const s = (() => {{ {DETAIL_STATE} }})();
+                 return s.status === 'completed' && s.rows.length >= {} ? s : null;",
+                logged_rows(&log).len()
+            ),
+        )
+        .await;
+    browser.screenshot("dashboard").await;
+    let shown: BTreeMap<String, String> = serde_json::from_value(state["tokens"].clone()).unwrap();
+    assert_eq!(shown, texts, "the dashboard kept text of attempt 1");
+
+    browser.client.switch_to_window(example).await.unwrap();
+    browser
+        .wait_for(
+            "the example page to see the job complete",
+            "const e = window.kilnEvents; return e.length > 0 && e[e.length - 1].event === 'completed';",
+        )
+        .await;
+    browser.screenshot("example").await;
+    let shown: BTreeMap<String, String> =
+        serde_json::from_value(browser.js(EXAMPLE_TOKENS).await).unwrap();
+    assert_eq!(shown, texts, "the example page kept text of attempt 1");
+    browser.close().await;
+    drop(server);
+}
+
+/// A TCP forwarder on loopback in front of a server that can cut the browser off: every
+/// open connection is dropped and new ones are closed at once (a network error, so an
+/// `EventSource` keeps retrying) until [`Cutter::restore`]. The server runs on meanwhile.
+struct Cutter {
+    base: String,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Cutter {
+    async fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accept = tokio::spawn({
+            let (cut, open) = (cut.clone(), open.clone());
+            async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: closed before any answer
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut socket, &mut server).await;
+                        }
+                    });
+                    open.lock().unwrap().push(task.abort_handle());
+                }
+            }
+        });
+        Self {
+            base,
+            cut,
+            open,
+            accept,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Cutter {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// How many times the page read the job list (`GET /v1/jobs?limit=…`).
+const LIST_READS: &str = "return performance.getEntriesByType('resource')
+    .filter((e) => new URL(e.name).pathname === '/v1/jobs' && new URL(e.name).search.includes('limit')).length;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_resumes_its_stream_and_shows_jobs_that_ended_while_it_was_cut_off() {
+    let _turn = ONE_BROWSER.lock().await;
+    let kiln = InProcess::start_cached(&["fixture:noop"], "").await;
+    let cutter = Cutter::start(&kiln.base).await;
+    let browser = Browser::start("dashboard-resume").await;
+    open_dashboard_at(&browser, &cutter.url("/")).await;
+    let noop = json!({"type": "noop", "payload": {}});
+
+    // One job seen live, so the stream has a position to resume from.
+    let (_, first) = submit(&kiln.client, &kiln.base, noop.clone()).await;
+    let first = id_of(&first);
+    browser
+        .wait_for(
+            "the first job to show completed",
+            &format!(
+                "const s = (() => {{ {} }})(); return s && s.status === 'completed';",
+                row_state_script(&first)
+            ),
+        )
+        .await;
+    assert_eq!(
+        browser.js(LIST_READS).await,
+        json!(1),
+        "list reads before the cut"
+    );
+
+    cutter.cut();
+    browser
+        .wait_for(
+            "the dashboard to notice the cut",
+            "return document.querySelector('[data-testid=conn-state]').dataset.state !== 'live';",
+        )
+        .await;
+    browser.screenshot("cut-off").await;
+    let mut away = Vec::new();
+    for _ in 0..3 {
+        let (status, job) = submit(&kiln.client, &kiln.base, noop.clone()).await;
+        assert_eq!(status, 202, "{job}");
+        away.push(id_of(&job));
+    }
+    for id in &away {
+        let job = crate::support::wait_terminal(&kiln.client, &kiln.base, id, LONG).await;
+        assert_eq!(job["status"], "completed", "{job}");
+    }
+    assert!(
+        browser.js(&row_state_script(&away[0])).await.is_null(),
+        "the cut-off page already shows a job made while it was away"
+    );
+
+    cutter.restore();
+    for id in &away {
+        browser
+            .wait_for(
+                "a job that ended while the page was away to show completed",
+                &format!(
+                    "const s = (() => {{ {} }})(); return s && s.status === 'completed';",
+                    row_state_script(id)
+                ),
+            )
+            .await;
+    }
+    browser.screenshot("resumed").await;
+    assert_eq!(
+        browser.js("return window.kilnTestMarker || null;").await,
+        json!("same page"),
+        "the dashboard reloaded"
+    );
+    assert_eq!(
+        browser.js(LIST_READS).await,
+        json!(1),
+        "the dashboard read the job list again instead of resuming its stream"
+    );
+    browser.close().await;
+    drop(cutter);
     kiln.stop().await;
 }

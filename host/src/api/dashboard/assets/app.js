@@ -22,7 +22,7 @@
   const rows = new Map(); // id -> <tr>
   const activity = []; // newest first
   const pendingRefresh = new Set(); // ids to read once with GET /v1/jobs/{id}
-  let detail = null; // {id, source, events, partials, shown}
+  let detail = null; // {id, source, events (the log's, without tokens), shown, tokens: label -> text, …}
   let renderQueued = false;
 
   const $ = (selector, root = document) => root.querySelector(selector);
@@ -78,8 +78,43 @@
   }
 
   const ms = (iso) => (iso ? Date.parse(iso) : NaN);
-  const short = (id) => id.slice(0, 8);
+  // UUIDv7 ids start with their creation time, so jobs made in the same minute share
+  // their first digits: the page shows the random end instead (the full id as tooltip).
+  const idEnd = (id) => `…${id.slice(-12)}`;
   const json = (value) => (value === undefined || value === null ? '' : JSON.stringify(value, null, 2));
+
+  // A job id as the page shows it: its end, the whole id as tooltip; a click copies it.
+  function idCode(id) {
+    return el('code', { class: 'job-id', text: idEnd(id), title: `${id} (click to copy)`, 'data-copy': id, 'data-testid': 'job-id' });
+  }
+
+  // Copies `text`, then shows a short hint next to `anchor`. navigator.clipboard needs a
+  // secure context (https or loopback); elsewhere the older execCommand('copy') is used.
+  let copyTimer = null;
+  async function copyText(text, anchor) {
+    let copied = false;
+    try {
+      await navigator.clipboard.writeText(text);
+      copied = true;
+    } catch {
+      const box = el('textarea', { class: 'offscreen', readonly: true });
+      box.value = text;
+      document.body.append(box);
+      box.select();
+      try { copied = document.execCommand('copy'); } catch { copied = false; }
+      box.remove();
+    }
+    // One hint element, placed over the id: lists re-rendered meanwhile do not take it away.
+    const hint = $('#copied');
+    const box = anchor.getBoundingClientRect();
+    hint.textContent = copied ? 'copied' : 'could not copy: select the id and press Ctrl+C';
+    hint.dataset.copied = text;
+    hint.style.left = `${box.left + window.scrollX}px`;
+    hint.style.top = `${box.bottom + window.scrollY + 2}px`;
+    hint.hidden = false;
+    clearTimeout(copyTimer);
+    copyTimer = setTimeout(() => { hint.hidden = true; }, 2000);
+  }
 
   function duration(millis) {
     if (!Number.isFinite(millis) || millis < 0) return '';
@@ -234,24 +269,46 @@
     badge.textContent = text || state;
   }
 
+  // The live stream of every job's events. On a network error EventSource reconnects by
+  // itself and sends Last-Event-ID (the last event's global `id`), and the server replays
+  // what happened meanwhile, in order: nothing is reloaded. Only when the stream is closed
+  // for good (`410 events_expired`: the missed events are no longer retained; `401`; any
+  // other refusal) does the page open a fresh stream and then read the job list again
+  // (stream first, so nothing between the two is missed; `merge` reconciles them).
+  let retryDelay = 2000;
   function connect() {
     const source = new EventSource('/v1/events');
     let opened = false;
+    let lastSeen = ''; // the last event's id
     source.onopen = () => {
       setConnection('live');
-      // /v1/events has no replay: after a reconnect, read the list again for what was missed.
-      if (opened) loadJobs().catch((e) => notice(`reloading jobs: ${e.message}`, true));
+      retryDelay = 2000;
+      // A reconnect with no event seen yet has no position to resume from.
+      if (!opened || !lastSeen) {
+        loadJobs().then(() => { window.kilnDashboard.jobsLoaded = true; }, (e) => {
+          if (e.status === 401) {
+            source.close();
+            showLogin();
+          } else notice(`reloading jobs: ${e.message}`, true);
+        });
+      }
       opened = true;
     };
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) {
         setConnection('closed', 'disconnected, retrying…');
-        setTimeout(connect, 5000);
+        setTimeout(connect, retryDelay);
+        retryDelay = Math.min(retryDelay * 2, 30000);
       } else {
         setConnection('connecting', 'reconnecting…');
       }
     };
-    for (const name of EVENT_NAMES) source.addEventListener(name, (m) => onEvent(name, m));
+    for (const name of EVENT_NAMES) {
+      source.addEventListener(name, (m) => {
+        if (m.lastEventId) lastSeen = m.lastEventId;
+        onEvent(name, m);
+      });
+    }
   }
 
   // ---- actions ------------------------------------------------------------------------
@@ -261,11 +318,11 @@
       switch (action) {
         case 'cancel':
           merge(await api('POST', `/v1/jobs/${id}/cancel`));
-          notice(`Cancelled job ${short(id)}.`);
+          notice(`Cancelled job ${idEnd(id)}.`);
           break;
         case 'retry':
           merge(await api('POST', `/v1/jobs/${id}/retry`));
-          notice(`Job ${short(id)} queued again.`);
+          notice(`Job ${idEnd(id)} queued again.`);
           break;
         case 'bulk-retry': {
           const body = { status: 'failed' };
@@ -307,31 +364,50 @@
   }
 
   // Shows one job: its fields from the job map, and its whole event log from
-  // GET /v1/jobs/{id}/events (replayed from the start, then live until it ends).
+  // GET /v1/jobs/{id}/events (replayed from the start, then live until it ends). Token
+  // events are folded into one text per label (see `applyToken`) instead of one log row
+  // each, so the status, progress and partial events stay in view.
   function openDetail(id) {
     if (detail && detail.id === id) return;
     closeDetail();
     const source = new EventSource(`/v1/jobs/${id}/events`);
-    detail = { id, source, events: [], partials: [], shown: 0 };
+    detail = { id, source, events: [], shown: 0, tokens: new Map(), tokenEvents: 0, tokensChanged: true };
     const current = detail;
     for (const name of EVENT_NAMES) {
       source.addEventListener(name, (m) => {
         if (detail !== current) return;
         let data = null;
         try { data = JSON.parse(m.data); } catch { data = m.data; }
-        current.events.push({ id: Number(m.lastEventId), name, data });
-        if (name === 'partial') current.partials.push(data);
+        const event = { id: Number(m.lastEventId), name, data };
+        if (name === 'token') applyToken(current, data);
+        else if (name === 'status' && data && data.status === 'running') startAttempt(current);
+        if (name !== 'token' || (data && data.reset)) current.events.push(event);
         if (TERMINAL.has(name)) source.close();
         scheduleRender();
       });
     }
     const section = $('#detail');
-    $('[data-field=events]', section).replaceChildren();
-    $('[data-field=partials]', section).replaceChildren();
+    for (const name of ['events', 'partials', 'tokens']) $(`[data-field=${name}]`, section).replaceChildren();
     section.hidden = false;
     pendingRefresh.add(id);
     flushRefreshes();
     scheduleRender();
+  }
+
+  // A token event `{label, delta}` adds to the label's text; with `reset: true` the text
+  // streamed so far under that label is void (the LLM call failed part way) and starts over.
+  function applyToken(view, data) {
+    if (!data || typeof data.label !== 'string') return;
+    view.tokenEvents += 1;
+    const text = data.reset ? '' : (view.tokens.get(data.label) || '') + (data.delta || '');
+    view.tokens.set(data.label, text);
+    view.tokensChanged = true;
+  }
+
+  // A `running` status starts an attempt: the text streamed by an earlier one is void.
+  function startAttempt(view) {
+    view.tokens.clear();
+    view.tokensChanged = true;
   }
 
   function actionButtons(job) {
@@ -350,7 +426,10 @@
     if (!detail) return;
     const job = jobs.get(detail.id) || { id: detail.id };
     const field = (name) => $(`[data-field=${name}]`, section);
-    field('id').textContent = job.id;
+    const id = field('id');
+    id.textContent = job.id;
+    id.dataset.copy = job.id;
+    id.title = 'click to copy';
     field('type').textContent = job.type || '';
     const status = field('status');
     status.textContent = job.status || '';
@@ -374,12 +453,37 @@
     for (; detail.shown < detail.events.length; detail.shown++) {
       const e = detail.events[detail.shown];
       const text = typeof e.data === 'string' ? e.data : JSON.stringify(e.data);
-      log.append(el('tr', { 'data-testid': 'detail-event' }, el('td', { text: String(e.id) }), el('td', { text: e.name }), el('td', { text: text.length > 300 ? `${text.slice(0, 300)}…` : text })));
+      log.append(el('tr', { 'data-testid': 'detail-event', 'data-event': e.name }, el('td', { text: String(e.id) }), el('td', { text: e.name }), el('td', { text: text.length > 300 ? `${text.slice(0, 300)}…` : text })));
       if (e.name === 'partial') {
         field('partials').append(el('li', {}, el('strong', { text: e.data.name }), el('pre', { text: json(e.data.data) })));
       }
     }
+    detail.events.splice(0, Math.max(0, detail.events.length - MAX_LOG_ROWS));
+    detail.shown = detail.events.length;
     while (log.childElementCount > MAX_LOG_ROWS) log.firstElementChild.remove();
+    if (detail.tokensChanged) renderTokens(field('tokens'), field('token-count'));
+  }
+
+  // One folded line per label: the label and the end of its text; open it for all of it.
+  // Nodes are updated in place, so a label the user opened stays open as text streams in.
+  function renderTokens(box, count) {
+    detail.tokensChanged = false;
+    count.textContent = detail.tokenEvents ? `${detail.tokenEvents} token events` : '';
+    const have = new Map([...box.children].map((node) => [node.dataset.label, node]));
+    for (const [label, node] of have) if (!detail.tokens.has(label)) node.remove();
+    for (const [label, text] of detail.tokens) {
+      let node = have.get(label);
+      if (!node) {
+        node = el('details', { 'data-testid': 'token-label', 'data-label': label },
+          el('summary', {}, el('code', { text: label }), ' ', el('span', { class: 'tail' })), el('pre', {}));
+        box.append(node);
+      }
+      const tail = text.length > 120 ? `…${text.slice(-120)}` : text;
+      const summary = $('.tail', node);
+      if (summary.textContent !== tail) summary.textContent = tail;
+      const whole = $('pre', node);
+      if (whole.textContent !== text) whole.textContent = text;
+    }
   }
 
   // ---- rendering ----------------------------------------------------------------------
@@ -408,7 +512,7 @@
 
   function makeRow(job) {
     const row = el('tr', { 'data-testid': 'job-row', 'data-job-id': job.id },
-      el('td', {}, el('code', { text: short(job.id), title: job.id })),
+      el('td', {}, idCode(job.id)),
       el('td', { 'data-testid': 'job-type' }),
       el('td', {}, el('span', { 'data-testid': 'job-status' })),
       el('td', {}, el('progress', { max: '100', value: '0', 'data-testid': 'job-progress' }), el('span', { class: 'stage', 'data-testid': 'job-message' })),
@@ -480,18 +584,18 @@
       .sort((a, b) => runMillis(b) - runMillis(a));
     $('#long-running').replaceChildren(...(long.length
       ? long.slice(0, 30).map((j) => el('li', { 'data-job-id': j.id, 'data-testid': 'long-running-job' },
-        el('code', { text: short(j.id) }), ` ${j.type} running for ${duration(runMillis(j))} — ${j.progress || 0}% ${j.message || ''}`))
+        idCode(j.id), ` ${j.type} running for ${duration(runMillis(j))} — ${j.progress || 0}% ${j.message || ''}`))
       : [el('li', { class: 'empty', text: `Nothing running longer than ${thresholdSecs()} s.` })]));
 
     const failed = [...jobs.values()].filter((j) => j.status === 'failed').sort(byNewest);
     $('#failures').replaceChildren(...(failed.length
       ? failed.slice(0, 30).map((j) => el('li', { 'data-job-id': j.id, 'data-testid': 'failure' },
-        el('code', { text: short(j.id) }), ` ${j.type} `,
+        idCode(j.id), ` ${j.type} `,
         el('span', { class: 'status-failed', text: j.error ? `${j.error.kind}: ${j.error.message}` : 'failed' })))
       : [el('li', { class: 'empty', text: 'No failed jobs.' })]));
 
     $('#activity').replaceChildren(...activity.map((a) => el('li', { 'data-job-id': a.id },
-      `${new Date(a.at).toLocaleTimeString()} `, el('code', { text: short(a.id) }), ` ${a.type} `,
+      `${new Date(a.at).toLocaleTimeString()} `, idCode(a.id), ` ${a.type} `,
       el('span', { class: `status-${a.name === 'status' ? a.text.split(' ')[0] : a.name}`, text: a.text }))));
   }
 
@@ -504,19 +608,29 @@
     }
     if (typeof value === 'number' && key.endsWith('_rate')) return el('td', { text: `${(value * 100).toFixed(1)}%` });
     if (typeof value === 'number' && key.endsWith('_ms')) return el('td', { text: `${value} ms` });
-    if (Array.isArray(value)) return el('td', { text: value.map(String).join(', ') });
+    if (Array.isArray(value)) return el('td', { text: value.length ? value.map(String).join('; ') : '—' });
     if (typeof value === 'object') return el('td', { text: JSON.stringify(value) });
     return el('td', { text: String(value) });
   }
 
-  // Shows whatever fields /v1/queues has: name and health first.
+  // Shows whatever fields /v1/queues has, one row per field and one column per queue
+  // (health first), so the table fits the side column; nested figures (`recent`) get a
+  // row each. With many queues it scrolls sideways inside its box.
   function renderQueues(queues) {
-    const keys = ['name'];
+    const keys = [];
     for (const key of ['health', 'health_reasons']) if (queues.some((q) => key in q)) keys.push(key);
-    for (const q of queues) for (const key of Object.keys(q)) if (!keys.includes(key)) keys.push(key);
-    $('#queue-head').replaceChildren(el('tr', {}, ...keys.map((k) => el('th', { text: k.replace(/_/g, ' ') }))));
-    $('#queue-rows').replaceChildren(...queues.map((q) =>
-      el('tr', { 'data-testid': 'queue-row', 'data-queue': q.name }, ...keys.map((k) => formatCell(k, q[k])))));
+    for (const q of queues) {
+      for (const [key, value] of Object.entries(q)) {
+        const sub = value && typeof value === 'object' && !Array.isArray(value) ? Object.keys(value).map((k) => `${key}.${k}`) : [key];
+        for (const k of sub) if (k !== 'name' && !keys.includes(k)) keys.push(k);
+      }
+    }
+    const pick = (q, key) => key.split('.').reduce((v, k) => (v === null || v === undefined ? v : v[k]), q);
+    $('#queue-head').replaceChildren(el('tr', {}, el('th', {}),
+      ...queues.map((q) => el('th', { 'data-testid': 'queue-name', 'data-queue': q.name, text: q.name }))));
+    $('#queue-rows').replaceChildren(...keys.map((key) =>
+      el('tr', { 'data-testid': 'queue-field', 'data-field': key }, el('th', { text: key.replace(/[._]/g, ' ') }),
+        ...queues.map((q) => formatCell(key, pick(q, key))))));
   }
 
   function render() {
@@ -543,7 +657,11 @@
   }
 
   function start() {
-    window.kilnDashboard = { jobs, loaded: false };
+    // For tests and debugging: `loaded` turns true once the job list and job types are read.
+    window.kilnDashboard = {
+      jobs,
+      get loaded() { return Boolean(this.jobsLoaded && this.setup); },
+    };
     api('GET', '/v1/plugins').then(run, (error) => {
       if (error.status === 401) showLogin();
       else run();
@@ -552,6 +670,7 @@
 
   function run() {
     $('#job-rows').addEventListener('click', (e) => {
+      if (e.target.closest('[data-copy]')) return; // copied by the handler below, not opened
       const button = e.target.closest('button[data-action]');
       if (button) {
         e.stopPropagation();
@@ -562,6 +681,11 @@
       if (row) openDetail(row.dataset.jobId);
     });
     document.body.addEventListener('click', (e) => {
+      const copy = e.target.closest('[data-copy]');
+      if (copy) {
+        copyText(copy.dataset.copy, copy);
+        return;
+      }
       const button = e.target.closest('button[data-action]');
       if (button && !button.closest('#job-rows')) act(button.dataset.action, button.dataset.jobId);
     });
@@ -571,9 +695,9 @@
     $('.filters').addEventListener('input', scheduleRender);
     $('.filters').addEventListener('submit', (e) => e.preventDefault());
 
-    connect(); // first, so nothing that happens during the initial load is missed
-    Promise.all([loadJobs(), loadPlugins(), loadQueues()])
-      .then(() => { window.kilnDashboard.loaded = true; })
+    connect(); // reads the job list once its stream is open, so nothing is missed
+    Promise.all([loadPlugins(), loadQueues()])
+      .then(() => { window.kilnDashboard.setup = true; })
       .catch((e) => notice(`loading: ${e.message}`, true));
     setInterval(loadQueues, 5000); // queue figures only; job state comes from events
     setInterval(flushRefreshes, 1000);
