@@ -693,7 +693,7 @@ async fn dashboard_shows_the_end_of_each_job_id_and_copies_the_whole_id_on_click
             &format!(
                 "const ids = {ids:?};
                  const codes = ids.map((id) => document.querySelector(
-                   `[data-testid=job-row][data-job-id=\"${{id}}\"] [data-testid=job-id]`));
+                   `[data-testid=job-row][data-job-id=\"${{id}}\"] td:first-child code`));
                  return codes.every(Boolean) ? codes.map((c) => [c.textContent, c.title]) : null;"
             ),
         )
@@ -839,7 +839,8 @@ async fn dashboard_queues_table_fits_its_column_at_1400_px() {
     browser
         .wait_for(
             "the three queues",
-            "return document.querySelectorAll('[data-testid=queue-name]').length === 3;",
+            "const text = document.querySelector('[data-testid=queues]').textContent;
+             return ['characters', 'documents', 'factions'].every((q) => text.includes(q));",
         )
         .await;
     let shot = browser.screenshot("queues").await;
