@@ -88,7 +88,7 @@
     return el('code', { class: 'job-id', text: idEnd(id), title: `${id} (click to copy)`, 'data-copy': id, 'data-testid': 'job-id' });
   }
 
-  // Copies `text`, then shows a short hint next to `anchor`. navigator.clipboard needs a
+  // Copies `text`, then shows a short hint under `anchor`. navigator.clipboard needs a
   // secure context (https or loopback); elsewhere the older execCommand('copy') is used.
   let copyTimer = null;
   async function copyText(text, anchor) {
@@ -97,20 +97,20 @@
       await navigator.clipboard.writeText(text);
       copied = true;
     } catch {
-      const box = el('textarea', { class: 'offscreen', readonly: true });
-      box.value = text;
-      document.body.append(box);
-      box.select();
+      const scratch = el('textarea', { class: 'offscreen', readonly: true });
+      scratch.value = text;
+      document.body.append(scratch);
+      scratch.select();
       try { copied = document.execCommand('copy'); } catch { copied = false; }
-      box.remove();
+      scratch.remove();
     }
     // One hint element, placed over the id: lists re-rendered meanwhile do not take it away.
     const hint = $('#copied');
-    const box = anchor.getBoundingClientRect();
+    const rect = anchor.getBoundingClientRect();
     hint.textContent = copied ? 'copied' : 'could not copy: select the id and press Ctrl+C';
     hint.dataset.copied = text;
-    hint.style.left = `${box.left + window.scrollX}px`;
-    hint.style.top = `${box.bottom + window.scrollY + 2}px`;
+    hint.style.left = `${rect.left + window.scrollX}px`;
+    hint.style.top = `${rect.bottom + window.scrollY + 2}px`;
     hint.hidden = false;
     clearTimeout(copyTimer);
     copyTimer = setTimeout(() => { hint.hidden = true; }, 2000);
