@@ -39,6 +39,8 @@ pub struct Config {
     pub max_wait_secs: Option<u64>,
     /// Events an SSE subscriber may lag before it is disconnected. Default 1024.
     pub sse_buffer_events: Option<usize>,
+    /// Newest events of all jobs kept for clients resuming `/v1/events`. Default 1,000,000.
+    pub events_feed_retention: Option<u64>,
     /// How long finished jobs are kept, seconds. Default 86,400.
     pub job_ttl_secs: Option<u64>,
     /// How often expired jobs are swept, seconds. Default 60.
@@ -325,6 +327,10 @@ impl Config {
                 .sse_buffer_events
                 .unwrap_or(api_defaults.sse_buffer_events)
                 .max(16),
+            feed_retention: self
+                .events_feed_retention
+                .unwrap_or(api_defaults.feed_retention)
+                .max(1),
             health: self.health.clone(),
             cors_origins: checked_origins(&self.cors_origins)?,
         };

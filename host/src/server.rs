@@ -38,6 +38,7 @@ impl Server {
         let store = Arc::new(Store::open(
             &config.data_dir.join(DB_FILE),
             config.api.sse_buffer_events,
+            config.api.feed_retention,
         )?);
         let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
         let plugins_dir = &config.plugins_dir;

@@ -48,6 +48,12 @@ pub struct Behavior {
     /// not), as a careless provider or a proxy dumping its request headers might: for tests
     /// that a key echoed back never leaves the host, even in a long message cut short.
     pub echo_credentials: usize,
+    /// A request whose body contains this text is answered 200 with a broken body (whole
+    /// answers) or a stream that breaks off after `cut_stream_after` deltas (streams);
+    /// other requests are answered normally.
+    pub break_when_contains: Option<String>,
+    /// A broken stream sends this many deltas, then garbage, then closes (default 2).
+    pub cut_stream_after: usize,
 }
 
 impl Default for Behavior {
@@ -66,6 +72,8 @@ impl Default for Behavior {
                 .to_vec(),
             usage: (11, 5),
             echo_credentials: 0,
+            break_when_contains: None,
+            cut_stream_after: 2,
         }
     }
 }
@@ -100,6 +108,7 @@ impl Seen {
 struct Shared {
     behavior: Mutex<Behavior>,
     calls: AtomicUsize,
+    answered: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
@@ -164,6 +173,12 @@ impl FakeProvider {
     /// Requests received.
     pub fn calls(&self) -> usize {
         self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// Requests it answered with a whole, well-formed 200 answer (what a real provider
+    /// bills), counted once the answer is written.
+    pub fn answered(&self) -> usize {
+        self.shared.answered.load(Ordering::SeqCst)
     }
 
     /// The most requests it was answering at once.
@@ -274,17 +289,28 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         drop(in_flight);
         return write_whole(&mut socket, status, &extra, &body).await;
     }
-    if behavior.malformed {
+    let broken = behavior
+        .break_when_contains
+        .as_ref()
+        .is_some_and(|text| seen.body.to_string().contains(text.as_str()));
+    if behavior.malformed || broken && seen.body["stream"] != true {
         drop(in_flight);
         return write_whole(&mut socket, 200, "", "{\"choices\": [ {\"mess").await;
     }
     let model = seen.body["model"].as_str().unwrap_or("fake").to_string();
     if seen.body["stream"] == true {
-        let events = if anthropic {
+        let mut events = if anthropic {
             anthropic_events(&behavior, &model)
         } else {
             openai_events(&behavior, &model)
         };
+        if broken {
+            // The opening event and the first deltas, then a line that is no SSE event
+            // of the format, then the connection closes without the stream's end.
+            let deltas_from = if anthropic { 3 } else { 1 };
+            events.truncate(deltas_from + behavior.cut_stream_after);
+            events.push("data: {\"choices\": [ {\"delta\n\n".to_string());
+        }
         socket
             .write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
@@ -306,6 +332,9 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
             socket.flush().await?;
         }
         socket.write_all(b"0\r\n\r\n").await?;
+        if !broken {
+            shared.answered.fetch_add(1, Ordering::SeqCst);
+        }
         return socket.shutdown().await;
     }
     let (input, output) = behavior.usage;
@@ -326,7 +355,9 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         })
     };
     drop(in_flight);
-    write_whole(&mut socket, 200, "", &body.to_string()).await
+    write_whole(&mut socket, 200, "", &body.to_string()).await?;
+    shared.answered.fetch_add(1, Ordering::SeqCst);
+    Ok(())
 }
 
 /// An error body quoting the credentials `seen` carried, `times` times over.

@@ -16,7 +16,16 @@ use kiln::runtime::{
     RuntimeConfig,
 };
 
+use crate::fake_provider::{Behavior, FakeProvider};
 use crate::support::*;
+
+/// TOML for the fake provider on loopback as provider `fake` and the default model.
+fn fake_config(fake: &FakeProvider, extra: &str) -> String {
+    format!(
+        "{extra}\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[models]\ndefault = \"fake/test-model\"\n",
+        fake.base_url
+    )
+}
 
 /// A journal kept in memory, for runtime-level tests.
 #[derive(Default)]
@@ -88,15 +97,15 @@ async fn a_rerun_replays_every_finished_call_and_pays_for_none() {
 }
 
 #[tokio::test]
-async fn the_first_mismatch_ends_the_replay() {
+async fn a_changed_call_is_paid_for_and_the_calls_after_it_still_replay() {
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let journal = Arc::new(MemoryJournal::default());
     run_characters(&runtime, journal.clone())
         .await
         .result
         .unwrap();
-    // Corrupt the hash of call 7 (the second round's second request): calls 0..=6 replay,
-    // call 7 and every later one go to the provider, even those that would match again.
+    // Corrupt the hash of call 7 (the second round's second request): it no longer
+    // matches any request, so it is paid for again; every other call still replays.
     journal
         .entries
         .lock()
@@ -106,12 +115,17 @@ async fn the_first_mismatch_ends_the_replay() {
         .request_hash = "changed".into();
     let rerun = run_characters(&runtime, journal.clone()).await;
     rerun.result.expect("re-run completes");
-    assert_eq!(rerun.usage.replayed_calls, 7, "{:?}", rerun.usage);
-    assert_eq!(rerun.usage.llm_calls, 11, "{:?}", rerun.usage);
-    assert_ne!(
-        journal.entries.lock().unwrap()[&7].request_hash,
-        "changed",
-        "the live call overwrote the stale entry"
+    assert_eq!(rerun.usage.replayed_calls, 17, "{:?}", rerun.usage);
+    assert_eq!(rerun.usage.llm_calls, 1, "{:?}", rerun.usage);
+    let entries = journal.entries.lock().unwrap();
+    assert_eq!(
+        entries.len(),
+        19,
+        "the new answer is added, nothing paid is overwritten"
+    );
+    assert_eq!(
+        entries[&7].request_hash, "changed",
+        "the old entry is kept as it was"
     );
 }
 
@@ -163,9 +177,8 @@ async fn kill_9_mid_job_then_recovery_pays_only_for_unfinished_calls() {
         "the three finished rounds are replayed: {usage}"
     );
     assert_eq!(
-        paid + replayed,
-        18,
-        "no finished call is paid for twice: {usage}"
+        paid, 18,
+        "each of the 18 calls is paid once, whichever attempt paid it: {usage}"
     );
     let result: &Value = &done["result"];
     assert_eq!(result.as_array().map(Vec::len), Some(3), "{done:#}");
@@ -175,5 +188,184 @@ async fn kill_9_mid_job_then_recovery_pays_only_for_unfinished_calls() {
     assert_eq!(
         replays, replayed,
         "each replayed call is marked in the events"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_whose_one_call_failed_pays_only_for_that_call_on_the_next_attempt() {
+    // Calls 0, 1, 3 and 4 of a five-call `complete-all` are answered; call 2 gets a broken
+    // body, which fails the attempt.
+    let fake = FakeProvider::with(Behavior {
+        break_when_contains: Some("hostile call 2".into()),
+        ..Behavior::default()
+    })
+    .await;
+    let kiln = InProcess::start(&["fixture:hostile"], &fake_config(&fake, "")).await;
+    let (status, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({ "type": "hostile", "payload": { "mode": "llm_all", "n": 5 }, "max_attempts": 1 }),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = id_of(&job);
+    let failed = wait_terminal(&kiln.client, &kiln.base, &id, LONG).await;
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    let first_attempt = all_events(&kiln.client, &kiln.base, &id, LONG).await;
+    let failed_at = first_attempt.last().and_then(|e| e.id);
+    assert_eq!((fake.calls(), fake.answered()), (5, 4), "{:?}", fake.seen());
+    let (input, output) = fake.behavior().usage;
+    assert_eq!(
+        failed["usage"],
+        json!({"llm_calls": 4, "input_tokens": 4 * input, "output_tokens": 4 * output,
+               "replayed_calls": 0}),
+        "the failed attempt's answered calls are in its usage: {failed:#}"
+    );
+
+    // The provider recovers; the retry pays for the broken call only.
+    fake.set(|b| b.break_when_contains = None);
+    let (status, retried) =
+        post_empty(&kiln.client, &kiln.url(&format!("/v1/jobs/{id}/retry"))).await;
+    assert_eq!(status, 202, "{retried}");
+    let done = wait_terminal(&kiln.client, &kiln.base, &id, LONG).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    let asked: Vec<String> = fake.seen()[5..]
+        .iter()
+        .map(|seen| seen.body["messages"].to_string())
+        .collect();
+    assert_eq!(fake.calls(), 6, "only call 2 is sent again: {asked:?}");
+    assert!(asked[0].contains("hostile call 2"), "{asked:?}");
+    assert_eq!(
+        done["usage"],
+        json!({"llm_calls": 5, "input_tokens": 5 * input, "output_tokens": 5 * output,
+               "replayed_calls": 4}),
+        "{done:#}"
+    );
+    let url = kiln.url(&format!("/v1/jobs/{id}/events"));
+    let events = read_sse(open_sse(&kiln.client, &url, failed_at).await, None, LONG).await;
+    let replayed: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event == "replayed")
+        .map(|e| e.data["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(replayed, vec![0, 1, 3, 4], "{events:?}");
+}
+
+#[tokio::test]
+async fn usage_counts_what_the_provider_answered_across_a_kill_9() {
+    let fake = FakeProvider::with(Behavior {
+        delay_ms: 150,
+        ..Behavior::default()
+    })
+    .await;
+    let config = fake_config(&fake, "");
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&["characters"]);
+    let mut kiln = KilnProcess::start(data.path(), plugins.path(), &config);
+    let client = reqwest::Client::new();
+    let (status, job) = submit(
+        &client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "glassblowers", "count": 3 } }),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = id_of(&job);
+    let deadline = std::time::Instant::now() + LONG;
+    while fake.answered() < 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        fake.answered() >= 8,
+        "the job made no progress:\n{}",
+        kiln.log()
+    );
+    kiln.kill9();
+    let answered_before = fake.answered();
+
+    let kiln = KilnProcess::start(data.path(), plugins.path(), &config);
+    let done = wait_terminal(&client, &kiln.base, &id, LONG).await;
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", kiln.log());
+    assert_eq!(done["attempt"], 2, "{done:#}");
+    let answered = fake.answered();
+    let paid_after_restart = (answered - answered_before) as u64;
+    let usage = &done["usage"];
+    let (paid, replayed) = (
+        usage["llm_calls"].as_u64().unwrap(),
+        usage["replayed_calls"].as_u64().unwrap(),
+    );
+    // Every call the killed attempt journaled is replayed by the next one, and counted
+    // once, as paid, in `usage`. Only answers in flight at the kill (at most three, one
+    // per character) can be paid without reaching the journal.
+    assert_eq!(
+        paid,
+        replayed + paid_after_restart,
+        "{usage} (provider answered {answered})"
+    );
+    assert!(
+        paid <= answered as u64 && paid + 3 >= answered as u64,
+        "usage {usage}, the provider answered {answered} calls"
+    );
+    let (input, output) = fake.behavior().usage;
+    assert_eq!(
+        usage["input_tokens"].as_u64(),
+        Some(paid * u64::from(input)),
+        "{usage}"
+    );
+    assert_eq!(
+        usage["output_tokens"].as_u64(),
+        Some(paid * u64::from(output)),
+        "{usage}"
+    );
+    assert_eq!(
+        replayed + paid_after_restart,
+        18,
+        "attempt 2 made all 18 calls: {usage}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_off_resets_its_label_for_clients() {
+    let fake = FakeProvider::with(Behavior {
+        break_when_contains: Some(String::new()),
+        cut_stream_after: 2,
+        ..Behavior::default()
+    })
+    .await;
+    let kiln = InProcess::start(&["characters"], &fake_config(&fake, "")).await;
+    let (status, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "ropewalkers", "count": 1 },
+                "max_attempts": 1 }),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = id_of(&job);
+    let events = all_events(&kiln.client, &kiln.base, &id, LONG).await;
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("failed"),
+        "{events:?}"
+    );
+    let tokens: Vec<&SseEvent> = events.iter().filter(|e| e.event == "token").collect();
+    let label = tokens
+        .first()
+        .expect("the call streamed some text first")
+        .data["label"]
+        .clone();
+    let deltas = tokens
+        .iter()
+        .take_while(|e| e.data.get("reset").is_none())
+        .filter(|e| e.data["label"] == label)
+        .count();
+    assert_eq!(deltas, 2, "two deltas before the break: {tokens:?}");
+    let reset = tokens
+        .iter()
+        .find(|e| e.data["reset"] == true)
+        .unwrap_or_else(|| panic!("no token reset: {events:?}"));
+    assert_eq!(
+        reset.data,
+        json!({"label": label, "delta": "", "reset": true})
     );
 }

@@ -501,3 +501,40 @@ async fn operator_routes_answer_errors_in_the_api_shape() {
     }
     kiln.stop().await;
 }
+
+#[tokio::test]
+async fn every_provider_answer_is_counted_by_status_retried_ones_included() {
+    // Two 500s, then an answer: the call succeeds after two retries the job never sees.
+    let fake = crate::fake_provider::FakeProvider::with(crate::fake_provider::Behavior {
+        fail_first: 2,
+        first_status: 500,
+        ..Default::default()
+    })
+    .await;
+    let config = format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[models]\ndefault = \"fake/m\"\n",
+        fake.base_url
+    );
+    let kiln = InProcess::start(&["fixture:hostile"], &config).await;
+    let job = run(
+        &kiln,
+        json!({"type": "hostile", "payload": {"mode": "sleep_llm"}}),
+    )
+    .await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    assert_eq!(fake.calls(), 3);
+    let (text, samples) = scrape(&kiln).await;
+    let answers = |status: &str| {
+        sample(
+            &samples,
+            &format!("kiln_llm_http_responses_total{{provider=\"fake\",status=\"{status}\"}}"),
+        )
+    };
+    assert_eq!(answers("500"), 2.0, "{text}");
+    assert_eq!(answers("200"), 1.0, "{text}");
+    assert_eq!(
+        sample(&samples, "kiln_llm_calls_total{provider=\"fake\"}"),
+        1.0,
+        "one call, as the plugin made it"
+    );
+}

@@ -70,6 +70,7 @@ fn tight() -> Limits {
         max_events_per_second: 100,
         max_llm_calls: 5,
         max_llm_tokens: 1_000_000,
+        ..Limits::default()
     }
 }
 

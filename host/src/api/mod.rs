@@ -45,6 +45,9 @@ pub struct ApiSettings {
     /// Events an SSE subscriber may fall behind before it is disconnected (it then
     /// resumes from the log). Default 1024.
     pub sse_buffer_events: usize,
+    /// Newest events of all jobs kept for clients resuming `/v1/events` (older positions
+    /// answer `410 events_expired`). Default 1,000,000.
+    pub feed_retention: u64,
     /// Thresholds of the queue health rule (`[health]`).
     pub health: crate::monitor::HealthThresholds,
     /// Origins allowed to call the API from a browser (CORS). Default none.
@@ -59,6 +62,7 @@ impl Default for ApiSettings {
             keep_alive: Duration::from_secs(15),
             max_wait_secs: 60,
             sse_buffer_events: 1024,
+            feed_retention: 1_000_000,
             health: crate::monitor::HealthThresholds::default(),
             cors_origins: Vec::new(),
         }

@@ -1,10 +1,13 @@
 //! Server-Sent Events: one job's events (`/v1/jobs/{id}/events`) and every job's events
 //! (`/v1/events`).
 //!
-//! A job stream subscribes to live events *first*, then replays the log after the
-//! client's `Last-Event-ID`, then goes live, dropping live events it already replayed:
-//! nothing committed in between can fall through the gap, and nothing comes twice. A
-//! subscriber that lags past its buffer is closed; it reconnects and replays.
+//! Both are the same [`LogStream`] over a different log: a job's own log (positions are the
+//! job's event sequence numbers) or the feed of every job's events (positions are feed
+//! positions, durable and monotonic across jobs). A stream subscribes to live events
+//! *first*, then replays the log after the client's `Last-Event-ID`, then goes live,
+//! dropping live events it already replayed: nothing committed in between can fall through
+//! the gap, and nothing comes twice. A subscriber that lags past its buffer is closed; it
+//! reconnects and replays.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -26,7 +29,7 @@ use super::AppState;
 use super::access::{Caller, authenticate_events, visible_job};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, JobId};
-use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, event_names};
+use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, StoreError, event_names};
 
 /// Events replayed from the log per read.
 const REPLAY_PAGE: usize = 512;
@@ -36,7 +39,8 @@ const REPLAY_PAGE: usize = 512;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobEventsQuery {
-    /// For clients that cannot set the `Last-Event-ID` header.
+    /// For clients that cannot set the `Last-Event-ID` header. When both are given the
+    /// header wins; an invalid value in either is a `400`.
     pub last_event_id: Option<String>,
     /// The job's `events_token`, for `EventSource`, which cannot send headers. Never an
     /// API key.
@@ -46,7 +50,7 @@ pub struct JobEventsQuery {
 /// `GET /v1/jobs/{id}/events`.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "events",
     params(("id" = String, Path, description = "The job's id (UUID)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (a plain decimal)"),
         JobEventsQuery),
     responses(
         (status = 200, description = "Server-Sent Events: `status`, `progress`, `partial`, `token`, `replayed`, then one of `completed`, `failed`, `cancelled`; the `id:` is the event's sequence number", content_type = "text/event-stream", body = String),
@@ -67,7 +71,11 @@ pub async fn job_events(
     let permit = stream_permit(&state)?;
     let store = state.service.store().clone();
     // Subscribed before the job is read, so no event committed in between is missed.
-    let subscription = Subscription::job(store.bus.clone(), id);
+    let live = store.bus.subscribe_job(id);
+    let release = ReleaseJobChannel {
+        bus: store.bus.clone(),
+        id,
+    };
     let job = visible_job(&state, &caller, id)?;
     if job.status.is_terminal() && after >= job.last_seq {
         // Nothing will ever follow: 204 tells EventSource to stop reconnecting.
@@ -85,19 +93,16 @@ pub async fn job_events(
             ),
         ));
     }
-    let stream = JobStream {
+    let log = JobLog {
         store,
         job,
-        subscription,
-        last_seq: after,
-        replaying: true,
-        buffer: VecDeque::new(),
-        done: false,
-        shutdown: state.shutdown.clone(),
-        _permit: permit,
+        _release: release,
     };
-    let events = stream::unfold(stream, JobStream::next).map(Ok::<_, Infallible>);
-    Ok(sse_response(events, state.settings.keep_alive))
+    let stream = LogStream::new(log, live, after, state.shutdown.clone(), permit);
+    Ok(sse_response(
+        stream.into_events(),
+        state.settings.keep_alive,
+    ))
 }
 
 /// Query of `/v1/events`.
@@ -110,21 +115,29 @@ pub struct AllEventsQuery {
     pub job_type: Option<String>,
     /// Only events after which the job has this status.
     pub status: Option<String>,
+    /// For clients that cannot set the `Last-Event-ID` header: resume after this feed
+    /// position. When both are given the header wins; an invalid value in either is a
+    /// `400`.
+    pub last_event_id: Option<String>,
 }
 
-/// `GET /v1/events`: live events of every job, for dashboards. Each event's data is
-/// wrapped as `{job_id, type, status, seq, data}`.
+/// `GET /v1/events`: every job's events, for dashboards, resumable. Each event's data is
+/// wrapped as `{job_id, type, status, seq, data}`; its `id:` is its position in the feed
+/// of every job's events.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
-    params(AllEventsQuery),
+    params(AllEventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this feed position (a plain decimal)")),
     responses(
-        (status = 200, description = "Server-Sent Events of every job, live; each event's data is `{job_id, type, status, seq, data}`", content_type = "text/event-stream", body = String),
-        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 200, description = "Server-Sent Events of every job: the retained events after `Last-Event-ID`, then live ones; each event's data is `{job_id, type, status, seq, data}` and its `id:` its position in the feed of all jobs' events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_query`, or `invalid_last_event_id` (malformed, or beyond the newest event)", body = ErrorBody),
         (status = 401, description = "No valid key or session", body = ErrorBody),
+        (status = 410, description = "`events_expired`: the events after `Last-Event-ID` are no longer kept (`events_feed_retention`); reload the jobs and follow without an id", body = ErrorBody),
         (status = 429, description = "`too_many_streams`", body = ErrorBody),
     ))]
 pub async fn all_events(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    headers: HeaderMap,
     ApiQuery(query): ApiQuery<AllEventsQuery>,
 ) -> Result<Response, ApiError> {
     let status = match query.status.as_deref() {
@@ -133,41 +146,49 @@ pub async fn all_events(
         })?),
         None => None,
     };
+    let after = last_event_id(&headers, query.last_event_id.as_deref())?;
     let permit = stream_permit(&state)?;
-    let live = state.service.store().bus.subscribe_all();
-    let shutdown = state.shutdown.clone();
-    let filter_type = query.job_type;
-    let events = stream::unfold(
-        (live, shutdown, permit),
-        move |(mut live, shutdown, permit)| {
-            let filter_type = filter_type.clone();
-            let caller = caller.clone();
-            async move {
-                loop {
-                    let event = tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        received = live.recv() => match received {
-                            Ok(event) => event,
-                            // Lagged: close; the dashboard reconnects and refreshes.
-                            Err(_) => return None,
-                        },
-                    };
-                    if filter_type.as_ref().is_some_and(|t| *t != event.job_type)
-                        || status.is_some_and(|s| s != event.status)
-                        || !caller.sees_tenant(event.tenant.as_deref())
-                    {
-                        continue;
-                    }
-                    let sse = Event::default()
-                        .event(event.name.as_str())
-                        .data(event.dashboard_data_text());
-                    return Some((sse, (live, shutdown, permit)));
-                }
-            }
-        },
+    let store = state.service.store().clone();
+    // Subscribed before the feed is read, so no event committed in between is missed.
+    let live = store.bus.subscribe_all();
+    let (first, newest) = store
+        .feed_bounds()
+        .map_err(crate::jobs::ServiceError::from)?
+        .unwrap_or((1, 0));
+    if after > newest {
+        return Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!(
+                "Last-Event-ID {after} is beyond the newest event ({newest}); resume from an \
+                 id this stream sent"
+            ),
+        ));
+    }
+    if after.saturating_add(1) < first {
+        return Err(feed_expired(after, first));
+    }
+    let log = FeedLog {
+        store,
+        job_type: query.job_type,
+        status,
+        caller,
+    };
+    let stream = LogStream::new(log, live, after, state.shutdown.clone(), permit);
+    Ok(sse_response(
+        stream.into_events(),
+        state.settings.keep_alive,
+    ))
+}
+
+fn feed_expired(after: u64, first: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "events_expired",
+        format!(
+            "the events after {after} are no longer kept (the oldest kept is {first}); load \
+             the jobs again and follow /v1/events without Last-Event-ID"
+        ),
     )
-    .map(Ok::<_, Infallible>);
-    Ok(sse_response(events, state.settings.keep_alive))
 }
 
 fn sse_response(
@@ -195,57 +216,166 @@ fn stream_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     })
 }
 
-/// The client's position: `Last-Event-ID` header, else `?last_event_id=`, else 0.
+/// The client's position: the `Last-Event-ID` header, else `?last_event_id=`, else 0 (an
+/// empty value counts as none). Each given value must be a plain decimal (`5`, not `+5`
+/// or ` 5 `) that fits in 64 bits, or the request is a `400`, whichever of the two it is
+/// in: a client that sends a broken id has lost its place and must be told.
 fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<u64, ApiError> {
-    let text = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| invalid_last_event_id("(not text)"))?,
-        ),
-        None => query,
+    let header = match headers.get("last-event-id") {
+        Some(value) => parse_event_id(value.as_bytes())?,
+        None => None,
     };
-    match text.map(str::trim) {
-        None | Some("") => Ok(0),
-        Some(text) => text.parse().map_err(|_| invalid_last_event_id(text)),
+    let query = match query {
+        Some(text) => parse_event_id(text.as_bytes())?,
+        None => None,
+    };
+    Ok(header.or(query).unwrap_or(0))
+}
+
+/// Longest prefix of a bad id quoted back in the error.
+const QUOTED_ID_CHARS: usize = 32;
+
+fn parse_event_id(bytes: &[u8]) -> Result<Option<u64>, ApiError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let plain = bytes.iter().all(u8::is_ascii_digit);
+    let parsed = plain
+        .then(|| std::str::from_utf8(bytes).ok()?.parse::<u64>().ok())
+        .flatten();
+    parsed.map(Some).ok_or_else(|| {
+        let text = String::from_utf8_lossy(bytes);
+        let quoted: String = text.chars().take(QUOTED_ID_CHARS).collect();
+        let cut = if quoted.len() < text.len() {
+            format!(
+                " (first {QUOTED_ID_CHARS} characters of {} bytes)",
+                bytes.len()
+            )
+        } else {
+            String::new()
+        };
+        ApiError::bad_request(
+            "invalid_last_event_id",
+            format!(
+                "Last-Event-ID must be an event id this stream sent (a plain decimal number), \
+                 got {quoted:?}{cut}"
+            ),
+        )
+    })
+}
+
+/// A durable log of events that a [`LogStream`] replays before it goes live.
+trait EventLog: Send + 'static {
+    /// Up to `limit` events after position `after`, in order.
+    fn after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError>;
+    /// An event's position in this log (its SSE `id:`).
+    fn position(event: &JobEvent) -> u64;
+    /// Whether this client is shown the event (filters, tenants).
+    fn shows(&self, event: &JobEvent) -> bool;
+    /// Whether the stream ends after the event.
+    fn ends_after(event: &JobEvent) -> bool;
+    /// The event's SSE frame.
+    fn frame(event: &JobEvent) -> Event;
+}
+
+/// One job's own log.
+struct JobLog {
+    store: Arc<Store>,
+    job: JobRecord,
+    _release: ReleaseJobChannel,
+}
+
+impl EventLog for JobLog {
+    fn after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError> {
+        self.store.events_after(&self.job, after, limit)
+    }
+
+    fn position(event: &JobEvent) -> u64 {
+        event.seq
+    }
+
+    fn shows(&self, _event: &JobEvent) -> bool {
+        true
+    }
+
+    fn ends_after(event: &JobEvent) -> bool {
+        event_names::is_terminal(&event.name)
+    }
+
+    fn frame(event: &JobEvent) -> Event {
+        Event::default()
+            .id(event.seq.to_string())
+            .event(event.name.as_str())
+            .data(event.data_text())
     }
 }
 
-fn invalid_last_event_id(text: &str) -> ApiError {
-    ApiError::bad_request(
-        "invalid_last_event_id",
-        format!(
-            "Last-Event-ID must be an event id from this stream (a whole number), got {text:?}"
-        ),
-    )
+/// The feed of every job's events, filtered for one client.
+struct FeedLog {
+    store: Arc<Store>,
+    job_type: Option<String>,
+    status: Option<JobStatus>,
+    caller: crate::auth::Principal,
 }
 
-/// A live subscription to one job that forgets the job's channel when dropped.
-struct Subscription {
+impl EventLog for FeedLog {
+    fn after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError> {
+        let page = self.store.feed_after(after, limit)?;
+        // Trimmed while this client replayed: it cannot have every event; end the stream
+        // so its reconnect is told (`410`) instead of silently skipping some.
+        if let Some((first, _)) = self.store.feed_bounds()?
+            && after.saturating_add(1) < first
+        {
+            return Err(StoreError::Conflict(format!(
+                "the feed was trimmed past position {after} while the client replayed"
+            )));
+        }
+        Ok(page)
+    }
+
+    fn position(event: &JobEvent) -> u64 {
+        event.feed_seq
+    }
+
+    fn shows(&self, event: &JobEvent) -> bool {
+        self.job_type.as_ref().is_none_or(|t| *t == event.job_type)
+            && self.status.is_none_or(|s| s == event.status)
+            && self.caller.sees_tenant(event.tenant.as_deref())
+    }
+
+    fn ends_after(_event: &JobEvent) -> bool {
+        false
+    }
+
+    fn frame(event: &JobEvent) -> Event {
+        Event::default()
+            .id(event.feed_seq.to_string())
+            .event(event.name.as_str())
+            .data(event.dashboard_data_text())
+    }
+}
+
+/// Forgets a job's bus channel once its last subscriber is gone.
+struct ReleaseJobChannel {
     bus: Arc<Bus>,
     id: Uuid,
-    live: Option<broadcast::Receiver<Arc<JobEvent>>>,
 }
 
-impl Subscription {
-    fn job(bus: Arc<Bus>, id: Uuid) -> Self {
-        let live = Some(bus.subscribe_job(id));
-        Self { bus, id, live }
-    }
-}
-
-impl Drop for Subscription {
+impl Drop for ReleaseJobChannel {
     fn drop(&mut self) {
-        self.live.take();
         self.bus.release_job(self.id);
     }
 }
 
-struct JobStream {
-    store: Arc<Store>,
-    job: JobRecord,
-    subscription: Subscription,
-    last_seq: u64,
+/// Replay after a position, then live, without gap or duplicate: the one implementation
+/// of that rule, for every event stream.
+struct LogStream<L: EventLog> {
+    /// Declared before `log`, so it is dropped first: a job log's channel is released
+    /// only once this receiver is gone.
+    live: broadcast::Receiver<Arc<JobEvent>>,
+    log: L,
+    /// The position of the last event this stream passed (shown or filtered out).
+    last: u64,
     replaying: bool,
     /// Shared with every other subscriber: never copied per subscriber.
     buffer: VecDeque<Arc<JobEvent>>,
@@ -254,46 +384,70 @@ struct JobStream {
     _permit: OwnedSemaphorePermit,
 }
 
-impl JobStream {
+impl<L: EventLog> LogStream<L> {
+    fn new(
+        log: L,
+        live: broadcast::Receiver<Arc<JobEvent>>,
+        after: u64,
+        shutdown: CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            live,
+            log,
+            last: after,
+            replaying: true,
+            buffer: VecDeque::new(),
+            done: false,
+            shutdown,
+            _permit: permit,
+        }
+    }
+
+    fn into_events(self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+        stream::unfold(self, Self::next).map(Ok::<_, Infallible>)
+    }
+
     async fn next(mut self) -> Option<(Event, Self)> {
         loop {
             if self.done {
                 return None;
             }
             if let Some(event) = self.buffer.pop_front() {
-                if event.seq <= self.last_seq {
+                let position = L::position(&event);
+                if position <= self.last {
                     continue;
                 }
-                self.last_seq = event.seq;
-                self.done = event_names::is_terminal(&event.name);
-                let sse = Event::default()
-                    .id(event.seq.to_string())
-                    .event(event.name.as_str())
-                    .data(event.data_text());
-                return Some((sse, self));
+                self.last = position;
+                if !self.log.shows(&event) {
+                    continue;
+                }
+                self.done = L::ends_after(&event);
+                return Some((L::frame(&event), self));
             }
             if self.replaying {
-                match self
-                    .store
-                    .events_after(&self.job, self.last_seq, REPLAY_PAGE)
-                {
+                match self.log.after(self.last, REPLAY_PAGE) {
                     Ok(page) if page.is_empty() => self.replaying = false,
                     Ok(page) => self.buffer.extend(page.into_iter().map(Arc::new)),
                     Err(error) => {
-                        tracing::error!(%error, job_id = %self.job.id, "event replay failed");
+                        tracing::warn!(%error, "event replay ended the stream");
                         return None;
                     }
                 }
                 continue;
             }
-            let live = self.subscription.live.as_mut()?;
             tokio::select! {
                 () = self.shutdown.cancelled() => return None,
-                received = live.recv() => match received {
-                    Ok(event) if event.seq <= self.last_seq => {}
-                    Ok(event) if event.seq == self.last_seq + 1 => self.buffer.push_back(event),
-                    // A gap (should not happen): read what is missing from the log.
-                    Ok(_) => self.replaying = true,
+                received = self.live.recv() => match received {
+                    Ok(event) => {
+                        let position = L::position(&event);
+                        if position == self.last + 1 {
+                            self.buffer.push_back(event);
+                        } else if position > self.last {
+                            // A gap (should not happen): read what is missing from the log.
+                            self.replaying = true;
+                        }
+                    }
                     // Too slow, or the bus went away: close; the client resumes from its
                     // last id.
                     Err(_) => return None,

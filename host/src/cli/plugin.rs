@@ -192,7 +192,15 @@ impl EventSink for PrintEvents {
             PluginEvent::Token { label, delta } if self.tokens => {
                 writeln!(err, "token {label}: {delta:?}")
             }
-            PluginEvent::Token { .. } | PluginEvent::Replayed { .. } => Ok(()),
+            PluginEvent::TokenReset { label } if self.tokens => {
+                writeln!(
+                    err,
+                    "token {label}: (the call failed; its text so far is void)"
+                )
+            }
+            PluginEvent::Token { .. }
+            | PluginEvent::TokenReset { .. }
+            | PluginEvent::Replayed { .. } => Ok(()),
         };
     }
 }

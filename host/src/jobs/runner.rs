@@ -15,6 +15,7 @@ use super::{
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
+use crate::llm::Usage;
 use crate::runtime::{
     CallJournal, EventSink, FailureKind, JobFailure, JobInput, JournalEntry, PluginEvent,
     RunContext,
@@ -217,7 +218,8 @@ impl JobService {
                         job.status.as_str()
                     )));
                 }
-                job.usage.add(&usage);
+                // `usage` is already in the record: each paid call was added when it was
+                // journaled, each replayed one with its `replayed` event.
                 Ok(match result {
                     Ok(value) => {
                         job.status = JobStatus::Completed;
@@ -353,10 +355,18 @@ impl EventSink for JobSink {
                     event_names::TOKEN,
                     json!({ "label": label, "delta": delta }),
                 ),
-                PluginEvent::Replayed { index, label } => NewEvent::new(
-                    event_names::REPLAYED,
-                    json!({ "index": index, "label": label }),
+                PluginEvent::TokenReset { label } => NewEvent::new(
+                    event_names::TOKEN,
+                    json!({ "label": label, "delta": "", "reset": true }),
                 ),
+                PluginEvent::Replayed { index, label } => {
+                    // Counted with its event, so the count matches the log after a crash.
+                    job.usage.replayed_calls += 1;
+                    NewEvent::new(
+                        event_names::REPLAYED,
+                        json!({ "index": index, "label": label }),
+                    )
+                }
             };
             Ok(Change::events(vec![event]))
         });
@@ -385,9 +395,15 @@ impl CallJournal for StoreJournal {
 
     fn record(&self, index: u64, entry: JournalEntry) -> BoxFuture<'_, Result<(), String>> {
         async move {
+            let cost = Usage {
+                llm_calls: 1,
+                input_tokens: u64::from(entry.response.input_tokens),
+                output_tokens: u64::from(entry.response.output_tokens),
+                replayed_calls: 0,
+            };
             let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
             self.store
-                .journal_call(self.id, index, bytes)
+                .journal_call(self.id, index, bytes, cost)
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -73,8 +73,20 @@ pub struct LlmRequest {
     pub stream_label: Option<String>,
 }
 
+impl LlmRequest {
+    /// Input tokens this request will be charged about: each message's estimate plus a
+    /// few tokens of per-message framing. What admission reserves and budgets check
+    /// before anything is sent.
+    pub fn estimated_input_tokens(&self) -> u32 {
+        self.messages
+            .iter()
+            .map(|m| estimate_tokens(&m.content).saturating_add(4))
+            .fold(0, u32::saturating_add)
+    }
+}
+
 /// A finished completion.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LlmResponse {
     /// The output text.
     pub text: String,
@@ -148,7 +160,8 @@ pub fn estimate_tokens(text: &str) -> u32 {
 /// What a job spent on LLM calls: the `usage` of a job.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
-    /// Calls sent to a provider (answered or failed).
+    /// Calls a provider answered (and was paid for), over every attempt. Each is counted
+    /// when it is journaled, in the same commit, so a crash loses none of them.
     pub llm_calls: u64,
     /// Prompt tokens of answered provider calls.
     pub input_tokens: u64,

@@ -264,11 +264,7 @@ impl HttpProvider {
         phase: &Phase,
     ) -> Result<LlmResponse, LlmError> {
         let caller = current_caller();
-        let input_estimate: u32 = request
-            .messages
-            .iter()
-            .map(|m| estimate_tokens(&m.content).saturating_add(4))
-            .fold(0, u32::saturating_add);
+        let input_estimate = request.estimated_input_tokens();
         let reservation =
             input_estimate.saturating_add(request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVATION));
         let mut rate_limited = 0u32;
@@ -359,7 +355,13 @@ impl HttpProvider {
         let body = self.format.body(request, stream);
         let builder = self.http.post(&self.url).json(&body);
         let builder = self.format.headers(builder, self.key.as_ref());
-        let response = builder.send().await.map_err(|e| self.send_failure(e))?;
+        let sent = builder.send().await;
+        let status = sent
+            .as_ref()
+            .ok()
+            .map(|response| response.status().as_u16());
+        crate::monitor::llm_http_answer(self as *const Self as *const (), &self.name, status);
+        let response = sent.map_err(|e| self.send_failure(e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(self.status_failure(response).await);

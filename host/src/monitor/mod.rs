@@ -25,6 +25,7 @@
 //! | `kiln_llm_input_tokens_total` | counter | `provider` | prompt tokens of answered calls |
 //! | `kiln_llm_output_tokens_total` | counter | `provider` | output tokens of answered calls |
 //! | `kiln_llm_errors_total` | counter | `provider`, `kind` | failed calls: `rate_limited`, `timeout`, `unavailable`, `rejected` |
+//! | `kiln_llm_http_responses_total` | counter | `provider`, `status` | every HTTP answer of a provider by status code, those absorbed by retries included (`none`: the connection failed) |
 //! | `kiln_journal_replays_total` | counter | `type` | LLM calls answered from a job's journal instead of a provider |
 //! | `kiln_sse_subscribers` | gauge | | open SSE streams (`/v1/jobs/{id}/events` and `/v1/events`) |
 //! | `kiln_plugins_loaded` | gauge | | job types loaded |
@@ -87,6 +88,13 @@ pub fn llm_call(provider: *const (), fallback: &str, result: &Result<LlmResponse
     let _ = CURRENT.try_with(|metrics| metrics.record_llm_call(provider, fallback, result));
 }
 
+/// Counts one HTTP answer of a provider by its status code (`None`: no answer, the
+/// connection failed), including those the provider's retries absorb, so 429s and 5xx a
+/// call survived are visible.
+pub fn llm_http_answer(provider: *const (), fallback: &str, status: Option<u16>) {
+    let _ = CURRENT.try_with(|metrics| metrics.record_llm_http_answer(provider, fallback, status));
+}
+
 /// What is read at scrape time.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -137,6 +145,7 @@ pub struct Metrics {
     llm_input_tokens: Family<Labels<1>, Counter>,
     llm_output_tokens: Family<Labels<1>, Counter>,
     llm_errors: Family<Labels<2>, Counter>,
+    llm_http_answers: Family<Labels<2>, Counter>,
     replays: Family<Labels<1>, Counter>,
     /// Recent figures per queue, for `/v1/queues`.
     windows: Mutex<HashMap<String, RecentWindow>>,
@@ -176,6 +185,7 @@ impl Metrics {
             llm_input_tokens: Family::default(),
             llm_output_tokens: Family::default(),
             llm_errors: Family::default(),
+            llm_http_answers: Family::default(),
             replays: Family::default(),
             windows: Mutex::new(HashMap::new()),
             providers,
@@ -246,6 +256,12 @@ impl Metrics {
             "kiln_llm_errors",
             "Failed LLM calls by kind (rate_limited, timeout, unavailable, rejected)",
             metrics.llm_errors.clone(),
+        );
+        r.register(
+            "kiln_llm_http_responses",
+            "Every HTTP answer of a provider by status code, retried ones included \
+             (status \"none\": the connection failed)",
+            metrics.llm_http_answers.clone(),
         );
         r.register(
             "kiln_journal_replays",
@@ -321,18 +337,31 @@ impl Metrics {
             .unwrap_or_default()
     }
 
+    fn record_llm_http_answer(&self, provider: *const (), fallback: &str, status: Option<u16>) {
+        let status = status.map_or_else(|| "none".to_string(), |code| code.to_string());
+        self.llm_http_answers
+            .get_or_create(&[
+                ("provider", self.provider_name(provider, fallback)),
+                ("status", status),
+            ])
+            .inc();
+    }
+
+    /// The config name of the provider at `provider`, else `fallback`.
+    fn provider_name(&self, provider: *const (), fallback: &str) -> String {
+        self.providers
+            .get(&(provider as usize))
+            .map_or(fallback, String::as_str)
+            .to_string()
+    }
+
     fn record_llm_call(
         &self,
         provider: *const (),
         fallback: &str,
         result: &Result<LlmResponse, LlmError>,
     ) {
-        let name = self
-            .providers
-            .get(&(provider as usize))
-            .map_or(fallback, String::as_str)
-            .to_string();
-        let label = [("provider", name)];
+        let label = [("provider", self.provider_name(provider, fallback))];
         self.llm_calls.get_or_create(&label).inc();
         match result {
             Ok(response) => {

@@ -34,6 +34,13 @@ pub enum PluginEvent {
         /// The new text.
         delta: String,
     },
+    /// The text streamed so far under `label` is void: the call failed after streaming
+    /// part of its answer, so clients showing it should clear it (a later call, or the
+    /// next attempt, streams the label again from the start).
+    TokenReset {
+        /// The stream label whose text is void.
+        label: String,
+    },
 }
 
 /// Receives a running job's events. The job service writes them to the job's event log;

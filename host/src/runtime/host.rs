@@ -2,8 +2,8 @@
 //! and `log`. Each import enforces the job's limits; breaking one raises a [`HostStop`]
 //! that fails the job with its own kind.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::future::join_all;
@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::kiln::plugin::{llm, log, progress, types};
 use super::events::{EventSink, PluginEvent};
 use super::failure::{FailureKind, HostStop};
-use super::journal::{CallJournal, JournalEntry, request_hash};
+use super::journal::{CallJournal, JournalEntry, Replay, request_hash};
 use super::limits::Limits;
 use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, Message, Role, TokenSink, Usage};
 
@@ -33,23 +33,20 @@ pub struct HostState {
     pub(crate) deadline: Instant,
     last_percent: u8,
     events: EventBucket,
+    logs: LogBudget,
+    /// What this attempt spent: calls answered by a provider and their tokens, and calls
+    /// answered from the journal.
     pub(crate) usage: Usage,
+    /// Calls this attempt sent to a provider, answered or not: what `max_llm_calls`
+    /// bounds.
+    sent_calls: u64,
     pub(crate) last_error_log: Option<String>,
     journal: Option<Arc<dyn CallJournal>>,
-    /// What earlier attempts journaled, by call position.
-    recorded: HashMap<u64, JournalEntry>,
-    /// Position of the plugin's next LLM call in this attempt.
+    /// The journal's answers this attempt has not used yet.
+    replay: Replay,
+    /// Position of the plugin's next LLM call in this attempt (the `replayed` event's
+    /// `index`).
     next_call: u64,
-    /// True until the first call that does not match the journal.
-    replaying: bool,
-}
-
-/// Where one call's answer comes from.
-enum Source {
-    /// The journal has this exact call: answer from it.
-    Replay(LlmResponse),
-    /// Ask the provider (and journal the answer at this position).
-    Provider,
 }
 
 impl HostState {
@@ -68,13 +65,9 @@ impl HostState {
             limits,
             ..
         } = context;
-        let recorded: HashMap<u64, JournalEntry> = journal
-            .as_ref()
-            .map(|j| j.recorded().into_iter().collect())
-            .unwrap_or_default();
+        let replay = Replay::new(journal.as_ref().map(|j| j.recorded()).unwrap_or_default());
         Self {
-            replaying: !recorded.is_empty(),
-            recorded,
+            replay,
             journal,
             next_call: 0,
             // An empty context: no preopened dirs, no env, no args, no network, stdio to
@@ -82,6 +75,7 @@ impl HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             events: EventBucket::new(limits.max_events_per_second),
+            logs: LogBudget::new(job_id.clone(), &limits),
             job_id,
             job_type,
             sink,
@@ -91,6 +85,7 @@ impl HostState {
             deadline,
             last_percent: 0,
             usage: Usage::default(),
+            sent_calls: 0,
             last_error_log: None,
         }
     }
@@ -110,9 +105,12 @@ impl HostState {
         }
     }
 
-    /// Counts `n` LLM calls against the job's budget before they are made.
-    fn admit_llm_calls(&mut self, n: usize) -> wasmtime::Result<()> {
-        let wanted = self.usage.llm_calls.saturating_add(n as u64);
+    /// Admits the calls about to go to a provider against the attempt's budgets, before
+    /// anything is sent: the number of calls, and the tokens they would use at most (their
+    /// estimated input plus their `max_tokens`), so an oversized prompt is refused rather
+    /// than paid for.
+    fn admit_llm_calls(&mut self, live: &[&LlmRequest]) -> wasmtime::Result<()> {
+        let wanted = self.sent_calls.saturating_add(live.len() as u64);
         if wanted > u64::from(self.limits.max_llm_calls) {
             return Err(HostStop::error(
                 FailureKind::LlmLimit,
@@ -122,15 +120,38 @@ impl HostState {
                 ),
             ));
         }
-        if self.usage.total_tokens() >= self.limits.max_llm_tokens {
+        let used = self.usage.total_tokens();
+        if used >= self.limits.max_llm_tokens {
             return Err(self.token_limit_error());
         }
-        self.usage.llm_calls = wanted;
+        let estimated_input: u64 = live
+            .iter()
+            .map(|request| u64::from(request.estimated_input_tokens()))
+            .sum();
+        if used.saturating_add(estimated_input) > self.limits.max_llm_tokens {
+            return Err(HostStop::error(
+                FailureKind::LlmLimit,
+                format!(
+                    "the plugin's next LLM request{} would send about {estimated_input} input \
+                     tokens; with the {used} used so far that passes the limit of {} per job, \
+                     so {} not sent",
+                    if live.len() == 1 { "" } else { "s" },
+                    self.limits.max_llm_tokens,
+                    if live.len() == 1 {
+                        "it was"
+                    } else {
+                        "they were"
+                    },
+                ),
+            ));
+        }
+        self.sent_calls = wanted;
         Ok(())
     }
 
     /// Adds a finished call's tokens, failing the job once the token budget is spent.
     fn record_tokens(&mut self, response: &LlmResponse) -> wasmtime::Result<()> {
+        self.usage.llm_calls += 1;
         self.usage.input_tokens += u64::from(response.input_tokens);
         self.usage.output_tokens += u64::from(response.output_tokens);
         if self.usage.total_tokens() > self.limits.max_llm_tokens {
@@ -150,48 +171,41 @@ impl HostState {
         )
     }
 
-    /// Decides, for the next call position, whether the journal answers it. The first
-    /// call that does not match ends the replay for the rest of the attempt.
-    fn source_of(&mut self, index: u64, hash: &str) -> Source {
-        if self.replaying {
-            match self.recorded.get(&index) {
-                Some(entry) if entry.request_hash == hash => {
-                    return Source::Replay(entry.response.clone());
-                }
-                _ => self.replaying = false,
-            }
-        }
-        Source::Provider
-    }
-
     /// Answers `requests` in order: replayed ones from the journal, the others
-    /// concurrently through the LLM client (streaming labelled ones), each journaled
-    /// before the plugin sees it.
+    /// concurrently through the LLM client (streaming labelled ones), each journaled as
+    /// soon as its answer arrives, before the plugin sees it and whatever its siblings do.
     async fn complete_many(
         &mut self,
         requests: Vec<llm::Request>,
     ) -> wasmtime::Result<Vec<Result<llm::Response, llm::LlmError>>> {
         let requests: Vec<LlmRequest> = requests.into_iter().map(LlmRequest::from).collect();
-        let mut plan = Vec::with_capacity(requests.len());
-        for request in &requests {
-            let index = self.next_call;
-            self.next_call += 1;
-            let hash = request_hash(request);
-            let source = self.source_of(index, &hash);
-            plan.push((index, hash, source));
-        }
-        let live = plan
+        let plan: Vec<(u64, String, Option<LlmResponse>)> = requests
             .iter()
-            .filter(|(_, _, s)| matches!(s, Source::Provider))
-            .count();
-        self.admit_llm_calls(live)?;
+            .map(|request| {
+                let position = self.next_call;
+                self.next_call += 1;
+                let hash = request_hash(request);
+                let journaled = self.replay.take(&hash);
+                (position, hash, journaled)
+            })
+            .collect();
+        let live: Vec<&LlmRequest> = requests
+            .iter()
+            .zip(&plan)
+            .filter(|(_, (_, _, journaled))| journaled.is_none())
+            .map(|(request, _)| request)
+            .collect();
+        self.admit_llm_calls(&live)?;
+        // Journal positions are claimed in list order, so they follow the plugin's order.
+        let slots: Vec<Option<u64>> = plan
+            .iter()
+            .map(|(_, _, journaled)| journaled.is_none().then(|| self.replay.claim_index()))
+            .collect();
 
         let (client, sink, journal) = (self.llm.clone(), self.sink.clone(), self.journal.clone());
         let job_id = self.job_id.clone();
-        let calls = requests
-            .iter()
-            .zip(&plan)
-            .map(|(request, (index, hash, source))| {
+        let calls = requests.iter().zip(plan).zip(slots).map(
+            |((request, (position, hash, journaled)), slot)| {
                 let (client, sink, journal, job_id) = (
                     client.clone(),
                     sink.clone(),
@@ -199,12 +213,14 @@ impl HostState {
                     job_id.clone(),
                 );
                 async move {
-                    if let Source::Replay(response) = source {
-                        replay(&*sink, *index, request, response);
-                        return (true, Ok(response.clone()));
+                    if let Some(response) = journaled {
+                        replay(&*sink, position, request, &response);
+                        return (true, Ok(response));
                     }
+                    let streamed = AtomicBool::new(false);
                     let forward = |delta: &str| {
                         if let Some(label) = &request.stream_label {
+                            streamed.store(true, Ordering::Relaxed);
                             sink.emit(PluginEvent::Token {
                                 label: label.clone(),
                                 delta: delta.to_string(),
@@ -218,18 +234,29 @@ impl HostState {
                     let outcome = crate::llm::LLM_CALLER
                         .scope(job_id.clone(), client.complete(request, tokens))
                         .await;
-                    if let (Ok(response), Some(journal)) = (&outcome, &journal) {
-                        let entry = JournalEntry {
-                            request_hash: hash.clone(),
-                            response: response.clone(),
-                        };
-                        if let Err(error) = journal.record(*index, entry).await {
-                            tracing::warn!(%job_id, index, %error, "could not journal an LLM call");
+                    match (&outcome, &journal, slot) {
+                        (Ok(response), Some(journal), Some(index)) => {
+                            let entry = JournalEntry {
+                                request_hash: hash,
+                                response: response.clone(),
+                            };
+                            if let Err(error) = journal.record(index, entry).await {
+                                tracing::warn!(%job_id, index, %error, "could not journal an LLM call");
+                            }
                         }
+                        (Err(_), _, _) if streamed.load(Ordering::Relaxed) => {
+                            if let Some(label) = &request.stream_label {
+                                sink.emit(PluginEvent::TokenReset {
+                                    label: label.clone(),
+                                });
+                            }
+                        }
+                        _ => {}
                     }
                     (false, outcome)
                 }
-            });
+            },
+        );
         let outcomes = join_all(calls).await;
         let mut answers = Vec::with_capacity(outcomes.len());
         for (replayed, outcome) in outcomes {
@@ -368,19 +395,84 @@ impl llm::Host for HostState {
 impl log::Host for HostState {
     fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         // Bound what a plugin can put into the host's log per line.
-        let message = truncate(&message, 4096);
+        let message = truncate(&message, MAX_LOG_LINE_BYTES);
+        if level == log::Level::Error {
+            // Kept even when the line is dropped: a trap's message names it.
+            self.last_error_log = Some(message.to_string());
+        }
+        if !self.logs.take(message.len()) {
+            return Ok(());
+        }
         let (job_id, job_type) = (&self.job_id, &self.job_type);
         match level {
             log::Level::Trace => tracing::trace!(%job_id, %job_type, plugin = true, "{message}"),
             log::Level::Debug => tracing::debug!(%job_id, %job_type, plugin = true, "{message}"),
             log::Level::Info => tracing::info!(%job_id, %job_type, plugin = true, "{message}"),
             log::Level::Warn => tracing::warn!(%job_id, %job_type, plugin = true, "{message}"),
-            log::Level::Error => {
-                tracing::error!(%job_id, %job_type, plugin = true, "{message}");
-                self.last_error_log = Some(message.to_string());
-            }
+            log::Level::Error => tracing::error!(%job_id, %job_type, plugin = true, "{message}"),
         }
         Ok(())
+    }
+}
+
+/// Longest plugin log line written; the rest of a longer line is cut.
+const MAX_LOG_LINE_BYTES: usize = 4096;
+
+/// How much one attempt may write to the server's log: lines per second (a token bucket)
+/// and bytes in all. What is over is dropped and counted; the count is logged once when
+/// dropping starts and once, in total, when the attempt ends.
+struct LogBudget {
+    job_id: String,
+    lines: EventBucket,
+    bytes_left: u64,
+    max_bytes: u64,
+    lines_per_second: u32,
+    dropped: u64,
+}
+
+impl LogBudget {
+    fn new(job_id: String, limits: &Limits) -> Self {
+        Self {
+            job_id,
+            lines: EventBucket::new(limits.max_log_lines_per_second),
+            bytes_left: limits.max_log_bytes,
+            max_bytes: limits.max_log_bytes,
+            lines_per_second: limits.max_log_lines_per_second,
+            dropped: 0,
+        }
+    }
+
+    /// Whether a line of `len` bytes may be written.
+    fn take(&mut self, len: usize) -> bool {
+        let len = len as u64;
+        if len <= self.bytes_left && self.lines.take() {
+            self.bytes_left -= len;
+            return true;
+        }
+        if self.dropped == 0 {
+            tracing::warn!(
+                job_id = %self.job_id,
+                max_log_lines_per_second = self.lines_per_second,
+                max_log_bytes = self.max_bytes,
+                "the plugin writes more log than its limits allow; further lines of this \
+                 attempt are dropped while it is over them"
+            );
+        }
+        self.dropped += 1;
+        false
+    }
+}
+
+impl Drop for LogBudget {
+    fn drop(&mut self) {
+        if self.dropped > 0 {
+            tracing::warn!(
+                job_id = %self.job_id,
+                dropped_lines = self.dropped,
+                "plugin log lines dropped in this attempt (limits max_log_lines_per_second, \
+                 max_log_bytes)"
+            );
+        }
     }
 }
 

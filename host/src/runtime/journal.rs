@@ -1,12 +1,19 @@
-//! The journal of a job's finished LLM calls: the runtime's side of "never pay twice".
+//! The journal of a job's answered LLM calls: the runtime's side of "never pay twice".
 //!
-//! Every answered call is recorded under its position in the attempt (0, 1, 2, … in the
-//! order the plugin issues them; a `complete-all` takes consecutive positions in list
-//! order) with a hash of the request, before the plugin sees the answer. When the job runs
-//! again (a retry, or recovery after a crash), the plugin issues the same calls in the same
-//! order, and each call whose position and hash match the journal is answered from it
-//! without contacting the provider. The first mismatch ends the replay: that call and every
-//! later one go to the provider (and overwrite the journal from there on).
+//! Every call a provider answers is recorded, with a hash of its request, the moment its
+//! answer arrives and before the plugin sees it, whatever happens to the attempt
+//! afterwards (a sibling of a `complete-all` failing, a trap, a crash). Entries are keyed
+//! by a position that only grows over the job's life, so no paid answer is ever
+//! overwritten.
+//!
+//! When the job runs again (a retry, or recovery after a crash), each call the plugin
+//! issues is answered from the journal if an unused entry with the same request hash
+//! exists (the n-th identical request of an attempt takes the n-th such entry), without
+//! contacting the provider. Matching by request rather than by position is what lets a
+//! batch whose third call failed replay its fourth and fifth: the journal has a hole
+//! where the failed call was, not a point after which nothing counts.
+
+use std::collections::{HashMap, VecDeque};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -14,23 +21,25 @@ use sha2::{Digest, Sha256};
 
 use crate::llm::{LlmRequest, LlmResponse};
 
-/// One finished call as the journal keeps it.
+/// One answered call as the journal keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JournalEntry {
     /// SHA-256 of the request (messages, model alias, settings, stream label).
     pub request_hash: String,
-    /// The provider's answer.
+    /// The provider's answer, with the tokens it was paid for.
     pub response: LlmResponse,
 }
 
-/// Where a job's calls are journaled. The job service keeps them in redb; `kiln plugin
-/// run` has none.
+/// Where a job's calls are journaled. The job service keeps them in the store, where
+/// recording a call also adds it to the job's `usage` in the same commit; `kiln plugin
+/// run` has no journal.
 pub trait CallJournal: Send + Sync + 'static {
     /// The calls earlier attempts recorded, by position. Read once per attempt.
     fn recorded(&self) -> Vec<(u64, JournalEntry)>;
 
-    /// Records call `index`. The plugin receives the answer only after this returns, so a
-    /// crash right after never loses a call that was paid for.
+    /// Records an answered call at position `index` (never one already used). The plugin
+    /// receives the answer only after this returns, so a crash right after never loses a
+    /// call that was paid for.
     fn record(&self, index: u64, entry: JournalEntry) -> BoxFuture<'_, Result<(), String>>;
 }
 
@@ -40,26 +49,124 @@ pub fn request_hash(request: &LlmRequest) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// One attempt's view of the journal: the answers still unused, by request hash, and the
+/// next free position for a call the provider answers.
+#[derive(Debug, Default)]
+pub struct Replay {
+    unused: HashMap<String, VecDeque<LlmResponse>>,
+    next_index: u64,
+}
+
+impl Replay {
+    /// The view of what earlier attempts recorded.
+    pub fn new(mut recorded: Vec<(u64, JournalEntry)>) -> Self {
+        recorded.sort_by_key(|(index, _)| *index);
+        let next_index = recorded.last().map_or(0, |(index, _)| index + 1);
+        let mut unused: HashMap<String, VecDeque<LlmResponse>> = HashMap::new();
+        for (_, entry) in recorded {
+            unused
+                .entry(entry.request_hash)
+                .or_default()
+                .push_back(entry.response);
+        }
+        Self { unused, next_index }
+    }
+
+    /// The journaled answer to a request with this hash, if an unused one is left; each
+    /// answer is given once per attempt.
+    pub fn take(&mut self, hash: &str) -> Option<LlmResponse> {
+        self.unused.get_mut(hash)?.pop_front()
+    }
+
+    /// The position where the next call answered by the provider is recorded.
+    pub fn claim_index(&mut self) -> u64 {
+        let index = self.next_index;
+        self.next_index += 1;
+        index
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::llm::{Message, Role};
 
-    #[test]
-    fn the_hash_changes_with_any_part_of_the_request() {
-        let base = LlmRequest {
+    fn request(text: &str) -> LlmRequest {
+        LlmRequest {
             messages: vec![Message {
                 role: Role::User,
-                content: "hello".into(),
+                content: text.into(),
             }],
             ..Default::default()
-        };
+        }
+    }
+
+    fn entry(text: &str, answer: &str) -> JournalEntry {
+        JournalEntry {
+            request_hash: request_hash(&request(text)),
+            response: LlmResponse {
+                text: answer.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_hash_changes_with_any_part_of_the_request() {
+        let base = request("hello");
         let mut other_label = base.clone();
         other_label.stream_label = Some("x".into());
-        let mut other_text = base.clone();
-        other_text.messages[0].content = "hello!".into();
+        let other_text = request("hello!");
         assert_eq!(request_hash(&base), request_hash(&base.clone()));
         assert_ne!(request_hash(&base), request_hash(&other_label));
         assert_ne!(request_hash(&base), request_hash(&other_text));
+    }
+
+    #[test]
+    fn a_hole_in_the_journal_does_not_end_the_replay() {
+        // Calls 0, 1, 3 and 4 were answered; call 2 failed.
+        let mut replay = Replay::new(vec![
+            (4, entry("e", "E")),
+            (0, entry("a", "A")),
+            (1, entry("b", "B")),
+            (3, entry("d", "D")),
+        ]);
+        let hash = |text| request_hash(&request(text));
+        assert_eq!(replay.take(&hash("a")).unwrap().text, "A");
+        assert_eq!(replay.take(&hash("b")).unwrap().text, "B");
+        assert!(
+            replay.take(&hash("c")).is_none(),
+            "the failed call is asked again"
+        );
+        assert_eq!(replay.take(&hash("d")).unwrap().text, "D");
+        assert_eq!(replay.take(&hash("e")).unwrap().text, "E");
+        assert_eq!(
+            replay.claim_index(),
+            5,
+            "new answers go after every recorded one"
+        );
+        assert_eq!(replay.claim_index(), 6);
+    }
+
+    #[test]
+    fn identical_requests_take_their_answers_in_order_and_once() {
+        let mut replay = Replay::new(vec![
+            (0, entry("same", "first")),
+            (1, entry("same", "second")),
+        ]);
+        let hash = request_hash(&request("same"));
+        assert_eq!(replay.take(&hash).unwrap().text, "first");
+        assert_eq!(replay.take(&hash).unwrap().text, "second");
+        assert!(
+            replay.take(&hash).is_none(),
+            "a third identical call is paid for"
+        );
+    }
+
+    #[test]
+    fn an_empty_journal_replays_nothing_and_starts_at_zero() {
+        let mut replay = Replay::new(Vec::new());
+        assert!(replay.take("anything").is_none());
+        assert_eq!(replay.claim_index(), 0);
     }
 }

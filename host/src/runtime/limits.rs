@@ -35,6 +35,13 @@ pub struct Limits {
     /// Input plus output tokens one attempt may use. Default 2,000,000. Hitting it fails
     /// the job with `llm_limit`.
     pub max_llm_tokens: u64,
+    /// Log lines a plugin may write per second (a token bucket of this size, refilled
+    /// every second). Default 100. Lines beyond it are dropped and counted, not written:
+    /// a plugin that logs in a loop must not fill the server's disk.
+    pub max_log_lines_per_second: u32,
+    /// Bytes of log lines one attempt may write in all. Default 1 MiB. Lines beyond it are
+    /// dropped and counted; the job goes on.
+    pub max_log_bytes: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +54,8 @@ impl Default for Limits {
             max_events_per_second: 500,
             max_llm_calls: 500,
             max_llm_tokens: 2_000_000,
+            max_log_lines_per_second: 100,
+            max_log_bytes: 1024 * 1024,
         }
     }
 }
@@ -69,6 +78,10 @@ pub struct LimitsOverride {
     pub max_llm_calls: Option<u32>,
     /// See [`Limits::max_llm_tokens`].
     pub max_llm_tokens: Option<u64>,
+    /// See [`Limits::max_log_lines_per_second`].
+    pub max_log_lines_per_second: Option<u32>,
+    /// See [`Limits::max_log_bytes`].
+    pub max_log_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -86,6 +99,10 @@ impl Limits {
                 .unwrap_or(self.max_events_per_second),
             max_llm_calls: over.max_llm_calls.unwrap_or(self.max_llm_calls),
             max_llm_tokens: over.max_llm_tokens.unwrap_or(self.max_llm_tokens),
+            max_log_lines_per_second: over
+                .max_log_lines_per_second
+                .unwrap_or(self.max_log_lines_per_second),
+            max_log_bytes: over.max_log_bytes.unwrap_or(self.max_log_bytes),
         }
     }
 

@@ -85,8 +85,10 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database at `path` and starts the writer.
-    /// `bus_capacity` is how far an SSE subscriber may lag before it is cut off.
-    pub fn open(path: &Path, bus_capacity: usize) -> anyhow::Result<Self> {
+    /// `bus_capacity` is how far an SSE subscriber may lag before it is cut off;
+    /// `feed_retention` how many of the newest events the all-jobs feed keeps for clients
+    /// resuming `/v1/events`.
+    pub fn open(path: &Path, bus_capacity: usize, feed_retention: u64) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the data dir {}", dir.display()))?;
@@ -105,7 +107,16 @@ impl Store {
         txn.open_table(BY_TENANT)?;
         txn.open_table(IDEMPOTENCY)?;
         txn.open_table(JOURNAL)?;
+        // Added after 0.1.0's first release: opening an older file creates it empty.
+        let next_feed = {
+            let feed = txn.open_table(FEED)?;
+            feed.last()?.map_or(1, |(key, _)| key.value() + 1)
+        };
         txn.commit()?;
+        let feed = writer::Feed {
+            next: next_feed,
+            retention: feed_retention.max(1),
+        };
 
         let db = Arc::new(db);
         let bus = Arc::new(Bus::new(bus_capacity));
@@ -115,7 +126,7 @@ impl Store {
             .spawn({
                 let db = db.clone();
                 let bus = bus.clone();
-                move || writer::run(db, rx, bus)
+                move || writer::run(db, rx, bus, feed)
             })
             .context("starting the writer thread")?;
         Ok(Self {
@@ -188,18 +199,22 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Stores a job's journaled LLM call `index` (JSON bytes); durable when this returns.
+    /// Stores a job's journaled LLM call `index` (JSON bytes) and adds `cost` (the call
+    /// and its tokens) to the job's `usage` in the same commit, so usage is exact however
+    /// the attempt ends; durable when this returns.
     pub async fn journal_call(
         &self,
         job: Uuid,
         index: u64,
         entry: Vec<u8>,
+        cost: crate::llm::Usage,
     ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Journal {
             job,
             index,
             entry,
+            cost,
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -278,11 +293,66 @@ impl Store {
             out.push(JobEvent {
                 job_id: job.id,
                 seq: key.value().1,
+                feed_seq: 0,
                 name: stored.name,
                 data: stored.data,
                 at_ms: stored.at_ms,
                 job_type: job.job_type.clone(),
                 status: job.status,
+                tenant: job.tenant.clone(),
+                text: Default::default(),
+                dashboard_text: Default::default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The first and last position the feed of every job's events still holds (`None`
+    /// before the first event).
+    pub fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let feed = txn.open_table(FEED).map_err(storage)?;
+        let first = feed.first().map_err(storage)?.map(|(k, _)| k.value());
+        let last = feed.last().map_err(storage)?.map(|(k, _)| k.value());
+        Ok(first.zip(last))
+    }
+
+    /// Up to `limit` events of the feed with a position above `after`, in order; events
+    /// of jobs deleted since are left out.
+    pub fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let feed = txn.open_table(FEED).map_err(storage)?;
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let jobs = txn.open_table(JOBS).map_err(storage)?;
+        let mut records: std::collections::HashMap<u128, Option<JobRecord>> = Default::default();
+        let mut out = Vec::new();
+        for entry in feed
+            .range(after.saturating_add(1)..)
+            .map_err(storage)?
+            .take(limit)
+        {
+            let (key, value) = entry.map_err(storage)?;
+            let (job_id, seq, code) = value.value();
+            let job = match records.entry(job_id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(read_job(&jobs, job_id)?),
+            };
+            let (Some(job), Some(bytes)) =
+                (job.as_ref(), events.get((job_id, seq)).map_err(storage)?)
+            else {
+                continue;
+            };
+            let stored: StoredEvent = serde_json::from_slice(bytes.value())
+                .map_err(|e| StoreError::Storage(format!("corrupt event: {e}")))?;
+            out.push(JobEvent {
+                job_id: job.id,
+                seq,
+                feed_seq: key.value(),
+                name: stored.name,
+                data: stored.data,
+                at_ms: stored.at_ms,
+                job_type: job.job_type.clone(),
+                status: JobStatus::from_code(code).unwrap_or(job.status),
                 tenant: job.tenant.clone(),
                 text: Default::default(),
                 dashboard_text: Default::default(),
@@ -419,7 +489,7 @@ impl Store {
         Ok(counts
             .into_iter()
             .filter_map(|((job_type, code), n)| {
-                let status = JobStatus::ALL.into_iter().find(|s| s.code() == code)?;
+                let status = JobStatus::from_code(code)?;
                 Some((job_type, status, n))
             })
             .collect())

@@ -12,15 +12,15 @@ use crate::llm::Usage;
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Waiting for its `run_at` and a free slot in its queue.
-    Queued,
+    Queued = 0,
     /// An attempt is running.
-    Running,
+    Running = 1,
     /// Finished with a result.
-    Completed,
+    Completed = 2,
     /// Finished without one, attempts spent or the failure final.
-    Failed,
+    Failed = 3,
     /// Stopped by a client.
-    Cancelled,
+    Cancelled = 4,
 }
 
 impl JobStatus {
@@ -54,8 +54,15 @@ impl JobStatus {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
+    /// The status's code in the on-disk indexes. Fixed forever: files written by any
+    /// Kiln keep these values (a test pins them).
     pub(crate) fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The status of an on-disk code.
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.code() == code)
     }
 }
 
@@ -171,8 +178,12 @@ impl NewEvent {
 pub struct JobEvent {
     /// The job.
     pub job_id: Uuid,
-    /// Position in the job's log, from 1; the SSE `id:`.
+    /// Position in the job's log, from 1; the SSE `id:` of the job's stream.
     pub seq: u64,
+    /// Position in the feed of every job's events, from 1; the SSE `id:` of `/v1/events`.
+    /// 0 for an event read from the job's own log, where it is not needed.
+    #[serde(default)]
+    pub feed_seq: u64,
     /// One of [`event_names`].
     pub name: String,
     /// The event's JSON.
@@ -226,4 +237,28 @@ pub fn now_ms() -> u64 {
 pub fn rfc3339(ms: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_on_disk_never_change() {
+        let codes: Vec<(JobStatus, u8)> = JobStatus::ALL.iter().map(|s| (*s, s.code())).collect();
+        assert_eq!(
+            codes,
+            vec![
+                (JobStatus::Queued, 0),
+                (JobStatus::Running, 1),
+                (JobStatus::Completed, 2),
+                (JobStatus::Failed, 3),
+                (JobStatus::Cancelled, 4),
+            ]
+        );
+        for (status, code) in codes {
+            assert_eq!(JobStatus::from_code(code), Some(status));
+        }
+        assert_eq!(JobStatus::from_code(5), None);
+    }
 }

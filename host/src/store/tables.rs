@@ -24,3 +24,8 @@ pub(super) const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new
 /// (job id, call index) -> JSON of a journaled LLM call: the request's hash and the
 /// response, stored before the plugin saw it, so a re-run replays instead of paying again.
 pub(super) const JOURNAL: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("journal");
+/// Feed position -> (job id, the event's seq in that job's log, the job's status code after
+/// it): every committed event of every job in commit order, the log `GET /v1/events`
+/// resumes from. Positions only grow; the oldest are trimmed to keep the newest
+/// `events_feed_retention`. The event itself stays in [`EVENTS`].
+pub(super) const FEED: TableDefinition<u64, (u128, u64, u8)> = TableDefinition::new("feed");

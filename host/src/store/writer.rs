@@ -20,6 +20,7 @@ use super::bus::Bus;
 use super::model::{JobEvent, JobRecord, NewEvent, now_ms};
 use super::tables::*;
 use super::{StoreError, storage};
+use crate::llm::Usage;
 
 /// Most changes one commit takes; bounds a transaction's size under a flood.
 const MAX_BATCH: usize = 4096;
@@ -75,11 +76,13 @@ pub(super) enum Op {
         ids: Vec<Uuid>,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
-    /// Stores one journaled LLM call (JSON bytes) of a job.
+    /// Stores one journaled LLM call (JSON bytes) of a job and adds what it cost to the
+    /// job's `usage`, in one commit.
     Journal {
         job: Uuid,
         index: u64,
         entry: Vec<u8>,
+        cost: Usage,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Answers once everything sent before it is committed.
@@ -154,8 +157,23 @@ impl Reply {
     }
 }
 
+/// Where the feed of every job's events stands: the position the next event gets, and
+/// how many of the newest positions are kept.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Feed {
+    /// The next event's feed position (1 in a new database).
+    pub next: u64,
+    /// Positions kept; older ones are trimmed at each commit.
+    pub retention: u64,
+}
+
 /// The writer loop: runs on its own thread until every sender is dropped.
-pub(super) fn run(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Op>, bus: Arc<Bus>) {
+pub(super) fn run(
+    db: Arc<Database>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    bus: Arc<Bus>,
+    mut feed: Feed,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -164,25 +182,31 @@ pub(super) fn run(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Op>, bus: A
                 Err(_) => break,
             }
         }
-        commit_batch(&db, batch, &bus);
+        commit_batch(&db, batch, &bus, &mut feed);
     }
 }
 
-fn commit_batch(db: &Database, batch: Vec<Op>, bus: &Bus) {
+fn commit_batch(db: &Database, batch: Vec<Op>, bus: &Bus, feed: &mut Feed) {
     let mut replies = Vec::with_capacity(batch.len());
     let mut published = Vec::new();
     let mut ops = batch.into_iter();
+    let before = *feed;
     let outcome = (|| -> Result<(), StoreError> {
         let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::Immediate).map_err(storage)?;
         {
-            let mut tables = Tables::open(&txn)?;
+            let mut tables = Tables::open(&txn, feed)?;
             for op in ops.by_ref() {
                 replies.push(tables.apply(op, &mut published)?);
             }
+            tables.trim_feed()?;
         }
         txn.commit().map_err(storage)
     })();
+    if outcome.is_err() {
+        // Nothing of the batch was saved: its feed positions are free again.
+        *feed = before;
+    }
     match outcome {
         Ok(()) => {
             for event in published {
@@ -203,7 +227,9 @@ fn commit_batch(db: &Database, batch: Vec<Op>, bus: &Bus) {
 }
 
 /// The tables of one write transaction.
-struct Tables<'txn> {
+struct Tables<'txn, 'feed> {
+    feed_state: &'feed mut Feed,
+    feed: Table<'txn, u64, (u128, u64, u8)>,
     jobs: Table<'txn, u128, &'static [u8]>,
     payloads: Table<'txn, u128, &'static [u8]>,
     results: Table<'txn, u128, &'static [u8]>,
@@ -216,9 +242,11 @@ struct Tables<'txn> {
     journal: Table<'txn, (u128, u64), &'static [u8]>,
 }
 
-impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+impl<'txn, 'feed> Tables<'txn, 'feed> {
+    fn open(txn: &'txn WriteTransaction, feed_state: &'feed mut Feed) -> Result<Self, StoreError> {
         Ok(Self {
+            feed_state,
+            feed: txn.open_table(FEED).map_err(storage)?,
             jobs: txn.open_table(JOBS).map_err(storage)?,
             payloads: txn.open_table(PAYLOADS).map_err(storage)?,
             results: txn.open_table(RESULTS).map_err(storage)?,
@@ -260,11 +288,17 @@ impl<'txn> Tables<'txn> {
                 job,
                 index,
                 entry,
+                cost,
                 reply,
             } => {
+                let key = job.as_u128();
                 self.journal
-                    .insert((job.as_u128(), index), entry.as_slice())
+                    .insert((key, index), entry.as_slice())
                     .map_err(storage)?;
+                if let Some(mut record) = self.read(key)? {
+                    record.usage.add(&cost);
+                    self.write(&record)?;
+                }
                 Reply::Journal(reply, Ok(()))
             }
             Op::Flush { reply } => Reply::Flush(reply),
@@ -386,6 +420,18 @@ impl<'txn> Tables<'txn> {
         Ok(true)
     }
 
+    /// Drops the feed positions older than the retention window.
+    fn trim_feed(&mut self) -> Result<(), StoreError> {
+        let Feed { next, retention } = *self.feed_state;
+        let keep_from = next.saturating_sub(retention.max(1));
+        if keep_from > 1 {
+            self.feed
+                .retain_in(..keep_from, |_, _| false)
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
     fn read(&self, id: u128) -> Result<Option<JobRecord>, StoreError> {
         let Some(bytes) = self.jobs.get(id).map_err(storage)? else {
             return Ok(None);
@@ -422,9 +468,18 @@ impl<'txn> Tables<'txn> {
             self.events
                 .insert((job.id.as_u128(), job.last_seq), bytes.as_slice())
                 .map_err(storage)?;
+            let feed_seq = self.feed_state.next;
+            self.feed_state.next += 1;
+            self.feed
+                .insert(
+                    feed_seq,
+                    (job.id.as_u128(), job.last_seq, job.status.code()),
+                )
+                .map_err(storage)?;
             published.push(JobEvent {
                 job_id: job.id,
                 seq: job.last_seq,
+                feed_seq,
                 name: stored.name,
                 data: stored.data,
                 at_ms,

@@ -32,7 +32,11 @@ pub struct RecoveryFigure {
 /// Fills `data_dir` with `jobs` queued jobs (run_at in 2099, so they stay queued and
 /// recovery has to index every one of them: the worst case) through the store itself.
 pub async fn populate(data_dir: &Path, jobs: usize) -> anyhow::Result<()> {
-    let store = Arc::new(Store::open(&data_dir.join(kiln::server::DB_FILE), 16)?);
+    let store = Arc::new(Store::open(
+        &data_dir.join(kiln::server::DB_FILE),
+        16,
+        1_000,
+    )?);
     let mut pending = futures::stream::iter(0..jobs)
         .map(|_| {
             let store = store.clone();
