@@ -16,6 +16,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
+use crate::fake_provider::{Behavior, FakeProvider};
 use crate::support::{
     InProcess, KilnProcess, LONG, SseEvent, all_events, free_port, get_json, id_of, plugins_dir,
     submit,
@@ -1085,6 +1086,107 @@ async fn a_new_attempt_clears_the_token_text_of_the_last_one_on_both_pages() {
     drop(server);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_reset_clears_its_labels_text_on_both_pages() {
+    let _turn = ONE_BROWSER.lock().await;
+    // The fake provider breaks off every stream asking for a backstory, after 2 deltas:
+    // the host then voids that label's text with a `reset` token event.
+    let fake = FakeProvider::with(Behavior {
+        break_when_contains: Some("backstory".into()),
+        cut_stream_after: 2,
+        ..Behavior::default()
+    })
+    .await;
+    let config = format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[models]\ndefault = \"fake/test-model\"\n",
+        fake.base_url
+    );
+    let kiln = InProcess::start_cached(&["characters"], &config).await;
+    let browser = Browser::start("token-reset").await;
+    browser.goto(&kiln.url("/examples/browser")).await;
+    // One attempt, so the text of the calls that did not break stays in the last one.
+    let (status, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "characters", "payload": {"theme": "ropewalkers", "count": 2},
+               "max_attempts": 1}),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = id_of(&job);
+    browser
+        .js(&format!(
+            "window.kiln.follow({id:?}, {}); return true;",
+            job["events_token"]
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the example page to see the job end",
+            "const e = window.kilnEvents;
+             return e.length > 0 && ['completed', 'failed'].includes(e[e.length - 1].event);",
+        )
+        .await;
+    browser.screenshot("example").await;
+    let log = all_events(&kiln.client, &kiln.base, &id, LONG).await;
+    let reset = log
+        .iter()
+        .position(|e| e.event == "token" && e.data["reset"] == true)
+        .unwrap_or_else(|| panic!("no token reset in the job's log: {log:?}"));
+    let label = &log[reset].data["label"];
+    assert!(
+        log[..reset]
+            .iter()
+            .any(|e| e.event == "token" && e.data["label"] == *label && e.data["delta"] != ""),
+        "nothing streamed under {label} before its reset: {log:?}"
+    );
+    let texts = token_texts(&log);
+    assert_eq!(
+        texts.get(label.as_str().unwrap()).map(String::as_str),
+        Some(""),
+        "the oracle keeps text of {label}: {texts:?}"
+    );
+    assert!(
+        texts.values().any(|t| !t.is_empty()),
+        "no label kept its text: {texts:?}"
+    );
+    let shown: BTreeMap<String, String> =
+        serde_json::from_value(browser.js(EXAMPLE_TOKENS).await).unwrap();
+    assert_eq!(shown, texts, "the example page's text per label");
+
+    // The dashboard's detail replays the same log.
+    open_dashboard(&browser, &kiln).await;
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=job-type]"),
+    )
+    .await;
+    let state = browser
+        .wait_for(
+            "the detail's whole log",
+            &format!(
+                "const s = (() => {{ {DETAIL_STATE} }})();
+                 return ['completed', 'failed'].includes(s.status) && s.rows.length >= {} ? s : null;",
+                logged_rows(&log).len()
+            ),
+        )
+        .await;
+    browser
+        .js("document.querySelector('[data-testid=detail-tokens]').scrollIntoView(); return true;")
+        .await;
+    browser.screenshot("dashboard").await;
+    let shown: BTreeMap<String, String> = serde_json::from_value(state["tokens"].clone()).unwrap();
+    assert_eq!(shown, texts, "the dashboard's text per label");
+    let rows: Vec<(u64, String)> = serde_json::from_value(state["rows"].clone()).unwrap();
+    assert_eq!(
+        rows,
+        logged_rows(&log),
+        "the detail's log rows (resets included)"
+    );
+    browser.close().await;
+    kiln.stop().await;
+}
+
 /// A TCP forwarder on loopback in front of a server that can cut the browser off: every
 /// open connection is dropped and new ones are closed at once (a network error, so an
 /// `EventSource` keeps retrying) until [`Cutter::restore`]. The server runs on meanwhile.
@@ -1154,26 +1256,33 @@ impl Drop for Cutter {
 const LIST_READS: &str = "return performance.getEntriesByType('resource')
     .filter((e) => new URL(e.name).pathname === '/v1/jobs' && new URL(e.name).search.includes('limit')).length;";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_resumes_its_stream_and_shows_jobs_that_ended_while_it_was_cut_off() {
+/// Opens the dashboard through a [`Cutter`] on a Kiln with `extra_config`, shows it one
+/// job live, cuts it off while `away` more jobs run to the end, restores it, and waits
+/// until it shows them completed on the same page. Returns how many times the page read
+/// the job list.
+async fn jobs_end_while_the_dashboard_is_cut_off(
+    name: &'static str,
+    extra_config: &str,
+    away: usize,
+) -> Value {
     let _turn = ONE_BROWSER.lock().await;
-    let kiln = InProcess::start_cached(&["fixture:noop"], "").await;
+    let kiln = InProcess::start_cached(&["fixture:noop"], extra_config).await;
     let cutter = Cutter::start(&kiln.base).await;
-    let browser = Browser::start("dashboard-resume").await;
+    let browser = Browser::start(name).await;
     open_dashboard_at(&browser, &cutter.url("/")).await;
     let noop = json!({"type": "noop", "payload": {}});
+    let completed = |id: &str| {
+        format!(
+            "const s = (() => {{ {} }})(); return s && s.status === 'completed';",
+            row_state_script(id)
+        )
+    };
 
     // One job seen live, so the stream has a position to resume from.
     let (_, first) = submit(&kiln.client, &kiln.base, noop.clone()).await;
     let first = id_of(&first);
     browser
-        .wait_for(
-            "the first job to show completed",
-            &format!(
-                "const s = (() => {{ {} }})(); return s && s.status === 'completed';",
-                row_state_script(&first)
-            ),
-        )
+        .wait_for("the first job to show completed", &completed(&first))
         .await;
     assert_eq!(
         browser.js(LIST_READS).await,
@@ -1189,45 +1298,66 @@ async fn dashboard_resumes_its_stream_and_shows_jobs_that_ended_while_it_was_cut
         )
         .await;
     browser.screenshot("cut-off").await;
-    let mut away = Vec::new();
-    for _ in 0..3 {
+    let mut ids = Vec::new();
+    for _ in 0..away {
         let (status, job) = submit(&kiln.client, &kiln.base, noop.clone()).await;
         assert_eq!(status, 202, "{job}");
-        away.push(id_of(&job));
+        ids.push(id_of(&job));
     }
-    for id in &away {
+    for id in &ids {
         let job = crate::support::wait_terminal(&kiln.client, &kiln.base, id, LONG).await;
         assert_eq!(job["status"], "completed", "{job}");
     }
     assert!(
-        browser.js(&row_state_script(&away[0])).await.is_null(),
+        browser.js(&row_state_script(&ids[0])).await.is_null(),
         "the cut-off page already shows a job made while it was away"
     );
 
     cutter.restore();
-    for id in &away {
+    for id in &ids {
         browser
             .wait_for(
                 "a job that ended while the page was away to show completed",
-                &format!(
-                    "const s = (() => {{ {} }})(); return s && s.status === 'completed';",
-                    row_state_script(id)
-                ),
+                &completed(id),
             )
             .await;
     }
-    browser.screenshot("resumed").await;
+    browser.screenshot("back").await;
     assert_eq!(
         browser.js("return window.kilnTestMarker || null;").await,
         json!("same page"),
         "the dashboard reloaded"
     );
-    assert_eq!(
-        browser.js(LIST_READS).await,
-        json!(1),
-        "the dashboard read the job list again instead of resuming its stream"
-    );
+    let reads = browser.js(LIST_READS).await;
     browser.close().await;
     drop(cutter);
     kiln.stop().await;
+    reads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_resumes_its_stream_and_shows_jobs_that_ended_while_it_was_cut_off() {
+    let reads = jobs_end_while_the_dashboard_is_cut_off("dashboard-resume", "", 3).await;
+    assert_eq!(
+        reads,
+        json!(1),
+        "the dashboard read the job list again instead of resuming its stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_reads_the_jobs_again_when_its_position_has_expired() {
+    // 3 jobs of 3 events each while away: more than the 5 the feed keeps, so the resume
+    // is answered 410 events_expired.
+    let reads = jobs_end_while_the_dashboard_is_cut_off(
+        "dashboard-resume-expired",
+        "events_feed_retention = 5",
+        3,
+    )
+    .await;
+    assert_eq!(
+        reads,
+        json!(2),
+        "the dashboard did not read the job list again after 410"
+    );
 }

@@ -67,7 +67,8 @@ pub async fn job_events(
     ApiQuery(query): ApiQuery<JobEventsQuery>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate_events(&state, &headers, query.token.as_deref(), id)?;
-    let after = last_event_id(&headers, query.last_event_id.as_deref())?;
+    // No position: the job's whole log, from its first event.
+    let after = last_event_id(&headers, query.last_event_id.as_deref())?.unwrap_or(0);
     let permit = stream_permit(&state)?;
     let store = state.service.store().clone();
     // Subscribed before the job is read, so no event committed in between is missed.
@@ -128,7 +129,7 @@ pub struct AllEventsQuery {
     params(AllEventsQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this feed position (a plain decimal)")),
     responses(
-        (status = 200, description = "Server-Sent Events of every job: the retained events after `Last-Event-ID`, then live ones; each event's data is `{job_id, type, status, seq, data}` and its `id:` its position in the feed of all jobs' events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events of every job: the retained events after `Last-Event-ID` (with none given: from now on), then live ones; each event's data is `{job_id, type, status, seq, data}` and its `id:` its position in the feed of all jobs' events", content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid_query`, or `invalid_last_event_id` (malformed, or beyond the newest event)", body = ErrorBody),
         (status = 401, description = "No valid key or session", body = ErrorBody),
         (status = 410, description = "`events_expired`: the events after `Last-Event-ID` are no longer kept (`events_feed_retention`); reload the jobs and follow without an id", body = ErrorBody),
@@ -146,7 +147,7 @@ pub async fn all_events(
         })?),
         None => None,
     };
-    let after = last_event_id(&headers, query.last_event_id.as_deref())?;
+    let position = last_event_id(&headers, query.last_event_id.as_deref())?;
     let permit = stream_permit(&state)?;
     let store = state.service.store().clone();
     // Subscribed before the feed is read, so no event committed in between is missed.
@@ -155,6 +156,9 @@ pub async fn all_events(
         .feed_bounds()
         .map_err(crate::jobs::ServiceError::from)?
         .unwrap_or((1, 0));
+    // No position (a new client, e.g. a dashboard that loads the job list next): the
+    // events from now on, not the whole retained feed (and never a 410).
+    let after = position.unwrap_or(newest);
     if after > newest {
         return Err(ApiError::bad_request(
             "invalid_last_event_id",
@@ -216,11 +220,11 @@ fn stream_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     })
 }
 
-/// The client's position: the `Last-Event-ID` header, else `?last_event_id=`, else 0 (an
-/// empty value counts as none). Each given value must be a plain decimal (`5`, not `+5`
+/// The client's position: the `Last-Event-ID` header, else `?last_event_id=`, else none
+/// (an empty value counts as none). Each given value must be a plain decimal (`5`, not `+5`
 /// or ` 5 `) that fits in 64 bits, or the request is a `400`, whichever of the two it is
 /// in: a client that sends a broken id has lost its place and must be told.
-fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<u64, ApiError> {
+fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<u64>, ApiError> {
     let header = match headers.get("last-event-id") {
         Some(value) => parse_event_id(value.as_bytes())?,
         None => None,
@@ -229,7 +233,7 @@ fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<u64, ApiErr
         Some(text) => parse_event_id(text.as_bytes())?,
         None => None,
     };
-    Ok(header.or(query).unwrap_or(0))
+    Ok(header.or(query))
 }
 
 /// Longest prefix of a bad id quoted back in the error.

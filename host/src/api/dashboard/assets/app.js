@@ -1,8 +1,8 @@
 // Kiln dashboard: plain JavaScript, no framework, no build step.
 //
 // State comes from one initial load (GET /v1/jobs?limit=100, /v1/plugins, /v1/queues) and
-// is then kept current by the live event stream GET /v1/events; there is no polling of
-// job state. Queue figures (GET /v1/queues) are refreshed every 5 s. Everything the page
+// is then kept current by the event stream GET /v1/events, resumed after a cut; there is
+// no polling of job state. Queue figures (GET /v1/queues) are refreshed every 5 s. Everything the page
 // shows that came from the server is inserted as text, never as HTML.
 'use strict';
 
@@ -201,6 +201,7 @@
         break;
       case 'completed':
         job.result = data.result;
+        job.progress = 100;
         break;
       case 'failed':
         job.error = data.error;
