@@ -322,3 +322,32 @@ async fn a_huge_malformed_last_event_id_is_quoted_short() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_feed_client_with_no_position_gets_the_events_from_then_on_even_when_trimmed() {
+    let kiln = InProcess::start(&["fixture:hostile"], "events_feed_retention = 5").await;
+    let before = finished_job(&kiln).await; // 8 events: the feed is trimmed to 5
+    let newest = all_events(&kiln.client, &kiln.base, &before, LONG)
+        .await
+        .len() as u64;
+    // With a position that old: gone. With none: a stream from now on, not a 410.
+    assert_eq!(open_feed(&kiln, Some(0)).await.status(), 410);
+    let response = open_feed(&kiln, None).await;
+    assert_eq!(response.status(), 200, "no Last-Event-ID on a trimmed feed");
+    let mut stream = SseReader::new(response);
+    let after = finished_job(&kiln).await;
+    let mut collected = Collected::default();
+    collected
+        .read(&mut stream, 1000, std::slice::from_ref(&after))
+        .await;
+    assert_eq!(
+        collected.ids,
+        ((newest + 1)..=(newest + 8)).collect::<Vec<_>>(),
+        "the stream replayed old events or missed new ones"
+    );
+    assert!(
+        !collected.per_job.contains_key(&before),
+        "{:?}",
+        collected.per_job
+    );
+}
