@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::fake_provider::{Behavior, FakeProvider};
 use crate::support::{
     InProcess, KilnProcess, LONG, SseEvent, all_events, free_port, get_json, id_of, plugins_dir,
-    submit,
+    submit, submit_ok,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -219,14 +219,12 @@ async fn dashboard_shows_a_running_jobs_progress_and_completion_live() {
     let browser = Browser::start("dashboard-progress").await;
     open_dashboard(&browser, &kiln).await;
 
-    let (status, job) = submit(
+    let id = submit_ok(
         &kiln.client,
         &kiln.base,
         json!({"type": "characters", "payload": {"theme": "lighthouse keepers", "count": 2}}),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
-    let id = id_of(&job);
 
     // Sample the row until the job is over: the bar must be read moving while it runs.
     let script = row_state_script(&id);
@@ -430,14 +428,12 @@ async fn cancel_from_the_dashboard_stops_a_looping_job() {
     let browser = Browser::start("dashboard-cancel").await;
     open_dashboard(&browser, &kiln).await;
 
-    let (status, job) = submit(
+    let id = submit_ok(
         &kiln.client,
         &kiln.base,
         json!({"type": "hostile", "payload": {"mode": "loop"}}),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
-    let id = id_of(&job);
     let script = row_state_script(&id);
     browser
         .wait_for(
@@ -502,14 +498,12 @@ async fn dashboard_lists_failures_and_retries_them_in_bulk() {
     let browser = Browser::start("dashboard-bulk-retry").await;
     open_dashboard(&browser, &kiln).await;
 
-    let (status, job) = submit(
+    let id = submit_ok(
         &kiln.client,
         &kiln.base,
         json!({"type": "hostile", "payload": {"mode": "permanent"}}),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
-    let id = id_of(&job);
     let failure = browser
         .wait_for(
             "the failed job in the failures list",
@@ -884,14 +878,12 @@ async fn job_detail_lists_status_progress_and_partials_with_tokens_folded_per_la
     let kiln = InProcess::start_cached(&["characters"], provider).await;
     let browser = Browser::start("dashboard-detail-log").await;
     open_dashboard(&browser, &kiln).await;
-    let (status, job) = submit(
+    let id = submit_ok(
         &kiln.client,
         &kiln.base,
         json!({"type": "characters", "payload": {"theme": "lighthouse keepers", "count": 2}}),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
-    let id = id_of(&job);
     browser
         .wait_for(
             "the job's row",

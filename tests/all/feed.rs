@@ -19,15 +19,9 @@ async fn submit_event_jobs(
 ) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..count {
-        let (status, job) = submit(
-            &kiln.client,
-            &kiln.base,
-            json!({"type": "hostile",
-                   "payload": {"mode": "events", "n": events, "pace_ms": pace_ms}}),
-        )
-        .await;
-        assert_eq!(status, 202, "{job}");
-        ids.push(id_of(&job));
+        let body = json!({"type": "hostile",
+                          "payload": {"mode": "events", "n": events, "pace_ms": pace_ms}});
+        ids.push(submit_ok(&kiln.client, &kiln.base, body).await);
     }
     ids
 }

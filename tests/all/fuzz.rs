@@ -1063,11 +1063,14 @@ fn resume_case() -> impl Strategy<Value = ResumeCase> {
         "[0-9]{0,4}[!-/:-~]{1,3}[0-9]{0,4}",
         "\\PC{1,12}",
     ]
-    .prop_filter("a plain decimal (around HTTP's optional whitespace)", |text| {
-        let text = text.trim();
-        let plain = text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u64>().is_ok();
-        !text.is_empty() && !plain
-    });
+    .prop_filter(
+        "a plain decimal (around HTTP's optional whitespace)",
+        |text| {
+            let text = text.trim();
+            let plain = text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u64>().is_ok();
+            !text.is_empty() && !plain
+        },
+    );
     let at = prop_oneof![
         4 => any::<Index>().prop_map(ResumeAt::InLog),
         1 => prop_oneof![Just(0), Just(u64::MAX), any::<u64>()].prop_map(ResumeAt::Id),

@@ -136,14 +136,12 @@ async fn kill_9_mid_job_then_recovery_pays_only_for_unfinished_calls() {
     let slow = "[providers.offline]\nkind = \"offline\"\nlatency_ms = 300\n";
     let mut kiln = KilnProcess::start(data.path(), plugins.path(), slow);
     let client = reqwest::Client::new();
-    let (status, job) = submit(
+    let id = submit_ok(
         &client,
         &kiln.base,
         json!({ "type": "characters", "payload": { "theme": "glassblowers", "count": 3 } }),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
-    let id = id_of(&job);
 
     // Follow the job until at least three of the six rounds are done, then kill -9.
     let response = open_sse(&client, &kiln.url(&format!("/v1/jobs/{id}/events")), None).await;
@@ -201,14 +199,12 @@ async fn a_batch_whose_one_call_failed_pays_only_for_that_call_on_the_next_attem
     })
     .await;
     let kiln = InProcess::start(&["fixture:hostile"], &fake_config(&fake, "")).await;
-    let (status, job) = submit(
+    let id = submit_ok(
         &kiln.client,
         &kiln.base,
         json!({ "type": "hostile", "payload": { "mode": "llm_all", "n": 5 }, "max_attempts": 1 }),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
-    let id = id_of(&job);
     let failed = wait_terminal(&kiln.client, &kiln.base, &id, LONG).await;
     assert_eq!(failed["status"], "failed", "{failed:#}");
     let first_attempt = all_events(&kiln.client, &kiln.base, &id, LONG).await;
@@ -263,14 +259,12 @@ async fn usage_counts_what_the_provider_answered_across_a_kill_9() {
     let plugins = plugins_dir(&["characters"]);
     let mut kiln = KilnProcess::start(data.path(), plugins.path(), &config);
     let client = reqwest::Client::new();
-    let (status, job) = submit(
+    let id = submit_ok(
         &client,
         &kiln.base,
         json!({ "type": "characters", "payload": { "theme": "glassblowers", "count": 3 } }),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
-    let id = id_of(&job);
     let deadline = std::time::Instant::now() + LONG;
     while fake.answered() < 8 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -333,15 +327,13 @@ async fn a_stream_that_breaks_off_resets_its_label_for_clients() {
     })
     .await;
     let kiln = InProcess::start(&["characters"], &fake_config(&fake, "")).await;
-    let (status, job) = submit(
+    let id = submit_ok(
         &kiln.client,
         &kiln.base,
         json!({ "type": "characters", "payload": { "theme": "ropewalkers", "count": 1 },
                 "max_attempts": 1 }),
     )
     .await;
-    assert_eq!(status, 202, "{job}");
-    let id = id_of(&job);
     let events = all_events(&kiln.client, &kiln.base, &id, LONG).await;
     assert_eq!(
         events.last().map(|e| e.event.as_str()),

@@ -14,14 +14,9 @@ async fn log_lines(lines: u64, config: &str) -> (serde_json::Value, String) {
     let plugins = plugins_dir(&["fixture:hostile"]);
     let mut kiln = KilnProcess::start(data.path(), plugins.path(), config);
     let client = reqwest::Client::new();
-    let (status, job) = submit(
-        &client,
-        &kiln.base,
-        json!({"type": "hostile", "payload": {"mode": "log_lines", "n": lines}}),
-    )
-    .await;
-    assert_eq!(status, 202, "{job}");
-    let done = wait_terminal(&client, &kiln.base, &id_of(&job), LONG).await;
+    let body = json!({"type": "hostile", "payload": {"mode": "log_lines", "n": lines}});
+    let id = submit_ok(&client, &kiln.base, body).await;
+    let done = wait_terminal(&client, &kiln.base, &id, LONG).await;
     // The end-of-attempt summary is written when the attempt's state is dropped, just
     // after the job's end is committed.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -115,14 +110,10 @@ fn budget_config(fake: &FakeProvider, max_llm_tokens: u64) -> String {
 }
 
 async fn big_prompt(kiln: &InProcess, kib: u64) -> serde_json::Value {
-    let (status, job) = submit(
-        &kiln.client,
-        &kiln.base,
-        json!({"type": "hostile", "payload": {"mode": "big_prompt", "n": kib}, "max_attempts": 1}),
-    )
-    .await;
-    assert_eq!(status, 202, "{job}");
-    wait_terminal(&kiln.client, &kiln.base, &id_of(&job), LONG).await
+    let body =
+        json!({"type": "hostile", "payload": {"mode": "big_prompt", "n": kib}, "max_attempts": 1});
+    let id = submit_ok(&kiln.client, &kiln.base, body).await;
+    wait_terminal(&kiln.client, &kiln.base, &id, LONG).await
 }
 
 #[tokio::test]

@@ -355,6 +355,13 @@ pub async fn submit(client: &reqwest::Client, base: &str, body: Value) -> (u16, 
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Submits a job that must be accepted (`202`); returns its id.
+pub async fn submit_ok(client: &reqwest::Client, base: &str, body: Value) -> String {
+    let (status, job) = submit(client, base, body).await;
+    assert_eq!(status, 202, "{job}");
+    id_of(&job)
+}
+
 /// Polls `GET /v1/jobs/{id}` until its status is terminal or `timeout`; returns the job.
 pub async fn wait_terminal(
     client: &reqwest::Client,
