@@ -8,6 +8,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod jobs;
+mod listener;
 mod metrics;
 mod openapi;
 mod ops;
@@ -16,14 +17,17 @@ mod system;
 mod view;
 
 pub use error::ApiError;
+pub use listener::Listener;
 pub use view::JobView;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +102,30 @@ impl AppState {
     }
 }
 
+/// Answers every `/v1/` route with `503 starting` until the job service has started
+/// (plugins loaded, interrupted jobs recovered); `/healthz`, `/metrics`, the OpenAPI
+/// document and the dashboard's files answer meanwhile.
+async fn refuse_while_starting(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.service.is_started() || !request.uri().path().starts_with("/v1/") {
+        return next.run(request).await;
+    }
+    let mut answer = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "starting",
+        "Kiln is starting: it is loading its plugins and recovering interrupted jobs; \
+         try again in a moment",
+    )
+    .into_response();
+    answer
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, 1.into());
+    answer
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
@@ -133,6 +161,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_starting,
+        ))
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),
