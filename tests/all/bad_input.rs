@@ -5,8 +5,9 @@
 //! oversized headers.
 //!
 //! Each case must get the right 4xx with the one error shape, `{"error": {kind, message}}`,
-//! except where hyper answers before the router (a request it cannot parse, headers over
-//! its limits): there a bare 4xx is what happens, and is what the case records. Never a
+//! except where hyper answers before the router (a request it cannot parse, a request
+//! line over its limit): there a bare 4xx is what happens, and is what the case records
+//! (headers over hyper's limits get its 431 in the error shape, from Kiln's listener). Never a
 //! 5xx, never a panic. The server is the real `kiln` program, so a panic in any task shows
 //! in its log; after each matrix the same process must still answer `/healthz` and run a
 //! job. Requests go over raw TCP, so bytes that reqwest refuses to send (or would fix)
