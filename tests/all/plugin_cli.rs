@@ -256,7 +256,11 @@ fn check_of_a_dir_says_which_file_serves_a_job_type_two_claim() {
     for file in ["b-noop.wasm", "a-noop.wasm"] {
         std::fs::copy(fixture_wasm("noop"), dir.path().join(file)).unwrap();
     }
-    std::fs::copy(plugin_wasm("characters"), dir.path().join("characters.wasm")).unwrap();
+    std::fs::copy(
+        plugin_wasm("characters"),
+        dir.path().join("characters.wasm"),
+    )
+    .unwrap();
     let out = plugin_check(dir.path());
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
@@ -264,7 +268,8 @@ fn check_of_a_dir_says_which_file_serves_a_job_type_two_claim() {
         "{out}"
     );
     assert!(
-        out.stdout.contains("characters.wasm serves job type 'characters'"),
+        out.stdout
+            .contains("characters.wasm serves job type 'characters'"),
         "{out}"
     );
     assert!(
@@ -286,7 +291,11 @@ fn check_of_a_dir_says_which_file_serves_a_job_type_two_claim() {
 fn check_shows_the_effective_timeout() {
     let out = plugin_check(&fixture_wasm("noop"));
     assert_eq!(out.code, Some(0), "{out}");
-    assert_eq!(field(&out.stdout, "timeout"), Some("300 s (the host default)"), "{out}");
+    assert_eq!(
+        field(&out.stdout, "timeout"),
+        Some("300 s (the host default)"),
+        "{out}"
+    );
 }
 
 #[test]

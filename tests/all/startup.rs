@@ -48,7 +48,9 @@ async fn answers_while_plugins_load_then_serves() {
     let plugins = slow_plugins(3);
     let data = tempfile::tempdir().unwrap();
     seed_cache(data.path());
-    let mut server = Server::launch(resolved(data.path(), plugins.path(), ""))
+    // A long deadline: the requests below must land before it, even on a busy machine.
+    let config = "describe_timeout_ms = 5000";
+    let mut server = Server::launch(resolved(data.path(), plugins.path(), config))
         .await
         .expect("kiln listens");
     let base = format!("http://{}", server.addr);
@@ -63,9 +65,16 @@ async fn answers_while_plugins_load_then_serves() {
     let (status, refused) = submit(&client, &base, json!({"type": "noop"})).await;
     assert_eq!(status, 503, "{refused}");
     assert_eq!(refused["error"]["kind"], "starting", "{refused}");
-    assert!(refused["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     let (status, listed) = get_json(&client, &format!("{base}/v1/jobs")).await;
-    assert_eq!((status, &listed["error"]["kind"]), (503, &json!("starting")));
+    assert_eq!(
+        (status, &listed["error"]["kind"]),
+        (503, &json!("starting"))
+    );
     let (status, _) = get_json(&client, &format!("{base}/openapi.json")).await;
     assert_eq!(status, 200, "the OpenAPI document is served while starting");
 
@@ -170,7 +179,10 @@ fn every_log_line_about_a_plugin_names_its_file() {
         "log:\n{log}"
     );
     assert!(
-        has(&["import.wasm", "`describe` called `kiln:plugin/log@0.1.0#write`"]),
+        has(&[
+            "import.wasm",
+            "`describe` called `kiln:plugin/log@0.1.0#write`"
+        ]),
         "log:\n{log}"
     );
     assert!(
@@ -199,11 +211,7 @@ async fn the_first_file_by_name_serves_a_job_type_two_claim() {
         plugins.path().join("b-noop.wasm"),
     )
     .unwrap();
-    std::fs::copy(
-        fixture_wasm("noop"),
-        plugins.path().join("a-noop.wasm"),
-    )
-    .unwrap();
+    std::fs::copy(fixture_wasm("noop"), plugins.path().join("a-noop.wasm")).unwrap();
     let data = tempfile::tempdir().unwrap();
     let kiln = InProcess::start_in(data, plugins, "").await;
     let (status, listed) = get_json(&kiln.client, &kiln.url("/v1/plugins")).await;

@@ -74,7 +74,11 @@ impl<T: AsyncWrite + Unpin> ShapedErrors<T> {
 
     /// Takes `buf` as written when it is hyper's bare `431` (the replacement goes out
     /// instead, on this call and the next flush).
-    fn poll_replaced(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Option<Poll<io::Result<usize>>> {
+    fn poll_replaced(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
         let replacement = shaped_431(buf)?;
         self.pending = Some((replacement, 0));
         Some(match self.poll_pending(cx) {
@@ -176,7 +180,8 @@ mod tests {
 
     #[test]
     fn only_the_bare_431_is_replaced() {
-        let bare = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let bare =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         let shaped = String::from_utf8(shaped_431(bare).unwrap()).unwrap();
         assert!(shaped.starts_with("HTTP/1.1 431 "), "{shaped}");
         let body = shaped.split("\r\n\r\n").nth(1).unwrap();

@@ -235,7 +235,9 @@ impl JobService {
     ) -> Result<RecoveryReport, ServiceError> {
         let report = self.recover().await?;
         if self.inner.plugins.0.set(plugins).is_err() {
-            return Err(ServiceError::Internal("the job service started twice".into()));
+            return Err(ServiceError::Internal(
+                "the job service started twice".into(),
+            ));
         }
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
         tasks.spawn(self.clone().dispatch_loop());

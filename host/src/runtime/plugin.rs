@@ -165,7 +165,11 @@ pub(crate) fn check_description(info: &DescribedInfo) -> anyhow::Result<()> {
     }
     let sizes = [
         ("description", info.description.len(), MAX_DESCRIPTION_BYTES),
-        ("payload schema", info.payload_schema.len(), MAX_SCHEMA_BYTES),
+        (
+            "payload schema",
+            info.payload_schema.len(),
+            MAX_SCHEMA_BYTES,
+        ),
     ];
     for (what, len, max) in sizes {
         if len > max {
