@@ -115,6 +115,7 @@ async fn looping_describes_cost_one_deadline_not_one_each() {
     assert_eq!(deadline, Duration::from_secs(2), "the documented default");
     let one = start_time(1).await;
     let three = start_time(3).await;
+    eprintln!("start-up with one looping describe: {one:?}, with three: {three:?}");
     assert!(
         one >= deadline,
         "a looping describe must run to its deadline: {one:?}"
