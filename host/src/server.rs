@@ -3,7 +3,7 @@
 //!
 //! Start-up binds the listener first (a port in use is reported before anything slow),
 //! then serves at once: until the plugins are loaded and interrupted jobs recovered,
-//! `/healthz` says `starting` and the `/v1/` routes answer `503 starting`.
+//! `/healthz` and the `/v1/` routes answer `503 starting`.
 
 use std::net::SocketAddr;
 use std::path::Path;

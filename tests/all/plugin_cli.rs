@@ -227,7 +227,7 @@ fn check_refuses_a_describe_that_calls_an_import() {
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stderr
-            .contains("`describe` called `kiln:plugin/log@0.1.0#write`"),
+            .contains("`describe` failed: it called `kiln:plugin/log@0.1.0#write`"),
         "{out}"
     );
     assert!(out.stderr.contains("must not call any import"), "{out}");

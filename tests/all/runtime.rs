@@ -1201,7 +1201,7 @@ async fn describe_calling_an_import_is_refused() {
         Err(error) => format!("{error:#}"),
     };
     assert!(
-        error.contains("`describe` called `kiln:plugin/log@0.1.0#write`")
+        error.contains("`describe` failed: it called `kiln:plugin/log@0.1.0#write`")
             && error.contains("must not call any import"),
         "{error}"
     );

@@ -1,6 +1,6 @@
 //! Starting the server: the listener is bound first (a port in use is said plainly),
-//! plugins load all at once under the `describe` deadline while `/healthz` says
-//! `starting` and job routes answer `503 starting`, every log line about a plugin names
+//! plugins load all at once under the `describe` deadline while `/healthz` and the job
+//! routes answer `503 starting`, every log line about a plugin names
 //! its file, and of two files claiming one job type the first by name serves it.
 
 use std::path::Path;
@@ -40,9 +40,9 @@ fn resolved(data: &Path, plugins: &Path, extra: &str) -> kiln::config::Resolved 
         .unwrap()
 }
 
-/// While three `describe`s loop, the server already answers: `/healthz` says
-/// `starting` (503) and job routes answer `503 starting` in the error shape; once they
-/// hit their deadline it serves the one good plugin.
+/// While three `describe`s loop, the server already answers: `/healthz` and the job
+/// routes answer `503 starting` in the error shape; once the describes hit their
+/// deadline it serves the one good plugin.
 #[tokio::test]
 async fn answers_while_plugins_load_then_serves() {
     let plugins = slow_plugins(3);
@@ -58,7 +58,7 @@ async fn answers_while_plugins_load_then_serves() {
 
     let (status, health) = get_json(&client, &format!("{base}/healthz")).await;
     assert_eq!(
-        (status, health["status"].as_str()),
+        (status, health["error"]["kind"].as_str()),
         (503, Some("starting")),
         "{health}"
     );
@@ -182,7 +182,7 @@ fn every_log_line_about_a_plugin_names_its_file() {
     assert!(
         has(&[
             "import.wasm",
-            "`describe` called `kiln:plugin/log@0.1.0#write`"
+            "`describe` failed: it called `kiln:plugin/log@0.1.0#write`"
         ]),
         "log:\n{log}"
     );

@@ -102,15 +102,16 @@ impl AppState {
     }
 }
 
-/// Answers every `/v1/` route with `503 starting` until the job service has started
-/// (plugins loaded, interrupted jobs recovered); `/healthz`, `/metrics`, the OpenAPI
+/// Answers `/healthz` and every `/v1/` route with `503 starting` until the job service
+/// has started (plugins loaded, interrupted jobs recovered); `/metrics`, the OpenAPI
 /// document and the dashboard's files answer meanwhile.
 async fn refuse_while_starting(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if state.service.is_started() || !request.uri().path().starts_with("/v1/") {
+    let path = request.uri().path();
+    if state.service.is_started() || !(path.starts_with("/v1/") || path == "/healthz") {
         return next.run(request).await;
     }
     let mut answer = ApiError::new(

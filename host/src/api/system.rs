@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -17,29 +16,25 @@ use crate::store::now_ms;
 /// The answer of `GET /healthz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Healthz {
-    /// `ok` while serving; `starting` while the plugins load and interrupted jobs are
-    /// recovered (job routes answer `503 starting` meanwhile).
+    /// Always `ok` while serving.
     #[schema(example = "ok")]
     pub status: &'static str,
     /// Job types loaded.
     pub plugins: usize,
 }
 
-/// `GET /healthz`: `200 {"status":"ok"}` while serving, `503 {"status":"starting"}` while
-/// starting.
+/// `GET /healthz`: `200 {"status":"ok"}` while serving; while the server starts (plugins
+/// loading, interrupted jobs being recovered) `503 starting`, as the job routes answer.
 #[utoipa::path(get, path = "/healthz", tag = "system",
     responses(
         (status = 200, description = "The server is serving", body = Healthz),
-        (status = 503, description = "The server is starting: loading plugins, recovering jobs", body = Healthz),
+        (status = 503, description = "The server is starting: loading plugins, recovering jobs (`starting`)", body = super::error::ErrorBody),
     ))]
-pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Healthz>) {
-    let (code, status) = if state.service.is_started() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    };
-    let plugins = state.service.plugins().len();
-    (code, Json(Healthz { status, plugins }))
+pub async fn healthz(State(state): State<AppState>) -> Json<Healthz> {
+    Json(Healthz {
+        status: "ok",
+        plugins: state.service.plugins().len(),
+    })
 }
 
 /// The answer of `GET /v1/plugins`.

@@ -229,15 +229,7 @@ impl Runtime {
         .await
         .context("the compile task failed")??;
         let imports = plugin::check_contract(&self.engine, &component)?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("the component does not link against Kiln: {e:#}"))?;
-        let pre = bindings::JobPluginPre::new(instance_pre).map_err(|e| {
-            anyhow::anyhow!(
-                "the component's exports do not match kiln:plugin@{CONTRACT_VERSION}: {e:#}"
-            )
-        })?;
+        let pre = pre_link(&self.linker, &component)?;
         let info = self.describe(&component, origin).await?;
         Plugin::new(info, digest, size, outcome, imports, pre)
     }
@@ -291,14 +283,7 @@ impl Runtime {
     async fn describe(&self, component: &Component, origin: &str) -> anyhow::Result<PluginInfo> {
         let mut linker = self.describe_linker.clone();
         plugin::refuse_kiln_imports(&self.engine, component, &mut linker)?;
-        let instance_pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| anyhow::anyhow!("the component does not link against Kiln: {e:#}"))?;
-        let pre = bindings::JobPluginPre::new(instance_pre).map_err(|e| {
-            anyhow::anyhow!(
-                "the component's exports do not match kiln:plugin@{CONTRACT_VERSION}: {e:#}"
-            )
-        })?;
+        let pre = pre_link(&linker, component)?;
         let context = RunContext {
             sink: Arc::new(DiscardEvents),
             llm: Arc::new(NoLlm),
@@ -463,6 +448,21 @@ impl Runtime {
         }
         (result, state.usage)
     }
+}
+
+/// Links `component` with `linker`'s imports, ready to instantiate once per call.
+fn pre_link(
+    linker: &Linker<HostState>,
+    component: &Component,
+) -> anyhow::Result<bindings::JobPluginPre<HostState>> {
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| anyhow::anyhow!("the component does not link against Kiln: {e:#}"))?;
+    bindings::JobPluginPre::new(instance_pre).map_err(|e| {
+        anyhow::anyhow!(
+            "the component's exports do not match kiln:plugin@{CONTRACT_VERSION}: {e:#}"
+        )
+    })
 }
 
 enum StopReason {

@@ -207,7 +207,7 @@ pub(crate) fn refuse_kiln_imports(
                 continue;
             }
             let message = format!(
-                "`describe` called `{interface}#{function}`, but the contract \
+                "it called `{interface}#{function}`, but the contract \
                  (wit/v{CONTRACT_VERSION}/plugin.wit) says `describe` must not call any \
                  import: return constants from `describe` and call imports from `run`"
             );
