@@ -40,16 +40,17 @@ fn resolved(data: &Path, plugins: &Path, extra: &str) -> kiln::config::Resolved 
         .unwrap()
 }
 
-/// While three `describe`s loop, the server already answers: `/healthz` and the job
-/// routes answer `503 starting` in the error shape; once the describes hit their
-/// deadline it serves the one good plugin.
+/// While three `describe`s loop, the server already answers: `/healthz` at once and the
+/// job routes after waiting [`kiln::api::STARTING_HOLD`] answer `503 starting` in the
+/// error shape; once the describes hit their deadline it serves the one good plugin.
 #[tokio::test]
 async fn answers_while_plugins_load_then_serves() {
     let plugins = slow_plugins(3);
     let data = tempfile::tempdir().unwrap();
     seed_cache(data.path());
-    // A long deadline: the requests below must land before it, even on a busy machine.
-    let config = "describe_timeout_ms = 5000";
+    // A deadline past the hold of job routes (5 s), so they answer `503 starting`; the
+    // requests must land before it, even on a busy machine.
+    let config = "describe_timeout_ms = 12000";
     let mut server = Server::launch(resolved(data.path(), plugins.path(), config))
         .await
         .expect("kiln listens");
@@ -62,7 +63,12 @@ async fn answers_while_plugins_load_then_serves() {
         (503, Some("starting")),
         "{health}"
     );
+    let held = Instant::now();
     let (status, refused) = submit(&client, &base, json!({"type": "noop"})).await;
+    assert!(
+        held.elapsed() >= kiln::api::STARTING_HOLD,
+        "a job route waits for the start before it answers 503"
+    );
     assert_eq!(status, 503, "{refused}");
     assert_eq!(refused["error"]["kind"], "starting", "{refused}");
     assert!(

@@ -102,16 +102,30 @@ impl AppState {
     }
 }
 
-/// Answers `/healthz` and every `/v1/` route with `503 starting` until the job service
-/// has started (plugins loaded, interrupted jobs recovered); `/metrics`, the OpenAPI
-/// document and the dashboard's files answer meanwhile.
+/// How long a `/v1/` request made while the server starts waits for the start to end
+/// before it is answered `503 starting`. Most starts (cached components, `describe`
+/// within its 2 s deadline) end within it, so clients reconnecting across a restart,
+/// such as a browser's `EventSource`, which gives up on an error status, see no error.
+pub const STARTING_HOLD: Duration = Duration::from_secs(5);
+
+/// Until the job service has started (plugins loaded, interrupted jobs recovered),
+/// `/healthz` answers `503 starting` at once and `/v1/` routes wait up to
+/// [`STARTING_HOLD`], then answer the same; `/metrics`, the OpenAPI document and the
+/// dashboard's files answer meanwhile.
 async fn refuse_while_starting(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if state.service.is_started() || !(path.starts_with("/v1/") || path == "/healthz") {
+    let started = if path == "/healthz" {
+        state.service.is_started()
+    } else if path.starts_with("/v1/") {
+        state.service.wait_started(STARTING_HOLD).await
+    } else {
+        true
+    };
+    if started {
         return next.run(request).await;
     }
     let mut answer = ApiError::new(

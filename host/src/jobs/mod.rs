@@ -151,6 +151,8 @@ struct Inner {
     tasks: Mutex<JoinSet<()>>,
     /// What `/metrics` and `/v1/queues` report.
     metrics: Arc<crate::monitor::Metrics>,
+    /// Becomes true when [`JobService::start`] has run.
+    started: tokio::sync::watch::Sender<bool>,
 }
 
 /// The loaded job types, given once by [`JobService::start`]: the server answers HTTP while
@@ -197,6 +199,7 @@ impl JobService {
                 stopping: CancellationToken::new(),
                 tasks: Mutex::new(JoinSet::new()),
                 metrics,
+                started: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -213,7 +216,15 @@ impl JobService {
 
     /// Whether [`JobService::start`] has run: plugins loaded, interrupted jobs recovered.
     pub fn is_started(&self) -> bool {
-        self.inner.plugins.0.get().is_some()
+        *self.inner.started.borrow()
+    }
+
+    /// Waits up to `limit` for [`JobService::start`] to have run; returns whether it has.
+    pub async fn wait_started(&self, limit: Duration) -> bool {
+        let mut started = self.inner.started.subscribe();
+        tokio::time::timeout(limit, started.wait_for(|started| *started))
+            .await
+            .is_ok()
     }
 
     /// The metrics of this service.
@@ -242,6 +253,7 @@ impl JobService {
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
         tasks.spawn(self.clone().dispatch_loop());
         tasks.spawn(self.clone().sweep_loop());
+        self.inner.started.send_replace(true);
         Ok(report)
     }
 
