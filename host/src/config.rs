@@ -59,6 +59,8 @@ pub struct Config {
     pub retry_max_ms: Option<u64>,
     /// Jobs running at once across all types (the instance pool). Default 128.
     pub max_instances: Option<u32>,
+    /// How long a plugin's `describe` may take at load, ms. Default 2000.
+    pub describe_timeout_ms: Option<u64>,
     /// Sandbox limits for every job type.
     pub limits: Limits,
     /// Per job type: its queue and limit overrides.
@@ -316,6 +318,9 @@ impl Config {
             max_instances: self.max_instances.unwrap_or(128).max(1),
             max_memory_mib: largest_memory.max(1),
             cache_dir: Some(data_dir.join("cache")),
+            describe_timeout: self
+                .describe_timeout_ms
+                .map_or(crate::runtime::DEFAULT_DESCRIBE_TIMEOUT, ms),
         };
         let api_defaults = ApiSettings::default();
         let api = ApiSettings {

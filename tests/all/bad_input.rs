@@ -5,8 +5,9 @@
 //! oversized headers.
 //!
 //! Each case must get the right 4xx with the one error shape, `{"error": {kind, message}}`,
-//! except where hyper answers before the router (a request it cannot parse, headers over
-//! its limits): there a bare 4xx is what happens, and is what the case records. Never a
+//! except where hyper answers before the router (a request it cannot parse, a request
+//! line over its limit): there a bare 4xx is what happens, and is what the case records
+//! (headers over hyper's limits get its 431 in the error shape, from Kiln's listener). Never a
 //! 5xx, never a panic. The server is the real `kiln` program, so a panic in any task shows
 //! in its log; after each matrix the same process must still answer `/healthz` and run a
 //! job. Requests go over raw TCP, so bytes that reqwest refuses to send (or would fix)
@@ -990,8 +991,9 @@ async fn negative_and_huge_numbers_everywhere() {
 
 /// Headers over size: one header of 100 KB (under hyper's default read buffer of about
 /// 400 KB, so it reaches the router), one of 1 MB and 200 small ones (over hyper's limits:
-/// it answers 431 itself and closes), and a 100 KB request line (414 from hyper). 100 KB
-/// in the headers Kiln reads must get their own 4xx.
+/// it answers 431 and closes, and Kiln's listener puts that answer in the error shape,
+/// `headers_too_large`), and a 100 KB request line (414 from hyper). 100 KB in the
+/// headers Kiln reads must get their own 4xx.
 #[tokio::test]
 async fn headers_over_size() {
     let server = Server::start("");
@@ -1048,7 +1050,7 @@ async fn headers_over_size() {
         (
             "1 MB header",
             http("GET", b"/healthz", &[("x-padding", &huge)], b""),
-            Expect::Bare(431),
+            Expect::Error(431, "headers_too_large"),
         ),
         (
             "200 headers",
@@ -1058,7 +1060,7 @@ async fn headers_over_size() {
                     names.iter().map(|n| (n.as_str(), &b"v"[..])).collect();
                 http("GET", b"/healthz", &headers, b"")
             },
-            Expect::Bare(431),
+            Expect::Error(431, "headers_too_large"),
         ),
         (
             "a 100 KB request line",

@@ -26,3 +26,4 @@ mod providers_e2e;
 mod runtime;
 mod sandbox;
 mod sse;
+mod startup;

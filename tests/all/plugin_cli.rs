@@ -222,6 +222,83 @@ fn check_accepts_every_bundled_plugin() {
 }
 
 #[test]
+fn check_refuses_a_describe_that_calls_an_import() {
+    let out = plugin_check(&fixture_wasm("describe_import"));
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("`describe` failed: it called `kiln:plugin/log@0.1.0#write`"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("must not call any import"), "{out}");
+    assert!(!out.stdout.contains("ok:"), "{out}");
+}
+
+#[test]
+fn check_refuses_a_description_kiln_cannot_serve() {
+    let out = plugin_check(&fixture_wasm("describe_invalid"));
+    assert_eq!(out.code, Some(1), "{out}");
+    for wanted in [
+        "version \"latest\" is not a semver version",
+        "the description is 1048576 bytes; the limit is 4096",
+        "the limit is 65536",
+    ] {
+        assert!(out.stderr.contains(wanted), "{wanted:?}: {out}");
+    }
+}
+
+/// `kiln plugin check DIR` loads a plugins dir as `kiln serve` does: of two files
+/// claiming one job type the first by name serves it, the other is named as not loaded,
+/// and the exit code says a file would not be served.
+#[test]
+fn check_of_a_dir_says_which_file_serves_a_job_type_two_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["b-noop.wasm", "a-noop.wasm"] {
+        std::fs::copy(fixture_wasm("noop"), dir.path().join(file)).unwrap();
+    }
+    std::fs::copy(
+        plugin_wasm("characters"),
+        dir.path().join("characters.wasm"),
+    )
+    .unwrap();
+    let out = plugin_check(dir.path());
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stdout.contains("a-noop.wasm serves job type 'noop'"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("characters.wasm serves job type 'characters'"),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains("both describe the job type 'noop'")
+            && out.stderr.contains("a-noop.wasm serves it")
+            && out.stderr.contains("b-noop.wasm is not loaded"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("2 job types served"), "{out}");
+
+    // Without the second claimant every file is served: exit 0.
+    std::fs::remove_file(dir.path().join("b-noop.wasm")).unwrap();
+    let out = plugin_check(dir.path());
+    assert_eq!(out.code, Some(0), "{out}");
+}
+
+/// `check` shows the timeout jobs will get, not a claim the cap lowers.
+#[test]
+fn check_shows_the_effective_timeout() {
+    let out = plugin_check(&fixture_wasm("noop"));
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        field(&out.stdout, "timeout"),
+        Some("300 s (the host default)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_refuses_another_contract_version() {
     let out = plugin_check(&fixture_wasm("wrong_version"));
     assert_ne!(out.code, Some(0), "{out}");

@@ -1192,6 +1192,64 @@ async fn missing_file_is_an_error_naming_it() {
     assert!(error.contains("kiln-no-such-plugin-7f3a.wasm"), "{error}");
 }
 
+/// `describe` must not call any import (the contract says so): a component whose
+/// `describe` writes a log line is refused, naming the import.
+#[tokio::test]
+async fn describe_calling_an_import_is_refused() {
+    let runtime = new_runtime();
+    let error = match runtime.load_file(&fixture_wasm("describe_import")).await {
+        Ok(plugin) => panic!("a describe calling an import was accepted: {plugin:?}"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("`describe` failed: it called `kiln:plugin/log@0.1.0#write`")
+            && error.contains("must not call any import"),
+        "{error}"
+    );
+}
+
+/// What `describe` returns is checked: a version that is not semver, a description over
+/// `MAX_DESCRIPTION_BYTES` and a schema over `MAX_SCHEMA_BYTES` are all refused, in one
+/// message (the bundled plugins, which load, are the obeyed side).
+#[tokio::test]
+async fn describe_with_a_bad_version_and_oversized_texts_is_refused() {
+    let runtime = new_runtime();
+    let error = match runtime.load_file(&fixture_wasm("describe_invalid")).await {
+        Ok(plugin) => panic!("the invalid description was accepted: {plugin:?}"),
+        Err(error) => format!("{error:#}"),
+    };
+    for wanted in [
+        "version \"latest\" is not a semver version".to_string(),
+        format!(
+            "the description is 1048576 bytes; the limit is {}",
+            kiln::runtime::MAX_DESCRIPTION_BYTES
+        ),
+        format!("the limit is {}", kiln::runtime::MAX_SCHEMA_BYTES),
+    ] {
+        assert!(error.contains(&wanted), "{wanted:?} not in {error}");
+    }
+}
+
+/// A `describe` that never returns is stopped at the describe deadline, with a message
+/// that says so.
+#[tokio::test]
+async fn describe_past_its_deadline_is_refused() {
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 4,
+        describe_timeout: Duration::from_millis(300),
+        ..RuntimeConfig::default()
+    })
+    .expect("the runtime starts");
+    let error = match runtime.load_file(&fixture_wasm("describe_loop")).await {
+        Ok(plugin) => panic!("a looping describe was accepted: {plugin:?}"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("did not return within 0.3 s") && error.contains("describe_loop"),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_built_component_but_the_wrong_version_loads() {
     let runtime = new_runtime();

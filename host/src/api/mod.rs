@@ -8,6 +8,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod jobs;
+mod listener;
 mod metrics;
 mod openapi;
 mod ops;
@@ -16,14 +17,17 @@ mod system;
 mod view;
 
 pub use error::ApiError;
+pub use listener::Listener;
 pub use view::JobView;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -102,6 +106,45 @@ impl AppState {
     }
 }
 
+/// How long a `/v1/` request made while the server starts waits for the start to end
+/// before it is answered `503 starting`. Most starts (cached components, `describe`
+/// within its 2 s deadline) end within it, so clients reconnecting across a restart,
+/// such as a browser's `EventSource`, which gives up on an error status, see no error.
+pub const STARTING_HOLD: Duration = Duration::from_secs(5);
+
+/// Until the job service has started (plugins loaded, interrupted jobs recovered),
+/// `/healthz` answers `503 starting` at once and `/v1/` routes wait up to
+/// [`STARTING_HOLD`], then answer the same; `/metrics`, the OpenAPI document and the
+/// dashboard's files answer meanwhile.
+async fn refuse_while_starting(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let started = if path == "/healthz" {
+        state.service.is_started()
+    } else if path.starts_with("/v1/") {
+        state.service.wait_started(STARTING_HOLD).await
+    } else {
+        true
+    };
+    if started {
+        return next.run(request).await;
+    }
+    let mut answer = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "starting",
+        "Kiln is starting: it is loading its plugins and recovering interrupted jobs; \
+         try again in a moment",
+    )
+    .into_response();
+    answer
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, 1.into());
+    answer
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_body_bytes;
@@ -137,6 +180,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_starting,
+        ))
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),

@@ -23,9 +23,13 @@ pub struct Healthz {
     pub plugins: usize,
 }
 
-/// `GET /healthz`: `200 {"status":"ok"}` while serving.
+/// `GET /healthz`: `200 {"status":"ok"}` while serving; while the server starts (plugins
+/// loading, interrupted jobs being recovered) `503 starting`, as the job routes answer.
 #[utoipa::path(get, path = "/healthz", tag = "system",
-    responses((status = 200, description = "The server is serving", body = Healthz)))]
+    responses(
+        (status = 200, description = "The server is serving", body = Healthz),
+        (status = 503, description = "The server is starting: loading plugins, recovering jobs (`starting`)", body = super::error::ErrorBody),
+    ))]
 pub async fn healthz(State(state): State<AppState>) -> Json<Healthz> {
     Json(Healthz {
         status: "ok",
@@ -52,10 +56,13 @@ pub struct PluginView {
     /// JSON Schema of its payload.
     #[schema(value_type = Object)]
     pub payload_schema: Value,
-    /// Attempt timeout when the job sets none, seconds.
-    pub default_timeout_s: u32,
+    /// Attempt timeout when the job sets none, seconds: the plugin's own default, or the
+    /// host's when it names none, within the operator's `max_timeout_secs`.
+    pub default_timeout_s: u64,
     /// SHA-256 of the component.
     pub digest: String,
+    /// The component's file name in the plugins dir.
+    pub file: Option<String>,
 }
 
 /// `GET /v1/plugins`: the loaded job types with their payload schemas.
@@ -65,6 +72,7 @@ pub struct PluginView {
         (status = 401, description = "No valid API key", body = super::error::ErrorBody),
     ))]
 pub async fn plugins(State(state): State<AppState>, _: Caller) -> Json<PluginList> {
+    let settings = state.service.settings();
     let mut plugins: Vec<PluginView> = state
         .service
         .plugins()
@@ -74,8 +82,16 @@ pub async fn plugins(State(state): State<AppState>, _: Caller) -> Json<PluginLis
             version: p.info.version.clone(),
             description: p.info.description.clone(),
             payload_schema: p.info.payload_schema.clone(),
-            default_timeout_s: p.info.default_timeout_secs,
+            default_timeout_s: settings
+                .limits_of(&p.info.name)
+                .timeout(None, p.info.default_timeout_secs)
+                .as_secs(),
             digest: p.digest.clone(),
+            file: p
+                .file
+                .as_deref()
+                .and_then(|f| f.file_name())
+                .map(|f| f.to_string_lossy().into_owned()),
         })
         .collect();
     plugins.sort_by(|a, b| a.name.cmp(&b.name));

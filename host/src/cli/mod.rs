@@ -67,9 +67,10 @@ pub struct ServeArgs {
 /// `kiln plugin …`.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Check a component against the contract and print what it declares.
+    /// Check a component against the contract and print what it declares; given a
+    /// plugins dir, check every *.wasm in it as `kiln serve` would load them.
     Check {
-        /// The .wasm component.
+        /// The .wasm component, or a folder of them.
         file: PathBuf,
     },
     /// Run one job with a component locally and print its progress, partials and result.

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Overrides};
 use crate::llm::{LlmClient, OfflineClient, OfflineConfig};
 use crate::runtime::{
-    CONTRACT_VERSION, EventSink, JobInput, PluginEvent, RunContext, Runtime, RuntimeConfig,
+    CONTRACT_VERSION, EventSink, JobInput, Limits, Plugin, PluginEvent, RunContext, Runtime,
+    RuntimeConfig,
 };
 
 /// `kiln plugin run`.
@@ -37,20 +38,25 @@ pub struct RunArgs {
     pub tokens: bool,
 }
 
-pub(super) async fn check(file: &Path) -> anyhow::Result<ExitCode> {
+/// `kiln plugin check PATH`: one component, or a plugins dir loaded exactly as
+/// `kiln serve` loads it (the same checks, the same rule for two files claiming one type).
+pub(super) async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(RuntimeConfig::default())?;
+    if path.is_dir() {
+        return check_dir(&runtime, path).await;
+    }
     let started = Instant::now();
-    match runtime.load_file(file).await {
+    match runtime.load_file(path).await {
         Ok(plugin) => {
             let info = &plugin.info;
             println!(
                 "ok: {} is a Kiln job type (kiln:plugin@{CONTRACT_VERSION})",
-                file.display()
+                path.display()
             );
             println!("  type:        {}", info.name);
             println!("  version:     {}", info.version);
             println!("  description: {}", info.description);
-            println!("  timeout:     {} s", info.default_timeout_secs);
+            println!("  timeout:     {}", timeout_line(&plugin));
             println!(
                 "  size:        {} bytes, sha256 {}",
                 plugin.size, plugin.digest
@@ -70,11 +76,66 @@ pub(super) async fn check(file: &Path) -> anyhow::Result<ExitCode> {
         Err(error) => {
             eprintln!(
                 "error: {} does not fit the Kiln contract: {error:#}",
-                file.display()
+                path.display()
             );
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The effective default timeout under the default `[limits]`, and the plugin's own claim
+/// when the cap changed it.
+fn timeout_line(plugin: &Plugin) -> String {
+    let claimed = plugin.info.default_timeout_secs;
+    let limits = Limits::default();
+    let effective = limits.timeout(None, claimed).as_secs();
+    if claimed == 0 {
+        format!("{effective} s (the host default)")
+    } else if u64::from(claimed) == effective {
+        format!("{effective} s")
+    } else {
+        format!(
+            "{effective} s (the plugin asks {claimed} s; [limits] max_timeout_secs caps it, \
+             default {})",
+            limits.max_timeout_secs
+        )
+    }
+}
+
+/// Checks every `*.wasm` of `dir` as the server would load it; exits 1 when any file
+/// would not be served.
+async fn check_dir(runtime: &Runtime, dir: &Path) -> anyhow::Result<ExitCode> {
+    let load = runtime.load_dir(dir).await?;
+    for plugin in load.registry.iter() {
+        let file = plugin.file.as_deref().unwrap_or(dir);
+        println!(
+            "ok: {} serves job type '{}' {} (timeout {})",
+            file.display(),
+            plugin.info.name,
+            plugin.info.version,
+            timeout_line(plugin)
+        );
+    }
+    for shadowed in &load.shadowed {
+        eprintln!("warning: {shadowed}");
+    }
+    for (path, error) in &load.failed {
+        eprintln!(
+            "error: {} does not fit the Kiln contract: {error:#}",
+            path.display()
+        );
+    }
+    let served = load.registry.len();
+    let left_out = load.shadowed.len() + load.failed.len();
+    println!(
+        "{served} job types served from {}; {left_out} files not loaded",
+        dir.display()
+    );
+    Ok(if left_out == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub(super) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

@@ -16,9 +16,21 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         plugins_dir: args.plugins_dir,
     })?;
-    let server = Server::start(resolved).await?;
-    eprintln!("kiln listening on http://{}", server.addr);
-    shutdown_signal().await;
+    // It listens (answering `starting`) while the plugins load; the line below, which
+    // scripts wait for, comes once it serves jobs.
+    let mut server = Server::launch(resolved).await?;
+    let ready = tokio::select! {
+        ready = server.ready() => Some(ready),
+        () = shutdown_signal() => None,
+    };
+    if let Some(ready) = ready {
+        if let Err(error) = ready {
+            server.shutdown().await;
+            return Err(error);
+        }
+        eprintln!("kiln listening on http://{}", server.addr);
+        shutdown_signal().await;
+    }
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -18,7 +18,7 @@ pub use settings::ServiceSettings;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -140,7 +140,7 @@ pub struct JobService {
 struct Inner {
     store: Arc<Store>,
     runtime: Arc<Runtime>,
-    plugins: Arc<PluginRegistry>,
+    plugins: LatePlugins,
     llm: Arc<dyn LlmClient>,
     settings: ServiceSettings,
     queues: Mutex<Queues>,
@@ -151,14 +151,37 @@ struct Inner {
     tasks: Mutex<JoinSet<()>>,
     /// What `/metrics` and `/v1/queues` report.
     metrics: Arc<crate::monitor::Metrics>,
+    /// Becomes true when [`JobService::start`] has run.
+    started: tokio::sync::watch::Sender<bool>,
+}
+
+/// The loaded job types, given once by [`JobService::start`]: the server answers HTTP while
+/// plugins load, and until then the service has none.
+#[derive(Default)]
+struct LatePlugins(OnceLock<Arc<PluginRegistry>>);
+
+static NO_PLUGINS: LazyLock<Arc<PluginRegistry>> = LazyLock::new(Default::default);
+
+impl LatePlugins {
+    fn registry(&self) -> &Arc<PluginRegistry> {
+        self.0.get().unwrap_or(&NO_PLUGINS)
+    }
+}
+
+impl std::ops::Deref for LatePlugins {
+    type Target = PluginRegistry;
+
+    fn deref(&self) -> &PluginRegistry {
+        self.registry()
+    }
 }
 
 impl JobService {
-    /// A service over `store`, running `plugins` in `runtime` with `llm`.
+    /// A service over `store`, running job types in `runtime` with `llm`. It has no job
+    /// types and runs nothing until [`JobService::start`].
     pub fn new(
         store: Arc<Store>,
         runtime: Arc<Runtime>,
-        plugins: Arc<PluginRegistry>,
         llm: Arc<dyn LlmClient>,
         settings: ServiceSettings,
     ) -> Self {
@@ -167,7 +190,7 @@ impl JobService {
             inner: Arc::new(Inner {
                 store,
                 runtime,
-                plugins,
+                plugins: LatePlugins::default(),
                 llm,
                 settings,
                 queues: Mutex::new(Queues::default()),
@@ -176,6 +199,7 @@ impl JobService {
                 stopping: CancellationToken::new(),
                 tasks: Mutex::new(JoinSet::new()),
                 metrics,
+                started: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -185,9 +209,22 @@ impl JobService {
         &self.inner.store
     }
 
-    /// The loaded job types.
+    /// The loaded job types (none before [`JobService::start`]).
     pub fn plugins(&self) -> &Arc<PluginRegistry> {
-        &self.inner.plugins
+        self.inner.plugins.registry()
+    }
+
+    /// Whether [`JobService::start`] has run: plugins loaded, interrupted jobs recovered.
+    pub fn is_started(&self) -> bool {
+        *self.inner.started.borrow()
+    }
+
+    /// Waits up to `limit` for [`JobService::start`] to have run; returns whether it has.
+    pub async fn wait_started(&self, limit: Duration) -> bool {
+        let mut started = self.inner.started.subscribe();
+        tokio::time::timeout(limit, started.wait_for(|started| *started))
+            .await
+            .is_ok()
     }
 
     /// The metrics of this service.
@@ -200,14 +237,23 @@ impl JobService {
         &self.inner.settings
     }
 
-    /// Recovers jobs a dead process left behind, rebuilds the queues, and starts the
-    /// dispatcher and the expiry sweeper. Returns how many jobs were re-queued, failed and
-    /// found waiting.
-    pub async fn start(&self) -> Result<RecoveryReport, ServiceError> {
+    /// Recovers jobs a dead process left behind, rebuilds the queues, takes the loaded
+    /// job types `plugins`, and starts the dispatcher and the expiry sweeper. Returns how
+    /// many jobs were re-queued, failed and found waiting. Call it once.
+    pub async fn start(
+        &self,
+        plugins: Arc<PluginRegistry>,
+    ) -> Result<RecoveryReport, ServiceError> {
         let report = self.recover().await?;
+        if self.inner.plugins.0.set(plugins).is_err() {
+            return Err(ServiceError::Internal(
+                "the job service started twice".into(),
+            ));
+        }
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
         tasks.spawn(self.clone().dispatch_loop());
         tasks.spawn(self.clone().sweep_loop());
+        self.inner.started.send_replace(true);
         Ok(report)
     }
 

@@ -26,7 +26,9 @@ pub use events::{DiscardEvents, EventSink, PluginEvent};
 pub use failure::{FailureKind, JobFailure};
 pub use journal::{CallJournal, JournalEntry, request_hash};
 pub use limits::{Limits, LimitsOverride};
-pub use plugin::{Plugin, PluginInfo, PluginRegistry, SchemaViolation};
+pub use plugin::{
+    MAX_DESCRIPTION_BYTES, MAX_SCHEMA_BYTES, Plugin, PluginInfo, PluginRegistry, SchemaViolation,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +40,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink, Usage};
@@ -59,7 +61,14 @@ pub struct RuntimeConfig {
     pub max_memory_mib: u64,
     /// Where compiled components are cached; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
+    /// How long a component's `describe` may take at load before it is refused. Default
+    /// 2 s: `describe` returns constants, so anything slower is a bug (a loop), and the
+    /// server does not serve jobs until every plugin is loaded.
+    pub describe_timeout: Duration,
 }
+
+/// [`RuntimeConfig::describe_timeout`]'s default.
+pub const DEFAULT_DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -67,7 +76,46 @@ impl Default for RuntimeConfig {
             max_instances: 128,
             max_memory_mib: 1024,
             cache_dir: None,
+            describe_timeout: DEFAULT_DESCRIBE_TIMEOUT,
         }
+    }
+}
+
+/// What [`Runtime::load_dir`] made of a plugins dir.
+#[derive(Debug, Default)]
+pub struct DirLoad {
+    /// The job types to serve.
+    pub registry: PluginRegistry,
+    /// Files that did not load, with why, by file name.
+    pub failed: Vec<(PathBuf, anyhow::Error)>,
+    /// Files that loaded but describe a job type an earlier file (by name) already
+    /// serves, by file name.
+    pub shadowed: Vec<Shadowed>,
+}
+
+/// A file not served because another one claims the same job type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadowed {
+    /// The file left out.
+    pub path: PathBuf,
+    /// The job type both describe.
+    pub job_type: String,
+    /// The file that serves it: the first of the two by file name.
+    pub winner: PathBuf,
+}
+
+impl std::fmt::Display for Shadowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} and {} both describe the job type '{}': {} serves it (the first file by name \
+             wins) and {} is not loaded; rename or remove one of them",
+            self.winner.display(),
+            self.path.display(),
+            self.job_type,
+            self.winner.display(),
+            self.path.display()
+        )
     }
 }
 
@@ -115,6 +163,9 @@ pub struct Runtime {
     cache: ComponentCache,
     admission: Arc<Semaphore>,
     max_memory_mib: u64,
+    /// WASI only: `describe` gets no Kiln import (see [`Runtime::describe`]).
+    describe_linker: Linker<HostState>,
+    describe_timeout: Duration,
     _ticker: EpochTicker,
 }
 
@@ -129,6 +180,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
+        let describe_linker = linker.clone();
         JobPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking the kiln:plugin imports")?;
@@ -136,6 +188,8 @@ impl Runtime {
             cache: ComponentCache::new(&engine, config.cache_dir),
             admission: Arc::new(Semaphore::new(config.max_instances as usize)),
             max_memory_mib: config.max_memory_mib,
+            describe_linker,
+            describe_timeout: config.describe_timeout,
             _ticker: EpochTicker::start(engine.clone()),
             engine,
             linker,
@@ -147,14 +201,22 @@ impl Runtime {
         let bytes = tokio::fs::read(path)
             .await
             .with_context(|| format!("reading {}", path.display()))?;
-        self.load_bytes(bytes)
+        let mut plugin = self
+            .load_named(bytes, &path.display().to_string())
             .await
-            .with_context(|| format!("loading plugin {}", path.display()))
+            .with_context(|| format!("loading plugin {}", path.display()))?;
+        plugin.file = Some(path.to_path_buf());
+        Ok(plugin)
     }
 
     /// Loads a plugin from component bytes: checks it against the contract, compiles it
     /// (or takes it from the cache), pre-links it and calls `describe`.
     pub async fn load_bytes(&self, bytes: Vec<u8>) -> anyhow::Result<Plugin> {
+        self.load_named(bytes, "(bytes)").await
+    }
+
+    /// [`Runtime::load_bytes`]; `origin` names the component in log lines.
+    async fn load_named(&self, bytes: Vec<u8>, origin: &str) -> anyhow::Result<Plugin> {
         plugin::check_is_component(&bytes)?;
         let engine = self.engine.clone();
         let cache = self.cache.clone();
@@ -167,25 +229,16 @@ impl Runtime {
         .await
         .context("the compile task failed")??;
         let imports = plugin::check_contract(&self.engine, &component)?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("the component does not link against Kiln: {e:#}"))?;
-        let pre = bindings::JobPluginPre::new(instance_pre).map_err(|e| {
-            anyhow::anyhow!(
-                "the component's exports do not match kiln:plugin@{CONTRACT_VERSION}: {e:#}"
-            )
-        })?;
-        let info = self.describe(&pre).await?;
+        let pre = pre_link(&self.linker, &component)?;
+        let info = self.describe(&component, origin).await?;
         Plugin::new(info, digest, size, outcome, imports, pre)
     }
 
-    /// Loads every `*.wasm` in `dir`. Plugins that fail to load are returned with their
-    /// errors rather than stopping the others.
-    pub async fn load_dir(
-        &self,
-        dir: &Path,
-    ) -> anyhow::Result<(PluginRegistry, Vec<(PathBuf, anyhow::Error)>)> {
+    /// Loads every `*.wasm` in `dir`, all at once (a slow file costs its own `describe`
+    /// deadline, not the others'). Files that fail are listed with their errors rather
+    /// than stopping the others. When several files describe one job type, the first by
+    /// file name serves it and the others are listed as shadowed.
+    pub async fn load_dir(&self, dir: &Path) -> anyhow::Result<DirLoad> {
         let mut paths = Vec::new();
         let mut entries = tokio::fs::read_dir(dir)
             .await
@@ -197,43 +250,51 @@ impl Runtime {
             }
         }
         paths.sort();
-        let mut registry = PluginRegistry::default();
-        let mut failures = Vec::new();
-        for path in paths {
-            match self.load_file(&path).await {
-                Ok(plugin) => {
-                    tracing::info!(
-                        job_type = %plugin.info.name,
-                        version = %plugin.info.version,
-                        path = %path.display(),
-                        cache = ?plugin.cache,
-                        "loaded plugin"
-                    );
-                    if let Err(error) = registry.insert(plugin) {
-                        failures.push((path, error));
-                    }
+        let loads = paths.iter().map(|path| self.load_file(path));
+        let outcomes = futures::future::join_all(loads).await;
+        let mut load = DirLoad::default();
+        for (path, outcome) in paths.into_iter().zip(outcomes) {
+            let plugin = match outcome {
+                Ok(plugin) => plugin,
+                Err(error) => {
+                    load.failed.push((path, error));
+                    continue;
                 }
-                Err(error) => failures.push((path, error)),
+            };
+            if let Some(winner) = load.registry.get(&plugin.info.name) {
+                load.shadowed.push(Shadowed {
+                    job_type: plugin.info.name.clone(),
+                    winner: winner.file.clone().unwrap_or_default(),
+                    path,
+                });
+                continue;
             }
+            load.registry
+                .insert(plugin)
+                .expect("the name was checked to be free");
         }
-        Ok((registry, failures))
+        Ok(load)
     }
 
-    async fn describe(
-        &self,
-        pre: &bindings::JobPluginPre<HostState>,
-    ) -> anyhow::Result<PluginInfo> {
+    /// Calls the component's `describe` with the describe deadline and without any Kiln
+    /// import: the contract says `describe` must not call one, so each is linked to a
+    /// function that stops it with a message naming the import. WASI stays linked (an
+    /// empty context), as standard-library guests need it to instantiate.
+    async fn describe(&self, component: &Component, origin: &str) -> anyhow::Result<PluginInfo> {
+        let mut linker = self.describe_linker.clone();
+        plugin::refuse_kiln_imports(&self.engine, component, &mut linker)?;
+        let pre = pre_link(&linker, component)?;
         let context = RunContext {
             sink: Arc::new(DiscardEvents),
             llm: Arc::new(NoLlm),
             cancel: CancellationToken::new(),
             limits: Limits::default(),
-            timeout: Duration::from_secs(10),
+            timeout: self.describe_timeout,
         };
         let (raw, _usage) = self
             .call(
-                pre,
-                "describe",
+                &pre,
+                &format!("describe:{origin}"),
                 "(describe)",
                 context,
                 None,
@@ -243,8 +304,15 @@ impl Runtime {
                 },
             )
             .await;
-        let info =
-            raw.map_err(|failure| anyhow::anyhow!("`describe` failed: {}", failure.message))?;
+        let info = raw.map_err(|failure| match failure.kind {
+            FailureKind::Timeout => anyhow::anyhow!(
+                "`describe` did not return within {} s (`describe_timeout_ms`): it must \
+                 return its constants at once, without loops or waits",
+                self.describe_timeout.as_secs_f64()
+            ),
+            _ => anyhow::anyhow!("`describe` failed: {}", failure.message),
+        })?;
+        plugin::check_description(&info)?;
         let payload_schema: Value = serde_json::from_str(&info.payload_schema)
             .context("`describe` returned a payload schema that is not JSON")?;
         Ok(PluginInfo {
@@ -380,6 +448,21 @@ impl Runtime {
         }
         (result, state.usage)
     }
+}
+
+/// Links `component` with `linker`'s imports, ready to instantiate once per call.
+fn pre_link(
+    linker: &Linker<HostState>,
+    component: &Component,
+) -> anyhow::Result<bindings::JobPluginPre<HostState>> {
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| anyhow::anyhow!("the component does not link against Kiln: {e:#}"))?;
+    bindings::JobPluginPre::new(instance_pre).map_err(|e| {
+        anyhow::anyhow!(
+            "the component's exports do not match kiln:plugin@{CONTRACT_VERSION}: {e:#}"
+        )
+    })
 }
 
 enum StopReason {

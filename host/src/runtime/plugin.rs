@@ -3,17 +3,29 @@
 //! built for this contract, with a message that says what is wrong.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 use wasmtime::Engine;
-use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
 
+use super::bindings::kiln::plugin::types::PluginInfo as DescribedInfo;
 use super::bindings::{CONTRACT_PACKAGE, CONTRACT_VERSION, JobPluginPre};
 use super::cache::CacheOutcome;
+use super::failure::{FailureKind, HostStop};
 use super::host::HostState;
+
+/// The longest description `describe` may return, in bytes: it is "one or two sentences
+/// for humans", shown by `GET /v1/plugins`, and a megabyte there would be sent to every
+/// client that lists the job types.
+pub const MAX_DESCRIPTION_BYTES: usize = 4 * 1024;
+
+/// The longest payload schema `describe` may return, in bytes of JSON text. Every submit
+/// is validated against it and `GET /v1/plugins` sends it; real schemas are a few KB.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 
 /// What a plugin says about itself, as `GET /v1/plugins` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -62,6 +74,8 @@ pub struct Plugin {
     pub cache: CacheOutcome,
     /// What the component imports (Kiln interfaces and WASI).
     pub imports: Vec<String>,
+    /// The file it was loaded from (`None` when loaded from bytes).
+    pub file: Option<PathBuf>,
     pub(crate) pre: JobPluginPre<HostState>,
     validator: jsonschema::Validator,
 }
@@ -84,13 +98,6 @@ impl Plugin {
         imports: Vec<String>,
         pre: JobPluginPre<HostState>,
     ) -> anyhow::Result<Self> {
-        validate_name(&info.name)?;
-        if info.version.trim().is_empty() {
-            anyhow::bail!(
-                "plugin '{}' describes itself with an empty version",
-                info.name
-            );
-        }
         let validator = jsonschema::validator_for(&info.payload_schema).map_err(|e| {
             anyhow::anyhow!(
                 "plugin '{}' publishes an invalid payload schema: {e}",
@@ -103,6 +110,7 @@ impl Plugin {
             size,
             cache,
             imports,
+            file: None,
             pre,
             validator,
         })
@@ -140,6 +148,77 @@ fn validate_name(name: &str) -> anyhow::Result<()> {
             "job type name {name:?} is not allowed: use 1 to 64 lowercase letters, digits, '-' or '_'"
         )
     }
+}
+
+/// Checks what `describe` returned before anything else uses it, listing every problem at
+/// once: the name, a semver version, and the sizes of the description and the schema.
+pub(crate) fn check_description(info: &DescribedInfo) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    if let Err(error) = validate_name(&info.name) {
+        problems.push(error.to_string());
+    }
+    if let Err(error) = semver::Version::parse(&info.version) {
+        problems.push(format!(
+            "version {:?} is not a semver version such as 1.2.0 ({error})",
+            info.version
+        ));
+    }
+    let sizes = [
+        ("description", info.description.len(), MAX_DESCRIPTION_BYTES),
+        (
+            "payload schema",
+            info.payload_schema.len(),
+            MAX_SCHEMA_BYTES,
+        ),
+    ];
+    for (what, len, max) in sizes {
+        if len > max {
+            problems.push(format!("the {what} is {len} bytes; the limit is {max}"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "`describe` of job type {:?} returned what Kiln cannot serve: {}",
+        info.name,
+        problems.join("; ")
+    )
+}
+
+/// Links every function of the Kiln interfaces `component` imports to one that stops the
+/// call with a message naming it, for `describe`, which the contract forbids to call any.
+pub(crate) fn refuse_kiln_imports(
+    engine: &Engine,
+    component: &Component,
+    linker: &mut Linker<HostState>,
+) -> anyhow::Result<()> {
+    let package = format!("{CONTRACT_PACKAGE}/");
+    for (interface, item) in component.component_type().imports(engine) {
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        if !interface.starts_with(&package) {
+            continue;
+        }
+        let mut linked = linker.instance(interface).map_err(anyhow::Error::from)?;
+        for (function, item) in instance.exports(engine) {
+            if !matches!(item.ty, ComponentItem::ComponentFunc(_)) {
+                continue;
+            }
+            let message = format!(
+                "it called `{interface}#{function}`, but the contract \
+                 (wit/v{CONTRACT_VERSION}/plugin.wit) says `describe` must not call any \
+                 import: return constants from `describe` and call imports from `run`"
+            );
+            linked
+                .func_new(function, move |_, _, _, _| {
+                    Err(HostStop::error(FailureKind::Permanent, message.clone()))
+                })
+                .map_err(anyhow::Error::from)?;
+        }
+    }
+    Ok(())
 }
 
 /// The loaded job types, by name.
@@ -271,6 +350,38 @@ mod tests {
         assert!(validate_name("").is_err());
         assert!(validate_name("Has Space").is_err());
         assert!(validate_name(&"x".repeat(65)).is_err());
+    }
+
+    fn described(version: &str, description_bytes: usize, schema_bytes: usize) -> DescribedInfo {
+        // `{"description":"xxx…"}` padded to exactly `schema_bytes`.
+        let filler = "x".repeat(schema_bytes - r#"{"description":""}"#.len());
+        DescribedInfo {
+            name: "sized".into(),
+            version: version.into(),
+            description: "d".repeat(description_bytes),
+            payload_schema: format!(r#"{{"description":"{filler}"}}"#),
+            default_timeout_secs: 0,
+        }
+    }
+
+    #[test]
+    fn description_and_schema_at_their_limits_are_accepted() {
+        let info = described("1.2.3-beta.1", MAX_DESCRIPTION_BYTES, MAX_SCHEMA_BYTES);
+        assert_eq!(info.payload_schema.len(), MAX_SCHEMA_BYTES);
+        check_description(&info).unwrap();
+    }
+
+    #[test]
+    fn description_and_schema_over_their_limits_are_refused_with_every_reason() {
+        let info = described("latest", MAX_DESCRIPTION_BYTES + 1, MAX_SCHEMA_BYTES + 1);
+        let error = check_description(&info).unwrap_err().to_string();
+        for wanted in [
+            "version \"latest\" is not a semver version",
+            &format!("the description is {} bytes; the limit is 4096", 4097),
+            &format!("the payload schema is {} bytes; the limit is 65536", 65537),
+        ] {
+            assert!(error.contains(wanted), "{wanted:?} not in {error}");
+        }
     }
 
     #[test]
