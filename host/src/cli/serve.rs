@@ -17,7 +17,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         plugins_dir: args.plugins_dir,
     })?;
     let server = Server::start(resolved).await?;
-    eprintln!("kiln listening on http://{}", server.addr);
+    if super::log_is_json() {
+        tracing::info!(url = %format!("http://{}", server.addr), "kiln listening");
+    } else {
+        eprintln!("kiln listening on http://{}", server.addr);
+    }
     shutdown_signal().await;
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
