@@ -19,6 +19,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod plugin_cli;
+mod plugin_new;
 mod providers;
 mod providers_e2e;
 mod runtime;

@@ -265,3 +265,70 @@ async fn base_urls_in_either_anthropic_form_run_jobs_and_a_404_names_its_url() {
     assert!(error.contains(&format!("{root}/models")), "{report:#}");
     kiln.stop().await;
 }
+
+#[tokio::test]
+async fn offline_json_answers_give_the_bundled_jobs_their_real_shapes() {
+    let kiln = InProcess::start_cached(&["characters", "documents"], "").await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "glassblowers", "count": 3 } }),
+    )
+    .await;
+    let job = wait_terminal(&kiln.client, &kiln.base, &id_of(&job), LONG).await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    for character in job["result"].as_array().unwrap() {
+        let stats = character["stats"]
+            .as_object()
+            .unwrap_or_else(|| panic!("stats is not an object: {character:#}"));
+        let mut keys: Vec<&str> = stats.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "charisma",
+                "constitution",
+                "dexterity",
+                "intelligence",
+                "strength",
+                "synthetic",
+                "wisdom"
+            ],
+            "{character:#}"
+        );
+        assert_eq!(stats["synthetic"], true, "still marked synthetic");
+        for (key, value) in stats.iter().filter(|(k, _)| *k != "synthetic") {
+            let n = value.as_i64().unwrap_or_else(|| panic!("{key}: {value}"));
+            assert!((1..=20).contains(&n), "{key} = {n}, the prompt asks 1-20");
+        }
+    }
+
+    // `documents` gets its final JSON from the model's answer, not rebuilt from the text
+    // (which would title sections "Part N" and take one key point per chunk).
+    let text = "The harbour master logged every ship. The fleet sailed at dawn.\n\n".repeat(300);
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({ "type": "documents", "payload": { "text": text } }),
+    )
+    .await;
+    let job = wait_terminal(&kiln.client, &kiln.base, &id_of(&job), LONG).await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    let result = &job["result"];
+    assert!(
+        result["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("[synthetic] ")),
+        "{result:#}"
+    );
+    let key_points = result["key_points"].as_array().unwrap();
+    assert_eq!(key_points.len(), 3, "as many as the prompt's example: {result:#}");
+    let sections = result["sections"].as_array().unwrap();
+    assert!(!sections.is_empty(), "{result:#}");
+    for section in sections {
+        let title = section["title"].as_str().unwrap();
+        assert!(title.starts_with("[synthetic] "), "{result:#}");
+        assert!(section["summary"].is_string(), "{result:#}");
+    }
+    kiln.stop().await;
+}

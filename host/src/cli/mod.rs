@@ -4,6 +4,7 @@ mod client;
 mod doctor;
 mod jobs;
 mod keys;
+mod new;
 mod plugin;
 mod serve;
 mod submit;
@@ -29,7 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the job server.
     Serve(ServeArgs),
-    /// Check or run a plugin (a job type component) locally.
+    /// Create, check or run a plugin (a job type component) locally.
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Submit a job to a running server; prints its id (or follows it with --watch).
@@ -67,6 +68,8 @@ pub struct ServeArgs {
 /// `kiln plugin …`.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Write a new job type project (Rust) that builds as is, with the SDK inside it.
+    New(new::NewArgs),
     /// Check a component against the contract and print what it declares.
     Check {
         /// The .wasm component.
@@ -80,6 +83,7 @@ pub enum PluginCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Plugin(PluginCommand::New(args)) => new::run(&args),
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file).await,
         Command::Plugin(PluginCommand::Run(args)) => plugin::run(args).await,
         Command::Submit(args) => submit::run(args).await,
