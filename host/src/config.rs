@@ -25,9 +25,10 @@ use crate::runtime::{Limits, LimitsOverride, RuntimeConfig};
 pub struct Config {
     /// Listen address. Default `127.0.0.1:8080`.
     pub addr: Option<String>,
-    /// Where the redb file and the compiled-plugin cache live. Default `kiln-data`.
+    /// Where the redb file and the compiled-plugin cache live. Default `kiln-data` (in the
+    /// working directory; a relative path in the file is relative to the file's folder).
     pub data_dir: Option<PathBuf>,
-    /// Folder of `*.wasm` job types. Default `plugins/dist`.
+    /// Folder of `*.wasm` job types. Default `plugins/dist` (relative as `data_dir`).
     pub plugins_dir: Option<PathBuf>,
     /// Largest request body in bytes. Default 16 MiB.
     pub max_body_bytes: Option<usize>,
@@ -121,7 +122,8 @@ pub struct ProviderConfig {
     /// Offline: words per answer. Default 40.
     pub words: Option<u32>,
     /// HTTP providers: base URL, without the endpoint. Default
-    /// `https://api.openai.com/v1` (openai) or `https://api.anthropic.com/v1` (anthropic).
+    /// `https://api.openai.com/v1` (openai: up to and including `/v1`) or
+    /// `https://api.anthropic.com/v1` (anthropic: with or without `/v1`).
     pub base_url: Option<String>,
     /// HTTP providers: the environment variable holding the key. Unset means requests
     /// carry no key (local servers). Set but missing from the environment is a startup
@@ -267,7 +269,7 @@ impl Config {
     }
 
     /// A path from the file: relative to the file's folder when it came from a file.
-    fn from_file(&self, path: &Path) -> PathBuf {
+    fn file_path(&self, path: &Path) -> PathBuf {
         match &self.source_dir {
             Some(folder) if path.is_relative() => folder.join(path),
             _ => path.to_path_buf(),
@@ -289,13 +291,13 @@ impl Config {
         let data_dir = absolute(
             overrides
                 .data_dir
-                .or_else(|| self.data_dir.as_deref().map(|p| self.from_file(p)))
+                .or_else(|| self.data_dir.as_deref().map(|p| self.file_path(p)))
                 .unwrap_or_else(|| "kiln-data".into()),
         );
         let plugins_dir = absolute(
             overrides
                 .plugins_dir
-                .or_else(|| self.plugins_dir.as_deref().map(|p| self.from_file(p)))
+                .or_else(|| self.plugins_dir.as_deref().map(|p| self.file_path(p)))
                 .unwrap_or_else(|| "plugins/dist".into()),
         );
 
@@ -622,7 +624,10 @@ mod tests {
         // Still says where, and still lists what is allowed, after the suggestion.
         assert!(message.contains("line 3"), "{message}");
         assert!(message.contains("`requests_per_minute`"), "{message}");
-        let top = Config::from_toml("plugin_dir = \"x\"").err().unwrap().to_string();
+        let top = Config::from_toml("plugin_dir = \"x\"")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(top.contains("did you mean `plugins_dir`?"), "{top}");
     }
 

@@ -672,7 +672,10 @@ async fn watch_summarises_partials_in_a_line_and_prints_them_whole_with_partials
     assert!(whole.status.success(), "{whole:?}");
     for (i, partial) in partials.iter().enumerate() {
         let head = format!("partial character-{}:\n", i + 1);
-        let at = whole.stderr.find(&head).unwrap_or_else(|| panic!("{whole:?}"));
+        let at = whole
+            .stderr
+            .find(&head)
+            .unwrap_or_else(|| panic!("{whole:?}"));
         let json = &whole.stderr[at + head.len()..];
         let mut values = serde_json::Deserializer::from_str(json).into_iter::<Value>();
         let shown = values.next().unwrap().unwrap();
@@ -721,7 +724,11 @@ async fn watch_tokens_marks_the_text_a_new_attempt_voids() {
         .await,
     );
     let seen = events.until(|e| e.event == "token", LONG).await;
-    assert_eq!(seen.last().map(|e| e.event.as_str()), Some("token"), "{seen:?}");
+    assert_eq!(
+        seen.last().map(|e| e.event.as_str()),
+        Some("token"),
+        "{seen:?}"
+    );
     let calls = fake.calls();
     fake.set(|b| {
         b.fail_first = calls + 3;
@@ -855,7 +862,10 @@ async fn the_server_log_has_colour_on_a_terminal_only() {
     let text = String::from_utf8_lossy(&log);
     assert!(text.contains("kiln is serving"), "{text}");
     assert!(text.contains("WARN") && text.contains("stopped"), "{text}");
-    assert!(!log.contains(&0x1b), "an ESC byte in a piped log:\n{text:?}");
+    assert!(
+        !log.contains(&0x1b),
+        "an ESC byte in a piped log:\n{text:?}"
+    );
 
     // The same program on a terminal (a pty from util-linux's `script`) colours its levels.
     // It logs an error for a component that does not load, then cannot bind a busy port.
@@ -903,7 +913,12 @@ async fn kiln_log_format_json_writes_one_json_object_per_line() {
         .collect();
     let message = |line: &Value| line["fields"]["message"].as_str().unwrap_or("").to_string();
     let messages: Vec<String> = lines.iter().map(message).collect();
-    for expected in ["kiln listening", "kiln is serving", "shutting down", "stopped"] {
+    for expected in [
+        "kiln listening",
+        "kiln is serving",
+        "shutting down",
+        "stopped",
+    ] {
         assert!(
             messages.iter().any(|m| m == expected),
             "no {expected:?} in {messages:?}"

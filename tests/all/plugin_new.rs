@@ -125,7 +125,11 @@ fn a_new_project_outside_the_repo_builds_as_is_and_passes_the_check() {
     );
     assert_eq!(ran.code, Some(0), "{ran}");
     let result: Value = serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {ran}"));
-    assert_eq!(result["greetings"].as_array().map(Vec::len), Some(2), "{ran}");
+    assert_eq!(
+        result["greetings"].as_array().map(Vec::len),
+        Some(2),
+        "{ran}"
+    );
 }
 
 #[test]

@@ -237,7 +237,10 @@ async fn a_404_names_the_url_it_tried_and_the_base_url_expected() {
         .unwrap()
         .unwrap_err();
     assert!(err.contains(&format!("for {root}/models")), "{err}");
-    assert!(!err.contains("hunter2") && !err.contains("someone"), "{err}");
+    assert!(
+        !err.contains("hunter2") && !err.contains("someone"),
+        "{err}"
+    );
     assert_no_key(&err);
     // With /v1 the same probe reaches the endpoint.
     let mut config = HttpProviderConfig::new("yes");

@@ -257,7 +257,10 @@ async fn base_urls_in_either_anthropic_form_run_jobs_and_a_404_names_its_url() {
         message.contains(&format!("{root}/chat/completions")),
         "{message}"
     );
-    assert!(!message.contains(KEY) && !message.contains("SECRET"), "{message}");
+    assert!(
+        !message.contains(KEY) && !message.contains("SECRET"),
+        "{message}"
+    );
     // The doctor's probe names the URL it tried as well.
     let (status, report) = get_json(&kiln.client, &kiln.url("/v1/doctor")).await;
     assert_eq!(status, 200, "{report}");
@@ -322,7 +325,11 @@ async fn offline_json_answers_give_the_bundled_jobs_their_real_shapes() {
         "{result:#}"
     );
     let key_points = result["key_points"].as_array().unwrap();
-    assert_eq!(key_points.len(), 3, "as many as the prompt's example: {result:#}");
+    assert_eq!(
+        key_points.len(),
+        3,
+        "as many as the prompt's example: {result:#}"
+    );
     let sections = result["sections"].as_array().unwrap();
     assert!(!sections.is_empty(), "{result:#}");
     for section in sections {

@@ -33,14 +33,26 @@ pub struct NewArgs {
 
 /// The SDK's sources as they are in this build of Kiln, by path inside `kiln-plugin/`.
 const SDK_SOURCES: [(&str, &str); 5] = [
-    ("src/lib.rs", include_str!("../../../plugins/sdk/src/lib.rs")),
-    ("src/llm.rs", include_str!("../../../plugins/sdk/src/llm.rs")),
-    ("src/log.rs", include_str!("../../../plugins/sdk/src/log.rs")),
+    (
+        "src/lib.rs",
+        include_str!("../../../plugins/sdk/src/lib.rs"),
+    ),
+    (
+        "src/llm.rs",
+        include_str!("../../../plugins/sdk/src/llm.rs"),
+    ),
+    (
+        "src/log.rs",
+        include_str!("../../../plugins/sdk/src/log.rs"),
+    ),
     (
         "src/progress.rs",
         include_str!("../../../plugins/sdk/src/progress.rs"),
     ),
-    ("src/text.rs", include_str!("../../../plugins/sdk/src/text.rs")),
+    (
+        "src/text.rs",
+        include_str!("../../../plugins/sdk/src/text.rs"),
+    ),
 ];
 
 /// The contract the SDK generates its bindings from.
@@ -251,7 +263,10 @@ fn job_type_source(name: &str) -> String {
         .replace("//! `greet`:", &format!("//! `{name}`:"))
         .replace(r#"Info::new("greet","#, &format!(r#"Info::new("{name}","#))
         .replace("struct Greet;", &format!("struct {ty};"))
-        .replace("impl JobType for Greet {", &format!("impl JobType for {ty} {{"))
+        .replace(
+            "impl JobType for Greet {",
+            &format!("impl JobType for {ty} {{"),
+        )
         .replace("export!(Greet);", &format!("export!({ty});"))
 }
 

@@ -489,7 +489,10 @@ mod tests {
         let mut view = View::new(ShowArgs::default());
         let lines = shown(
             &mut view,
-            &[frame("partial", data.clone()), frame("partial", data.clone())],
+            &[
+                frame("partial", data.clone()),
+                frame("partial", data.clone()),
+            ],
         );
         let size = data["data"].to_string().len();
         assert_eq!(

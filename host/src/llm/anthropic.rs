@@ -181,7 +181,11 @@ mod tests {
     #[test]
     fn base_urls_with_and_without_the_version_meet() {
         for base in ["https://api.anthropic.com", "https://api.anthropic.com/v1"] {
-            assert_eq!(versioned_base(base), "https://api.anthropic.com/v1", "{base}");
+            assert_eq!(
+                versioned_base(base),
+                "https://api.anthropic.com/v1",
+                "{base}"
+            );
         }
         assert_eq!(
             versioned_base("http://proxy.local:8080/anthropic"),

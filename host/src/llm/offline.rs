@@ -214,7 +214,7 @@ fn fill(example: &Value, draw: &mut Draw, most: u32) -> Value {
                 Value::from((x * 2.0 * fraction * 100.0).round() / 100.0)
             }
         },
-        Value::Bool(_) => Value::Bool(draw.next() % 2 == 0),
+        Value::Bool(_) => Value::Bool(draw.next().is_multiple_of(2)),
         Value::Null => Value::Null,
         Value::Array(items) => Value::Array(items.iter().map(|v| fill(v, draw, most)).collect()),
         Value::Object(fields) => Value::Object(fill_fields(fields, draw, most)),
@@ -306,7 +306,12 @@ mod tests {
         let client = OfflineClient::new(OfflineConfig::default());
         let value = json(&client, "stats, please {not json}");
         assert_eq!(value["synthetic"], true);
-        assert!(value["text"].as_str().unwrap().starts_with(SYNTHETIC_PREFIX));
+        assert!(
+            value["text"]
+                .as_str()
+                .unwrap()
+                .starts_with(SYNTHETIC_PREFIX)
+        );
         assert_eq!(value.as_object().unwrap().len(), 2, "{value}");
     }
 
@@ -320,14 +325,36 @@ mod tests {
         assert_eq!(value, json(&client, prompt), "deterministic");
         assert_eq!(value["synthetic"], true);
         let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
-        let expected = ["alive", "gone", "home", "level", "name", "ratio", "synthetic", "tags"];
+        let expected = [
+            "alive",
+            "gone",
+            "home",
+            "level",
+            "name",
+            "ratio",
+            "synthetic",
+            "tags",
+        ];
         assert_eq!(keys, expected, "{value}");
         let name = value["name"].as_str().unwrap();
         assert!(name.starts_with(SYNTHETIC_PREFIX), "{value}");
-        assert_eq!(name.split_whitespace().count(), 4, "3 words like the example: {value}");
-        assert!((1..=20).contains(&value["level"].as_i64().unwrap()), "{value}");
-        assert!((0.0..=1.0).contains(&value["ratio"].as_f64().unwrap()), "{value}");
-        assert!(value["alive"].is_boolean() && value["gone"].is_null(), "{value}");
+        assert_eq!(
+            name.split_whitespace().count(),
+            4,
+            "3 words like the example: {value}"
+        );
+        assert!(
+            (1..=20).contains(&value["level"].as_i64().unwrap()),
+            "{value}"
+        );
+        assert!(
+            (0.0..=1.0).contains(&value["ratio"].as_f64().unwrap()),
+            "{value}"
+        );
+        assert!(
+            value["alive"].is_boolean() && value["gone"].is_null(),
+            "{value}"
+        );
         assert_eq!(value["tags"].as_array().unwrap().len(), 2, "{value}");
         assert!(value["tags"][1].is_string(), "{value}");
         assert!((-6..=-1).contains(&value["home"]["floor"].as_i64().unwrap()));
@@ -345,7 +372,11 @@ mod tests {
     fn integers_spread_over_the_examples_range() {
         let client = OfflineClient::new(OfflineConfig::default());
         let seen: std::collections::BTreeSet<i64> = (0..200)
-            .map(|i| json(&client, &format!("{i}: {{\"stat\": 10}}"))["stat"].as_i64().unwrap())
+            .map(|i| {
+                json(&client, &format!("{i}: {{\"stat\": 10}}"))["stat"]
+                    .as_i64()
+                    .unwrap()
+            })
             .collect();
         assert!(seen.iter().all(|v| (1..=20).contains(v)), "{seen:?}");
         assert!(seen.len() > 10, "values vary: {seen:?}");
