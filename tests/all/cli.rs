@@ -947,3 +947,70 @@ async fn kiln_log_format_json_writes_one_json_object_per_line() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// `kiln serve` from another directory
+
+/// Runs `kiln serve ARGS` in `cwd` until it listens (then kills it) or exits; returns
+/// whether it listened and what it wrote to stderr.
+async fn serve_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let mut child = kiln_command("http://127.0.0.1:9", &["serve"])
+        .args(args)
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_CONFIG")
+        .env_remove("KILN_PLUGINS_DIR")
+        .env_remove("KILN_DATA_DIR")
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let listened = tokio::time::timeout(LONG, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if line.starts_with("kiln listening on ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("kiln serve neither listened nor exited");
+    let _ = child.kill().await;
+    (listened, log)
+}
+
+#[tokio::test]
+async fn serve_takes_paths_in_the_config_file_relative_to_its_folder() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join("wasm")).unwrap();
+    std::fs::copy(fixture_wasm("noop"), home.path().join("wasm/noop.wasm")).unwrap();
+    let config = home.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        "addr = \"127.0.0.1:0\"\nplugins_dir = \"wasm\"\ndata_dir = \"state\"\n",
+    )
+    .unwrap();
+    let (listened, log) = serve_in(elsewhere.path(), &["--config", config.to_str().unwrap()]).await;
+    assert!(listened, "{log}");
+    assert!(home.path().join("state/kiln.redb").is_file(), "{log}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+    // Without a config file the default plugins dir is the working directory's: the error
+    // names the absolute path it tried and says how to fix it.
+    let (listened, log) = serve_in(elsewhere.path(), &["--addr", "127.0.0.1:0"]).await;
+    assert!(!listened, "{log}");
+    let tried = elsewhere.path().join("plugins/dist");
+    assert!(
+        log.contains(&format!(
+            "the plugins dir {} does not exist",
+            tried.display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("scripts/build-plugins"), "{log}");
+}
