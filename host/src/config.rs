@@ -25,9 +25,10 @@ use crate::runtime::{Limits, LimitsOverride, RuntimeConfig};
 pub struct Config {
     /// Listen address. Default `127.0.0.1:8080`.
     pub addr: Option<String>,
-    /// Where the redb file and the compiled-plugin cache live. Default `kiln-data`.
+    /// Where the redb file and the compiled-plugin cache live. Default `kiln-data` (in the
+    /// working directory; a relative path in the file is relative to the file's folder).
     pub data_dir: Option<PathBuf>,
-    /// Folder of `*.wasm` job types. Default `plugins/dist`.
+    /// Folder of `*.wasm` job types. Default `plugins/dist` (relative as `data_dir`).
     pub plugins_dir: Option<PathBuf>,
     /// Largest request body in bytes. Default 16 MiB.
     pub max_body_bytes: Option<usize>,
@@ -78,6 +79,10 @@ pub struct Config {
     /// Browser origins allowed to call the API (CORS), e.g. `["https://app.example.com"]`.
     /// Default none: only same-origin pages and non-browser clients.
     pub cors_origins: Vec<String>,
+    /// The folder of the file this was read from: relative `data_dir` and `plugins_dir`
+    /// in the file are relative to it, so `kiln serve --config` works from any directory.
+    #[serde(skip)]
+    source_dir: Option<PathBuf>,
 }
 
 /// `[types.NAME]`.
@@ -121,7 +126,8 @@ pub struct ProviderConfig {
     /// Offline: words per answer. Default 40.
     pub words: Option<u32>,
     /// HTTP providers: base URL, without the endpoint. Default
-    /// `https://api.openai.com/v1` (openai) or `https://api.anthropic.com/v1` (anthropic).
+    /// `https://api.openai.com/v1` (openai: up to and including `/v1`) or
+    /// `https://api.anthropic.com/v1` (anthropic: with or without `/v1`).
     pub base_url: Option<String>,
     /// HTTP providers: the environment variable holding the key. Unset means requests
     /// carry no key (local servers). Set but missing from the environment is a startup
@@ -244,11 +250,34 @@ pub struct Resolved {
 }
 
 impl Config {
-    /// Reads a TOML file.
+    /// Reads a TOML file. Relative paths in it will be taken relative to its folder.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+        let mut config = Self::from_toml(&text)
+            .with_context(|| format!("in the config file {}", path.display()))?;
+        let folder = path.parent().unwrap_or(Path::new(""));
+        config.source_dir = Some(std::path::absolute(folder).unwrap_or(folder.to_path_buf()));
+        Ok(config)
+    }
+
+    /// Parses TOML text. A misspelt key's error starts with the closest valid key.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|error| {
+            let shown = error.to_string();
+            match suggestion(&error) {
+                Some(better) => anyhow::anyhow!("{}", shown.replacen(error.message(), &better, 1)),
+                None => anyhow::anyhow!("{shown}"),
+            }
+        })
+    }
+
+    /// A path from the file: relative to the file's folder when it came from a file.
+    fn file_path(&self, path: &Path) -> PathBuf {
+        match &self.source_dir {
+            Some(folder) if path.is_relative() => folder.join(path),
+            _ => path.to_path_buf(),
+        }
     }
 
     /// Applies flag and environment values over the file's, then fills in defaults.
@@ -260,14 +289,21 @@ impl Config {
         let addr: SocketAddr = addr_text
             .parse()
             .with_context(|| format!("addr {addr_text:?} is not an IP:port address"))?;
-        let data_dir = overrides
-            .data_dir
-            .or(self.data_dir.clone())
-            .unwrap_or_else(|| "kiln-data".into());
-        let plugins_dir = overrides
-            .plugins_dir
-            .or(self.plugins_dir.clone())
-            .unwrap_or_else(|| "plugins/dist".into());
+        // Flags, variables and defaults are relative to the working directory, paths in
+        // the file to the file's folder; absolute from here on, so every message names
+        // the folder actually used.
+        let data_dir = absolute(
+            overrides
+                .data_dir
+                .or_else(|| self.data_dir.as_deref().map(|p| self.file_path(p)))
+                .unwrap_or_else(|| "kiln-data".into()),
+        );
+        let plugins_dir = absolute(
+            overrides
+                .plugins_dir
+                .or_else(|| self.plugins_dir.as_deref().map(|p| self.file_path(p)))
+                .unwrap_or_else(|| "plugins/dist".into()),
+        );
 
         let defaults = ServiceSettings::default();
         let secs = Duration::from_secs;
@@ -411,6 +447,39 @@ impl Config {
     }
 }
 
+/// `path` made absolute against the working directory (as is, if there is none).
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+/// For an unknown-key error, the message with the closest allowed key first: "unknown key
+/// `max_concurent`: did you mean `max_concurrent`? Allowed here: …". `None` for other errors
+/// or when no allowed key is close.
+///
+/// serde words the error `unknown field `KEY`, expected one of `A`, `B`, …` (or "expected
+/// `A`", "`A` or `B`"): the backquoted names after the first are the allowed keys.
+fn suggestion(error: &toml::de::Error) -> Option<String> {
+    let message = error.message();
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let allowed: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    // The same rule as cargo's and rustc's suggestions: at most a third of the name differs.
+    let limit = (unknown.chars().count() / 3).max(1);
+    let (closest, _) = allowed
+        .iter()
+        .map(|key| (*key, strsim::damerau_levenshtein(unknown, key)))
+        .filter(|(_, distance)| *distance <= limit)
+        .min_by_key(|(_, distance)| *distance)?;
+    let list = allowed
+        .iter()
+        .map(|key| format!("`{key}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "unknown key `{unknown}`: did you mean `{closest}`? (allowed here: {list})"
+    ))
+}
+
 /// CORS origins as browsers send them: `scheme://host[:port]`, no path, no wildcard.
 fn checked_origins(origins: &[String]) -> anyhow::Result<Vec<String>> {
     for origin in origins {
@@ -435,9 +504,10 @@ mod tests {
     #[test]
     fn defaults_need_no_file() {
         let resolved = Config::default().resolve(Overrides::default()).unwrap();
+        let cwd = std::env::current_dir().unwrap();
         assert_eq!(resolved.addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(resolved.data_dir, PathBuf::from("kiln-data"));
-        assert_eq!(resolved.plugins_dir, PathBuf::from("plugins/dist"));
+        assert_eq!(resolved.data_dir, cwd.join("kiln-data"));
+        assert_eq!(resolved.plugins_dir, cwd.join("plugins/dist"));
         assert_eq!(resolved.model_aliases, vec!["default".to_string()]);
     }
 
@@ -462,7 +532,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(resolved.addr.port(), 9100);
-        assert_eq!(resolved.data_dir, PathBuf::from("from-file"));
+        assert_eq!(
+            resolved.data_dir,
+            std::env::current_dir().unwrap().join("from-file")
+        );
         assert_eq!(resolved.service.queue_of("documents"), "heavy");
         assert_eq!(resolved.service.limit_of("heavy"), 2);
         assert_eq!(resolved.service.limits_of("documents").memory_mib, 512);
@@ -509,5 +582,75 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("not configured"), "{err}");
+    }
+
+    #[test]
+    fn paths_in_a_file_are_relative_to_its_folder() {
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("kiln.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"state\"\nplugins_dir = \"../shared/wasm\"\n",
+        )
+        .unwrap();
+        let resolved = Config::load(&file)
+            .unwrap()
+            .resolve(Overrides::default())
+            .unwrap();
+        assert_eq!(resolved.data_dir, folder.path().join("state"));
+        assert_eq!(resolved.plugins_dir, folder.path().join("../shared/wasm"));
+        assert_eq!(
+            resolved.runtime.cache_dir,
+            Some(folder.path().join("state/cache"))
+        );
+
+        // Flags stay relative to the working directory; absolute paths stay as they are.
+        let cwd = std::env::current_dir().unwrap();
+        let resolved = Config::load(&file)
+            .unwrap()
+            .resolve(Overrides {
+                plugins_dir: Some("flag-plugins".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(resolved.plugins_dir, cwd.join("flag-plugins"));
+        std::fs::write(&file, "plugins_dir = \"/opt/kiln/plugins\"\n").unwrap();
+        let resolved = Config::load(&file)
+            .unwrap()
+            .resolve(Overrides::default())
+            .unwrap();
+        assert_eq!(resolved.plugins_dir, PathBuf::from("/opt/kiln/plugins"));
+        // Keys the file leaves out get the working-directory defaults.
+        assert_eq!(resolved.data_dir, cwd.join("kiln-data"));
+    }
+
+    #[test]
+    fn a_misspelt_key_names_the_closest_one_first() {
+        let text = "[providers.openai]\nkind = \"openai\"\nmax_concurent = 4\n";
+        let message = Config::from_toml(text).err().unwrap().to_string();
+        assert!(
+            message.contains("unknown key `max_concurent`: did you mean `max_concurrent`?"),
+            "{message}"
+        );
+        // Still says where, and still lists what is allowed, after the suggestion.
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("`requests_per_minute`"), "{message}");
+        let top = Config::from_toml("plugin_dir = \"x\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(top.contains("did you mean `plugins_dir`?"), "{top}");
+    }
+
+    #[test]
+    fn an_unknown_key_far_from_any_gets_no_suggestion() {
+        let message = Config::from_toml("port = 8080").err().unwrap().to_string();
+        assert!(!message.contains("did you mean"), "{message}");
+        assert!(message.contains("unknown field `port`"), "{message}");
+        assert!(message.contains("`addr`"), "{message}");
+        // Other errors pass through untouched.
+        let message = Config::from_toml("addr = 1").err().unwrap().to_string();
+        assert!(!message.contains("did you mean"), "{message}");
+        assert!(message.contains("line 1"), "{message}");
     }
 }

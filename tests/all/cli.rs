@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::fake_provider::{Behavior, FakeProvider};
 use crate::support::*;
 
 /// What a finished command printed.
@@ -607,4 +608,409 @@ async fn python_example_client_submits_follows_and_resumes() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, "0\n400 unknown_type\n", "{out:?}");
     kiln.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// What `watch` prints of partials and tokens
+
+#[tokio::test]
+async fn watch_summarises_partials_in_a_line_and_prints_them_whole_with_partials() {
+    let kiln = kiln("").await;
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "submit",
+            "characters",
+            "--payload",
+            r#"{"theme": "lighthouse keepers", "count": 2}"#,
+            "--watch",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let result: Value = serde_json::from_str(&out.stdout).expect("result JSON on stdout");
+    let id = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the submitted line")
+        .to_string();
+    let events = all_events(&kiln.client, &kiln.base, &id, LONG).await;
+    let partials: Vec<&SseEvent> = events.iter().filter(|e| e.event == "partial").collect();
+    assert_eq!(partials.len(), 2, "{events:?}");
+
+    // One short line per partial: its name, type, keys and size; no JSON.
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("partial "))
+        .collect();
+    let expected: Vec<String> = partials
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let bytes = p.data["data"].to_string().len();
+            let size = if bytes < 1024 {
+                format!("{bytes} bytes")
+            } else {
+                format!("{:.1} KiB", bytes as f64 / 1024.0)
+            };
+            let hint = if i == 0 {
+                " (--partials prints them whole)"
+            } else {
+                ""
+            };
+            format!("partial character-{}: object, 6 keys, {size}{hint}", i + 1)
+        })
+        .collect();
+    assert_eq!(lines, expected, "{out:?}");
+    assert!(!out.stderr.contains("\"backstory\""), "{out:?}");
+
+    // --partials: each partial's whole JSON, equal to the event's data.
+    let whole = kiln_cli(&kiln.base, &["watch", &id, "--partials"]).await;
+    assert!(whole.status.success(), "{whole:?}");
+    for (i, partial) in partials.iter().enumerate() {
+        let head = format!("partial character-{}:\n", i + 1);
+        let at = whole
+            .stderr
+            .find(&head)
+            .unwrap_or_else(|| panic!("{whole:?}"));
+        let json = &whole.stderr[at + head.len()..];
+        let mut values = serde_json::Deserializer::from_str(json).into_iter::<Value>();
+        let shown = values.next().unwrap().unwrap();
+        assert_eq!(shown, partial.data["data"], "{whole:?}");
+        assert_eq!(shown, result[i], "the partial is the result's item");
+    }
+    kiln.stop().await;
+}
+
+#[tokio::test]
+async fn watch_tokens_marks_the_text_a_new_attempt_voids() {
+    // Each streamed call takes about a second, so the test has time to make the next
+    // calls fail (three times: the first try and the provider's two retries) while the
+    // first is still streaming. Attempt 1 then fails `retryable` after streaming the name;
+    // attempt 2 streams everything again.
+    let fake = FakeProvider::with(Behavior {
+        chunk_delay_ms: 120,
+        ..Behavior::default()
+    })
+    .await;
+    let config = format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [models]\ndefault = \"fake/test-model\"\n",
+        fake.base_url
+    );
+    let kiln = InProcess::start_cached(&["characters"], &config).await;
+    let (status, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "characters", "payload": {"theme": "ferry pilots", "count": 1}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = id_of(&job);
+    let watcher = kiln_command(&kiln.base, &["watch", &id, "--tokens"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut events = SseReader::new(
+        open_sse(
+            &kiln.client,
+            &kiln.url(&format!("/v1/jobs/{id}/events")),
+            None,
+        )
+        .await,
+    );
+    let seen = events.until(|e| e.event == "token", LONG).await;
+    assert_eq!(
+        seen.last().map(|e| e.event.as_str()),
+        Some("token"),
+        "{seen:?}"
+    );
+    let calls = fake.calls();
+    fake.set(|b| {
+        b.fail_first = calls + 3;
+        b.first_status = 500;
+    });
+    let output = tokio::time::timeout(LONG, watcher.wait_with_output())
+        .await
+        .expect("watch hung")
+        .unwrap();
+    let out = Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let running_2 = lines
+        .iter()
+        .position(|l| l.starts_with("status: running (attempt 2)"))
+        .unwrap_or_else(|| panic!("no second attempt: {out:?}"));
+    assert_eq!(
+        lines[running_2 + 1],
+        "[attempt 1: its streamed text is void; attempt 2 starts over]",
+        "{out:?}"
+    );
+    // Attempt 1 streamed the name before the marker, attempt 2 every field after it.
+    let labels = |part: &[&str]| -> std::collections::BTreeSet<String> {
+        part.iter()
+            .filter_map(|l| l.strip_prefix("token character-1/"))
+            .filter_map(|l| l.split(':').next())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        labels(&lines[..running_2]),
+        ["name".to_string()].into(),
+        "{out:?}"
+    );
+    assert_eq!(labels(&lines[running_2..]).len(), 6, "{out:?}");
+    assert_eq!(
+        out.stderr.matches("starts over]").count(),
+        1,
+        "one void marker: {out:?}"
+    );
+    kiln.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The server's log: colour only on a terminal; JSON lines on request
+
+/// Runs `kiln serve` as a child on a free port with stderr piped (and
+/// `KILN_LOG_FORMAT=format` when given), runs a `noop` job on it, stops it with SIGTERM
+/// and returns every byte it wrote to stderr.
+async fn serve_log(format: Option<&str>) -> Vec<u8> {
+    use std::io::BufRead as _;
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&["fixture:noop"]);
+    seed_cache(data.path());
+    let config = data.path().join("kiln.toml");
+    std::fs::write(&config, test_config("")).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-test-server"));
+    command
+        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--plugins-dir")
+        .arg(plugins.path())
+        .env("KILN_LOG", "info")
+        .env_remove("KILN_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(format) = format {
+        command.env("KILN_LOG_FORMAT", format);
+    }
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in std::io::BufReader::new(stderr).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line);
+            let url = match text.find("kiln listening on ") {
+                Some(at) => Some(text[at + 18..].trim().to_string()),
+                None => serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["fields"]["url"].as_str().map(str::to_string)),
+            };
+            if let Some(url) = url {
+                let _ = url_tx.send(url);
+            }
+            all.extend_from_slice(&line);
+            all.push(b'\n');
+        }
+        all
+    });
+    let base = match url_rx.recv_timeout(LONG) {
+        Ok(base) => base,
+        Err(_) => {
+            let _ = child.kill();
+            let log = reader.join().unwrap();
+            panic!("kiln did not start:\n{}", String::from_utf8_lossy(&log));
+        }
+    };
+    let client = reqwest::Client::new();
+    let (_, job) = submit(&client, &base, json!({"type": "noop", "payload": {}})).await;
+    let job = wait_terminal(&client, &base, &id_of(&job), LONG).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = reader.join().unwrap();
+    assert!(
+        status.success(),
+        "kiln exited {status}:\n{}",
+        String::from_utf8_lossy(&log)
+    );
+    save_cache(data.path());
+    log
+}
+
+#[tokio::test]
+async fn the_server_log_has_colour_on_a_terminal_only() {
+    let log = serve_log(None).await;
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("kiln is serving"), "{text}");
+    assert!(text.contains("WARN") && text.contains("stopped"), "{text}");
+    assert!(
+        !log.contains(&0x1b),
+        "an ESC byte in a piped log:\n{text:?}"
+    );
+
+    // The same program on a terminal (a pty from util-linux's `script`) colours its levels.
+    // It logs an error for a component that does not load, then cannot bind a busy port.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(plugins.path().join("broken.wasm"), b"not wasm").unwrap();
+    let command = format!(
+        "{} serve --addr {} --data-dir {} --plugins-dir {}",
+        env!("CARGO_BIN_EXE_kiln-test-server"),
+        busy.local_addr().unwrap(),
+        data.path().display(),
+        plugins.path().display()
+    );
+    let output = tokio::time::timeout(
+        LONG,
+        tokio::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("KILN_LOG", "info")
+            .env_remove("KILN_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("script hung")
+    .expect("running script");
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(shown.contains("plugin not loaded"), "{shown:?}");
+    assert!(shown.contains("binding"), "{shown:?}");
+    assert!(
+        output.stdout.windows(2).any(|w| w == b"\x1b["),
+        "no colour on a terminal: {shown:?}"
+    );
+}
+
+#[tokio::test]
+async fn kiln_log_format_json_writes_one_json_object_per_line() {
+    let log = serve_log(Some("json")).await;
+    let text = String::from_utf8_lossy(&log);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+        })
+        .collect();
+    let message = |line: &Value| line["fields"]["message"].as_str().unwrap_or("").to_string();
+    let messages: Vec<String> = lines.iter().map(message).collect();
+    for expected in [
+        "kiln listening",
+        "kiln is serving",
+        "shutting down",
+        "stopped",
+    ] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "no {expected:?} in {messages:?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()),
+        "{text}"
+    );
+    assert!(!log.contains(&0x1b), "{text:?}");
+
+    // An unknown format is refused before anything runs.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
+        .args(["jobs", "list", "--server", "http://127.0.0.1:9"])
+        .env("KILN_LOG_FORMAT", "xml")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("KILN_LOG_FORMAT is \"xml\"; use \"text\" (the default) or \"json\""),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// `kiln serve` from another directory
+
+/// Runs `kiln serve ARGS` in `cwd` until it listens (then kills it) or exits; returns
+/// whether it listened and what it wrote to stderr.
+async fn serve_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let mut child = kiln_command("http://127.0.0.1:9", &["serve"])
+        .args(args)
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_CONFIG")
+        .env_remove("KILN_PLUGINS_DIR")
+        .env_remove("KILN_DATA_DIR")
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let listened = tokio::time::timeout(LONG, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+            if line.starts_with("kiln listening on ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("kiln serve neither listened nor exited");
+    let _ = child.kill().await;
+    (listened, log)
+}
+
+#[tokio::test]
+async fn serve_takes_paths_in_the_config_file_relative_to_its_folder() {
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join("wasm")).unwrap();
+    std::fs::copy(fixture_wasm("noop"), home.path().join("wasm/noop.wasm")).unwrap();
+    let config = home.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        "addr = \"127.0.0.1:0\"\nplugins_dir = \"wasm\"\ndata_dir = \"state\"\n",
+    )
+    .unwrap();
+    let (listened, log) = serve_in(elsewhere.path(), &["--config", config.to_str().unwrap()]).await;
+    assert!(listened, "{log}");
+    assert!(home.path().join("state/kiln.redb").is_file(), "{log}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+    // Without a config file the default plugins dir is the working directory's: the error
+    // names the absolute path it tried and says how to fix it.
+    let (listened, log) = serve_in(elsewhere.path(), &["--addr", "127.0.0.1:0"]).await;
+    assert!(!listened, "{log}");
+    let tried = elsewhere.path().join("plugins/dist");
+    assert!(
+        log.contains(&format!(
+            "the plugins dir {} does not exist",
+            tried.display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("scripts/build-plugins"), "{log}");
 }

@@ -3,7 +3,8 @@
 //! (`POST /v1/messages`) wire formats, answering whole or streamed (SSE, with a pause
 //! between chunks). Each test tells it how to misbehave: 429 with `Retry-After` or 500 for
 //! the first N calls, one status always, slow answers, malformed bodies, error messages
-//! that quote the request's credentials. It counts the calls it received and the most in
+//! that quote the request's credentials. Any other path is a 404, as a real API answers a
+//! `base_url` missing its `/v1`. It counts the calls it received and the most in
 //! flight at once, and records every request's path, headers and body.
 //!
 //! Written on plain tokio sockets, so it depends on nothing the host uses: one request per
@@ -255,6 +256,9 @@ async fn read_request(socket: &mut TcpStream) -> std::io::Result<Option<Seen>> {
     }))
 }
 
+/// The paths the fake serves: the two wire formats' endpoints and the providers' probe.
+const ROUTES: [&str; 3] = ["/v1/chat/completions", "/v1/messages", "/v1/models"];
+
 async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let Some(seen) = read_request(&mut socket).await? else {
         return Ok(());
@@ -265,6 +269,11 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
     let behavior = shared.behavior.lock().unwrap().clone();
     if behavior.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(behavior.delay_ms)).await;
+    }
+    if !ROUTES.contains(&seen.path.as_str()) {
+        drop(in_flight);
+        let body = json!({"error": {"type": "not_found_error", "message": "Not Found"}});
+        return write_whole(&mut socket, 404, "", &body.to_string()).await;
     }
     let anthropic = seen.path.ends_with("/messages");
     let status = if index < behavior.fail_first {
@@ -384,6 +393,7 @@ async fn write_whole(
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        404 => "Not Found",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         _ => "Status",

@@ -21,6 +21,7 @@ mod openapi;
 mod ops;
 mod plugin_cli;
 mod plugin_limits;
+mod plugin_new;
 mod providers;
 mod providers_e2e;
 mod runtime;

@@ -36,11 +36,15 @@ fn set_key() {
 /// The LLM client `kiln serve` would build from `[providers.fake]` of `kind` pointing at
 /// `fake`, with extra provider settings, and `default` routed to `fake/test-model`.
 fn client(kind: &str, fake: &FakeProvider, settings: &str) -> Arc<dyn LlmClient> {
+    client_at(kind, &fake.base_url, settings)
+}
+
+/// [`client`] with any `base_url`.
+fn client_at(kind: &str, base_url: &str, settings: &str) -> Arc<dyn LlmClient> {
     set_key();
     let toml = format!(
-        "[providers.fake]\nkind = \"{kind}\"\nbase_url = \"{}\"\napi_key_env = \"{KEY_ENV}\"\n{settings}\n\
-         [models]\ndefault = \"fake/test-model\"\n",
-        fake.base_url
+        "[providers.fake]\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\napi_key_env = \"{KEY_ENV}\"\n{settings}\n\
+         [models]\ndefault = \"fake/test-model\"\n"
     );
     let config: Config = toml::from_str(&toml).expect("config parses");
     config
@@ -185,6 +189,67 @@ async fn anthropic_whole_answer_parses_and_sends_its_headers() {
         "system messages are not in messages: {body}"
     );
     assert_eq!(messages[0]["role"], "user");
+}
+
+#[tokio::test]
+async fn anthropic_takes_its_base_url_with_or_without_v1() {
+    let fake = FakeProvider::start().await;
+    // The Anthropic SDKs' form (no /v1), with a trailing slash, and Kiln's (with /v1).
+    let root = fake.base_url.strip_suffix("/v1").unwrap().to_string();
+    for base in [root.clone(), format!("{root}/"), fake.base_url.clone()] {
+        let llm = client_at("anthropic", &base, "");
+        let response = call(&llm, &ask("hi"))
+            .await
+            .unwrap_or_else(|e| panic!("base_url {base}: {e:?}"));
+        assert_eq!(response.text, fake.behavior().text(), "{base}");
+    }
+    let paths: Vec<String> = fake.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/v1/messages"; 3]);
+}
+
+#[tokio::test]
+async fn a_404_names_the_url_it_tried_and_the_base_url_expected() {
+    let fake = FakeProvider::start().await;
+    let root = fake.base_url.strip_suffix("/v1").unwrap().to_string();
+    // The openai kind takes its base_url as given: without /v1 the endpoint is not found.
+    let llm = client_at("openai", &root, "");
+    let err = call(&llm, &ask("hi")).await.unwrap_err();
+    let LlmError::Rejected(message) = &err else {
+        panic!("expected rejected, got {err:?}");
+    };
+    assert!(
+        message.contains(&format!("for {root}/chat/completions")),
+        "{message}"
+    );
+    assert!(message.contains("404"), "{message}");
+    assert!(message.contains("including /v1"), "{message}");
+    assert_no_key(message);
+    assert_eq!(fake.calls(), 1, "a 404 is not retried");
+
+    // The doctor's probe says the same of the URL it tried; user info never shows.
+    let with_user = root.replace("http://", "http://someone:hunter2@");
+    let mut config = HttpProviderConfig::new("nope");
+    config.base_url = Some(with_user);
+    config.api_key = Some(ApiKey::new(KEY));
+    let provider = HttpProvider::openai(config).unwrap();
+    let err = tokio::time::timeout(GUARD, provider.probe())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains(&format!("for {root}/models")), "{err}");
+    assert!(
+        !err.contains("hunter2") && !err.contains("someone"),
+        "{err}"
+    );
+    assert_no_key(&err);
+    // With /v1 the same probe reaches the endpoint.
+    let mut config = HttpProviderConfig::new("yes");
+    config.base_url = Some(fake.base_url.clone());
+    let provider = HttpProvider::openai(config).unwrap();
+    tokio::time::timeout(GUARD, provider.probe())
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]

@@ -214,3 +214,130 @@ async fn kill_9_mid_job_repeats_no_finished_provider_call() {
     // flight at the kill) are the only ones it saw twice.
     assert!(fake.calls() <= 18 + 3, "{} calls", fake.calls());
 }
+
+#[tokio::test]
+async fn base_urls_in_either_anthropic_form_run_jobs_and_a_404_names_its_url() {
+    set_key();
+    let fake = FakeProvider::start().await;
+    let root = fake.base_url.strip_suffix("/v1").unwrap().to_string();
+    // The Anthropic SDKs' form (no /v1) runs a job.
+    let config = format!(
+        "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{root}\"\napi_key_env = \"{KEY_ENV}\"\n\
+         [models]\ndefault = \"claude/test-model\"\n"
+    );
+    let kiln = InProcess::start_cached(&["characters"], &config).await;
+    let (status, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "archivists", "count": 1 } }),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let job = wait_terminal(&kiln.client, &kiln.base, &id_of(&job), LONG).await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    assert!(fake.seen().iter().all(|s| s.path == "/v1/messages"));
+    kiln.stop().await;
+
+    // The openai kind without its /v1, which OpenAI-format servers answer with 404: the
+    // job fails for good, saying which URL was not found.
+    let config = format!(
+        "[providers.broken]\nkind = \"openai\"\nbase_url = \"{root}\"\napi_key_env = \"{KEY_ENV}\"\n\
+         [models]\ndefault = \"broken/test-model\"\n"
+    );
+    let kiln = InProcess::start_cached(&["characters"], &config).await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "archivists", "count": 1 } }),
+    )
+    .await;
+    let job = wait_terminal(&kiln.client, &kiln.base, &id_of(&job), LONG).await;
+    assert_eq!(job["status"], "failed", "{job:#}");
+    assert_eq!(job["error"]["kind"], "permanent", "{job:#}");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{root}/chat/completions")),
+        "{message}"
+    );
+    assert!(
+        !message.contains(KEY) && !message.contains("SECRET"),
+        "{message}"
+    );
+    // The doctor's probe names the URL it tried as well.
+    let (status, report) = get_json(&kiln.client, &kiln.url("/v1/doctor")).await;
+    assert_eq!(status, 200, "{report}");
+    let error = report["providers"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("{root}/models")), "{report:#}");
+    kiln.stop().await;
+}
+
+#[tokio::test]
+async fn offline_json_answers_give_the_bundled_jobs_their_real_shapes() {
+    let kiln = InProcess::start_cached(&["characters", "documents"], "").await;
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "glassblowers", "count": 3 } }),
+    )
+    .await;
+    let job = wait_terminal(&kiln.client, &kiln.base, &id_of(&job), LONG).await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    for character in job["result"].as_array().unwrap() {
+        let stats = character["stats"]
+            .as_object()
+            .unwrap_or_else(|| panic!("stats is not an object: {character:#}"));
+        let mut keys: Vec<&str> = stats.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "charisma",
+                "constitution",
+                "dexterity",
+                "intelligence",
+                "strength",
+                "synthetic",
+                "wisdom"
+            ],
+            "{character:#}"
+        );
+        assert_eq!(stats["synthetic"], true, "still marked synthetic");
+        for (key, value) in stats.iter().filter(|(k, _)| *k != "synthetic") {
+            let n = value.as_i64().unwrap_or_else(|| panic!("{key}: {value}"));
+            assert!((1..=20).contains(&n), "{key} = {n}, the prompt asks 1-20");
+        }
+    }
+
+    // `documents` gets its final JSON from the model's answer, not rebuilt from the text
+    // (which would title sections "Part N" and take one key point per chunk).
+    let text = "The harbour master logged every ship. The fleet sailed at dawn.\n\n".repeat(300);
+    let (_, job) = submit(
+        &kiln.client,
+        &kiln.base,
+        json!({ "type": "documents", "payload": { "text": text } }),
+    )
+    .await;
+    let job = wait_terminal(&kiln.client, &kiln.base, &id_of(&job), LONG).await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    let result = &job["result"];
+    assert!(
+        result["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("[synthetic] ")),
+        "{result:#}"
+    );
+    let key_points = result["key_points"].as_array().unwrap();
+    assert_eq!(
+        key_points.len(),
+        3,
+        "as many as the prompt's example: {result:#}"
+    );
+    let sections = result["sections"].as_array().unwrap();
+    assert!(!sections.is_empty(), "{result:#}");
+    for section in sections {
+        let title = section["title"].as_str().unwrap();
+        assert!(title.starts_with("[synthetic] "), "{result:#}");
+        assert!(section["summary"].is_string(), "{result:#}");
+    }
+    kiln.stop().await;
+}

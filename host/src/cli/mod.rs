@@ -4,6 +4,7 @@ mod client;
 mod doctor;
 mod jobs;
 mod keys;
+mod new;
 mod plugin;
 mod serve;
 mod submit;
@@ -29,7 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the job server.
     Serve(ServeArgs),
-    /// Check or run a plugin (a job type component) locally.
+    /// Create, check or run a plugin (a job type component) locally.
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Submit a job to a running server; prints its id (or follows it with --watch).
@@ -67,6 +68,8 @@ pub struct ServeArgs {
 /// `kiln plugin …`.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Write a new job type project (Rust) that builds as is, with the SDK inside it.
+    New(new::NewArgs),
     /// Check a component against the contract and print what it declares; given a
     /// plugins dir, check every *.wasm in it as `kiln serve` would load them.
     Check {
@@ -81,6 +84,7 @@ pub enum PluginCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Plugin(PluginCommand::New(args)) => new::run(&args),
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file).await,
         Command::Plugin(PluginCommand::Run(args)) => plugin::run(args).await,
         Command::Submit(args) => submit::run(args).await,
@@ -92,22 +96,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// The whole `kiln` program: parse the command line, set up logging (`KILN_LOG`, default
-/// `info`, to stderr), run the command on a multi-threaded runtime.
+/// `info`, to stderr, in the format of `KILN_LOG_FORMAT`), run the command on a
+/// multi-threaded runtime.
 pub fn main() -> std::process::ExitCode {
     main_from(std::env::args_os())
+}
+
+/// How log lines are written (`KILN_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal (the default).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The format chosen at start; read by commands that print outside the log.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Whether the log is JSON lines, so nothing else may be written to stderr as plain text.
+fn log_is_json() -> bool {
+    LOG_FORMAT.get() == Some(&LogFormat::Json)
+}
+
+/// Reads `KILN_LOG_FORMAT` (`text` or `json`; unset is `text`).
+fn log_format() -> Result<LogFormat, String> {
+    match std::env::var("KILN_LOG_FORMAT") {
+        Err(_) => Ok(LogFormat::Text),
+        Ok(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "" | "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                "KILN_LOG_FORMAT is {value:?}; use \"text\" (the default) or \"json\""
+            )),
+        },
+    }
+}
+
+/// Installs the global subscriber: to stderr, filtered by `KILN_LOG`.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        // Colour codes are noise in a file or a pipe: only a terminal gets them.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// [`main`] with the given command line (the first item is the program name), for
 /// programs that embed `kiln`, such as the benchmark, which runs its server this way.
 pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
-    use tracing_subscriber::EnvFilter;
     let cli = Cli::parse_from(args);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = match log_format() {
+        Ok(format) => format,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let _ = LOG_FORMAT.set(format);
+    init_logging(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,6 +174,10 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::pro
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(error) if log_is_json() => {
+            tracing::error!(error = format!("{error:#}"), "kiln stopped");
+            std::process::ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE

@@ -28,7 +28,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             server.shutdown().await;
             return Err(error);
         }
-        eprintln!("kiln listening on http://{}", server.addr);
+        if super::log_is_json() {
+            tracing::info!(url = %format!("http://{}", server.addr), "kiln listening");
+        } else {
+            eprintln!("kiln listening on http://{}", server.addr);
+        }
         shutdown_signal().await;
     }
     server.shutdown().await;

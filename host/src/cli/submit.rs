@@ -34,9 +34,9 @@ pub struct SubmitArgs {
     /// Print the job's JSON instead of its id.
     #[arg(long)]
     pub json: bool,
-    /// With --watch: also print streamed LLM tokens.
-    #[arg(long)]
-    pub tokens: bool,
+    /// With --watch: what to print besides progress (see `kiln watch`).
+    #[command(flatten)]
+    pub show: super::watch::ShowArgs,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -82,7 +82,7 @@ pub(super) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         println!("{id}");
     }
     if args.watch {
-        return super::watch::follow(&client, &id, args.tokens).await;
+        return super::watch::follow(&client, &id, args.show).await;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,8 @@
 //! The Anthropic Messages API wire format (`POST {base_url}/messages`).
 //!
+//! - Base URL: both `https://api.anthropic.com` (the form the Anthropic SDKs take; they add
+//!   `/v1` themselves) and `https://api.anthropic.com/v1` work: [`versioned_base`] adds the
+//!   `/v1` when the URL's path does not end with it.
 //! - Auth: `x-api-key: KEY` when a key is configured, and always
 //!   `anthropic-version: 2023-06-01`.
 //! - System messages go to the top-level `system` field (joined by blank lines); the
@@ -27,6 +30,23 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 pub(crate) const PATH: &str = "messages";
+
+/// What a `base_url` of this kind looks like, for error messages.
+pub(crate) const BASE_URL_FORM: &str =
+    "https://api.anthropic.com (with or without /v1), or a proxy's URL in the same form";
+
+/// `base` with the API version segment: as is when its path ends with `/v1`, else with
+/// `/v1` added, so the SDKs' convention (`https://api.anthropic.com`) and Kiln's
+/// (`…/v1`) reach the same endpoint. `base` has no trailing slash.
+pub(crate) fn versioned_base(base: &str) -> String {
+    let path_ends_in_v1 = reqwest::Url::parse(base)
+        .is_ok_and(|url| url.path().trim_end_matches('/').ends_with("/v1"));
+    if path_ends_in_v1 {
+        base.to_string()
+    } else {
+        format!("{base}/v1")
+    }
+}
 
 /// Added to the system prompt of JSON-output requests.
 pub const JSON_INSTRUCTION: &str = "Respond with exactly one JSON object and nothing else: \
@@ -157,6 +177,27 @@ pub(crate) fn on_event(event: &SseEvent, state: &mut StreamState) -> Result<(), 
 mod tests {
     use super::*;
     use crate::llm::Message;
+
+    #[test]
+    fn base_urls_with_and_without_the_version_meet() {
+        for base in ["https://api.anthropic.com", "https://api.anthropic.com/v1"] {
+            assert_eq!(
+                versioned_base(base),
+                "https://api.anthropic.com/v1",
+                "{base}"
+            );
+        }
+        assert_eq!(
+            versioned_base("http://proxy.local:8080/anthropic"),
+            "http://proxy.local:8080/anthropic/v1"
+        );
+        assert_eq!(
+            versioned_base("http://proxy.local/anthropic/v1"),
+            "http://proxy.local/anthropic/v1"
+        );
+        // A path merely containing "v1" is not the version segment.
+        assert_eq!(versioned_base("http://h/xv1"), "http://h/xv1/v1");
+    }
 
     #[test]
     fn system_goes_top_level_and_json_is_instructed() {

@@ -4,6 +4,13 @@
 //! The output is derived from a hash of the request, so the same request always gets the
 //! same answer (which also makes journal replays and tests reproducible), and it says that
 //! it is synthetic so nobody mistakes it for a model's work.
+//!
+//! A JSON-output request gets a JSON object of the shape its prompt asks for: the first
+//! JSON object written in its messages (a prompt's example, such as `{"strength": 10, …}`)
+//! with every value replaced by a synthetic one of the same type (see [`fill`]), plus
+//! `"synthetic": true`. So a job type whose prompts show their JSON shape gets results of
+//! its real shape without a key. A prompt with no example gets
+//! `{"synthetic": true, "text": "[synthetic] …"}`.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -11,6 +18,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::{LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink, estimate_tokens};
 
@@ -102,6 +110,39 @@ const WORDS: &[&str] = &[
     "crown",
 ];
 
+/// Where a prompt's JSON example is looked for: the first `{` positions of each message
+/// (a bound, so a long text full of braces costs little).
+const MAX_EXAMPLE_STARTS: usize = 256;
+
+/// Deterministic pseudo-random numbers seeded by the request's hash (xorshift64: good
+/// enough to vary words and values).
+struct Draw(u64);
+
+impl Draw {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `[synthetic]` and `count` words.
+    fn phrase(&mut self, count: u32) -> String {
+        let mut text = SYNTHETIC_PREFIX.to_string();
+        for _ in 0..count {
+            text.push(' ');
+            text.push_str(WORDS[(self.next() % WORDS.len() as u64) as usize]);
+        }
+        text
+    }
+
+    /// An integer in `low..=high`.
+    fn between(&mut self, low: i64, high: i64) -> i64 {
+        let span = high.abs_diff(low).saturating_add(1);
+        low.saturating_add_unsigned(self.next() % span)
+    }
+}
+
 impl OfflineClient {
     /// An offline provider with these settings.
     pub fn new(config: OfflineConfig) -> Self {
@@ -115,28 +156,77 @@ impl OfflineClient {
             message.content.hash(&mut hasher);
         }
         request.model.hash(&mut hasher);
-        let mut state = hasher.finish() | 1;
+        let mut draw = Draw(hasher.finish() | 1);
+        let most = self.config.words.max(2);
+        if request.json_output {
+            let mut object = match json_example(request) {
+                Some(example) => fill_fields(&example, &mut draw, most),
+                None => Map::from_iter([("text".to_string(), Value::String(draw.phrase(most)))]),
+            };
+            object.insert("synthetic".into(), Value::Bool(true));
+            return Value::Object(object).to_string();
+        }
         // Roughly as long as a model would answer: a few words for a 24-token name, the
         // configured maximum for long answers.
-        let count = request.max_tokens.map_or(self.config.words, |max| {
-            (max / 8).clamp(2, self.config.words.max(2))
-        });
-        let words: Vec<&str> = (0..count)
-            .map(|_| {
-                // xorshift64: deterministic and good enough to vary the words.
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                WORDS[(state % WORDS.len() as u64) as usize]
-            })
-            .collect();
-        let text = format!("{SYNTHETIC_PREFIX} {}", words.join(" "));
-        if request.json_output {
-            serde_json::json!({ "synthetic": true, "text": text }).to_string()
-        } else {
-            text
-        }
+        let count = request
+            .max_tokens
+            .map_or(self.config.words, |max| (max / 8).clamp(2, most));
+        draw.phrase(count)
     }
+}
+
+/// The first non-empty JSON object written in the request's messages, in order.
+fn json_example(request: &LlmRequest) -> Option<Map<String, Value>> {
+    request.messages.iter().find_map(|message| {
+        let text = message.content.as_str();
+        text.match_indices('{')
+            .take(MAX_EXAMPLE_STARTS)
+            .find_map(|(at, _)| {
+                // The object starting here, ignoring whatever text follows it.
+                let mut values = serde_json::Deserializer::from_str(&text[at..]).into_iter();
+                match values.next() {
+                    Some(Ok(Value::Object(object))) if !object.is_empty() => Some(object),
+                    _ => None,
+                }
+            })
+    })
+}
+
+/// `example` with every value replaced by a synthetic one of its type, keys and array
+/// lengths kept:
+/// - a string becomes `[synthetic]` and as many words as it has (2 to `most`);
+/// - an integer `n` becomes one between 1 and `2n` (`2n` and -1 when negative, 0 stays 0),
+///   so an example stat of 10 spreads over 1-20; a float `x` one between 0 and `2x`;
+/// - booleans are drawn, `null` stays; arrays and objects are filled item by item.
+fn fill(example: &Value, draw: &mut Draw, most: u32) -> Value {
+    match example {
+        Value::String(text) => {
+            let words = u32::try_from(text.split_whitespace().count()).unwrap_or(most);
+            Value::String(draw.phrase(words.clamp(2, most)))
+        }
+        Value::Number(number) => match number.as_i64() {
+            Some(0) => Value::from(0),
+            Some(n) if n > 0 => Value::from(draw.between(1, n.saturating_mul(2))),
+            Some(n) => Value::from(draw.between(n.saturating_mul(2), -1)),
+            None => {
+                let x = number.as_f64().unwrap_or(1.0);
+                let fraction = (draw.next() % 1001) as f64 / 1000.0;
+                Value::from((x * 2.0 * fraction * 100.0).round() / 100.0)
+            }
+        },
+        Value::Bool(_) => Value::Bool(draw.next().is_multiple_of(2)),
+        Value::Null => Value::Null,
+        Value::Array(items) => Value::Array(items.iter().map(|v| fill(v, draw, most)).collect()),
+        Value::Object(fields) => Value::Object(fill_fields(fields, draw, most)),
+    }
+}
+
+/// [`fill`] of an object's fields.
+fn fill_fields(fields: &Map<String, Value>, draw: &mut Draw, most: u32) -> Map<String, Value> {
+    fields
+        .iter()
+        .map(|(key, value)| (key.clone(), fill(value, draw, most)))
+        .collect()
 }
 
 impl LlmClient for OfflineClient {
@@ -205,13 +295,91 @@ mod tests {
         assert!(a.starts_with(SYNTHETIC_PREFIX));
     }
 
-    #[test]
-    fn json_output_is_a_json_object() {
-        let client = OfflineClient::new(OfflineConfig::default());
-        let mut req = request("stats");
+    fn json(client: &OfflineClient, content: &str) -> Value {
+        let mut req = request(content);
         req.json_output = true;
-        let value: serde_json::Value = serde_json::from_str(&client.synthesize(&req)).unwrap();
+        serde_json::from_str(&client.synthesize(&req)).unwrap()
+    }
+
+    #[test]
+    fn json_output_without_an_example_is_marked_text() {
+        let client = OfflineClient::new(OfflineConfig::default());
+        let value = json(&client, "stats, please {not json}");
         assert_eq!(value["synthetic"], true);
+        assert!(
+            value["text"]
+                .as_str()
+                .unwrap()
+                .starts_with(SYNTHETIC_PREFIX)
+        );
+        assert_eq!(value.as_object().unwrap().len(), 2, "{value}");
+    }
+
+    #[test]
+    fn json_output_follows_the_prompts_example() {
+        let client = OfflineClient::new(OfflineConfig::default());
+        let prompt = r#"Reply with one JSON object of this shape: {"name": "a full name",
+            "level": 10, "ratio": 0.5, "alive": true, "gone": null, "tags": ["one", "two"],
+            "home": {"city": "a city", "floor": -3}}. Mind the {braces} after it."#;
+        let value = json(&client, prompt);
+        assert_eq!(value, json(&client, prompt), "deterministic");
+        assert_eq!(value["synthetic"], true);
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        let expected = [
+            "alive",
+            "gone",
+            "home",
+            "level",
+            "name",
+            "ratio",
+            "synthetic",
+            "tags",
+        ];
+        assert_eq!(keys, expected, "{value}");
+        let name = value["name"].as_str().unwrap();
+        assert!(name.starts_with(SYNTHETIC_PREFIX), "{value}");
+        assert_eq!(
+            name.split_whitespace().count(),
+            4,
+            "3 words like the example: {value}"
+        );
+        assert!(
+            (1..=20).contains(&value["level"].as_i64().unwrap()),
+            "{value}"
+        );
+        assert!(
+            (0.0..=1.0).contains(&value["ratio"].as_f64().unwrap()),
+            "{value}"
+        );
+        assert!(
+            value["alive"].is_boolean() && value["gone"].is_null(),
+            "{value}"
+        );
+        assert_eq!(value["tags"].as_array().unwrap().len(), 2, "{value}");
+        assert!(value["tags"][1].is_string(), "{value}");
+        assert!((-6..=-1).contains(&value["home"]["floor"].as_i64().unwrap()));
+        assert!(value["home"]["city"].is_string(), "{value}");
+        // Another request, other values of the same shape.
+        let other = json(&client, &format!("{prompt} Again."));
+        assert_ne!(other, value);
+        assert_eq!(
+            other.as_object().unwrap().keys().collect::<Vec<_>>(),
+            expected
+        );
+    }
+
+    #[test]
+    fn integers_spread_over_the_examples_range() {
+        let client = OfflineClient::new(OfflineConfig::default());
+        let seen: std::collections::BTreeSet<i64> = (0..200)
+            .map(|i| {
+                json(&client, &format!("{i}: {{\"stat\": 10}}"))["stat"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert!(seen.iter().all(|v| (1..=20).contains(v)), "{seen:?}");
+        assert!(seen.len() > 10, "values vary: {seen:?}");
     }
 
     #[tokio::test]

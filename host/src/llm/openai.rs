@@ -21,6 +21,11 @@ pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
 pub(crate) const PATH: &str = "chat/completions";
 
+/// What a `base_url` of this kind looks like, for error messages. Unlike Anthropic's, the
+/// OpenAI convention includes the version, and compatible servers serve it under `/v1`.
+pub(crate) const BASE_URL_FORM: &str = "the URL up to and including /v1, e.g. \
+     https://api.openai.com/v1 or http://127.0.0.1:11434/v1 for Ollama";
+
 const JSON_HINT: &str = "Answer with a single JSON object.";
 
 pub(crate) fn headers(builder: RequestBuilder, key: Option<&ApiKey>) -> RequestBuilder {

@@ -103,6 +103,22 @@ impl WireFormat {
         }
     }
 
+    /// `base` as this format's endpoints are joined to (Anthropic's gains `/v1`).
+    fn versioned_base(self, base: &str) -> String {
+        match self {
+            Self::OpenAi => base.to_string(),
+            Self::Anthropic => anthropic::versioned_base(base),
+        }
+    }
+
+    /// The `base_url` form this format expects, for a 404's message.
+    fn base_url_form(self) -> &'static str {
+        match self {
+            Self::OpenAi => openai::BASE_URL_FORM,
+            Self::Anthropic => anthropic::BASE_URL_FORM,
+        }
+    }
+
     fn path(self) -> &'static str {
         match self {
             Self::OpenAi => openai::PATH,
@@ -230,7 +246,7 @@ impl HttpProvider {
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
         Ok(Self {
             format,
-            url: format!("{base}/{}", format.path()),
+            url: format!("{}/{}", format.versioned_base(base), format.path()),
             name: config.name,
             key: config.api_key.filter(|k| !k.0.is_empty()),
             key_env: config.api_key_env,
@@ -524,6 +540,7 @@ impl HttpProvider {
     async fn status_failure(&self, response: reqwest::Response) -> Failure {
         let status = response.status();
         let retry_after = wire::retry_after(response.headers());
+        let url = shown_url(response.url());
         let body = self
             .read_body(response, MAX_ERROR_BODY_BYTES)
             .await
@@ -536,6 +553,10 @@ impl HttpProvider {
                 message,
             },
             408 => Failure::Final(LlmError::Timeout(message)),
+            404 => Failure::Final(LlmError::Rejected(format!(
+                "{message} (for {url}: check the model name, and that base_url is {})",
+                self.format.base_url_form()
+            ))),
             401 | 403 => Failure::Final(LlmError::Rejected(format!(
                 "provider '{}' refused the credentials (HTTP {status}); check the key in {}",
                 self.name,
@@ -580,6 +601,16 @@ impl HttpProvider {
             LlmError::Rejected(m) => LlmError::Rejected(clean(m)),
         }
     }
+}
+
+/// `url` without what could be a secret (user info, query, fragment), for messages.
+fn shown_url(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
 }
 
 /// A reqwest error and its causes, without the URL.

@@ -62,8 +62,12 @@ const STEPS: [Step; 6] = [
     Step {
         field: "stats",
         stage: "Generated stats",
-        ask: "game stats as a JSON object: integer values 1-20 for strength, dexterity, \
-              constitution, intelligence, wisdom and charisma. Output only the JSON object.",
+        // The prompt shows the exact JSON shape: models follow an example better than a
+        // description, and the offline provider answers in the shape it shows.
+        ask: "game stats as one JSON object of exactly this shape, each value an integer \
+              from 1 to 20 that fits the character: {\"strength\": 10, \"dexterity\": 10, \
+              \"constitution\": 10, \"intelligence\": 10, \"wisdom\": 10, \"charisma\": 10}. \
+              Output only the JSON object.",
         max_tokens: 120,
         json: true,
     },

@@ -223,7 +223,10 @@ fn final_request(context: &str, summaries: &[String]) -> Request {
              JSON object with exactly these keys: \"summary\" (a string of at most 250 words \
              about the whole document), \"key_points\" (an array of 3 to 10 short strings) \
              and \"sections\" (an array of objects with \"title\" and \"summary\", one per \
-             major part, in order).\n\n---\n{}",
+             major part, in order). Its shape: {{\"summary\": \"what the whole document \
+             says, in at most 250 words\", \"key_points\": [\"a short point\", \"another \
+             short point\", \"a third short point\"], \"sections\": [{{\"title\": \"the \
+             part's title\", \"summary\": \"what this part says\"}}]}}\n\n---\n{}",
             summaries.join("\n\n")
         ))
         .max_tokens(1500)
