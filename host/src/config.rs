@@ -314,6 +314,7 @@ impl Config {
             max_instances: self.max_instances.unwrap_or(128).max(1),
             max_memory_mib: largest_memory.max(1),
             cache_dir: Some(data_dir.join("cache")),
+            ..RuntimeConfig::default()
         };
         let api_defaults = ApiSettings::default();
         let api = ApiSettings {

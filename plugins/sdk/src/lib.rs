@@ -75,8 +75,8 @@
 //! * WASI is linked with an empty context: no files, no sockets, no environment variables,
 //!   no arguments, and stdout/stderr go nowhere. Talk to the host through [`progress`],
 //!   [`llm`] and [`log`].
-//! * A panic is logged through [`log::error`] as `panicked at FILE:LINE: MESSAGE` before
-//!   the instance traps, and the host quotes that message in the job's error.
+//! * A panic is logged through [`log::error`] as `MESSAGE (panicked at FILE:LINE:COLUMN)`
+//!   before the instance traps, and the job's error message starts with it.
 //! * Keep events reasonable: every [`progress::report`] and [`progress::partial`] call is
 //!   an SSE event, and the host fails a job that exceeds its event rate limit.
 //!
@@ -336,8 +336,9 @@ pub mod __private {
     use super::*;
     use crate::bindings::kiln::plugin::types as raw;
 
-    /// `describe`: builds the raw plugin info. Calls no import.
+    /// `describe`: builds the raw plugin info. Calls no import (unless it panics).
     pub fn describe<T: JobType>() -> raw::PluginInfo {
+        install_panic_hook();
         let info = T::info();
         raw::PluginInfo {
             name: info.name,
@@ -380,20 +381,23 @@ pub mod __private {
         }
     }
 
-    /// Formats a panic the way the host expects to quote it.
+    /// Formats a panic the way the host quotes it: the panic's own message first, then
+    /// where it happened.
     pub fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("Box<dyn Any>");
+        let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
         match info.location() {
-            Some(at) => format!("panicked at {}:{}: {message}", at.file(), at.line()),
-            None => format!("panicked: {message}"),
+            Some(at) => format!(
+                "{message} (panicked at {}:{}:{})",
+                at.file(),
+                at.line(),
+                at.column()
+            ),
+            None => message.to_string(),
         }
     }
 
+    /// Logs a panic at error level before the instance traps: the host opens the job's
+    /// error message with the last error log, so the panic's words reach the client.
     fn install_panic_hook() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
