@@ -74,7 +74,10 @@ async fn streamed_round(client: &reqwest::Client, base: &str) -> Round {
         let (id, events, gap) = stream.await.expect("the stream task");
         let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(names.last(), Some(&"completed"), "job {id}: {names:?}");
-        assert!(names.contains(&"token"), "job {id} streamed no tokens: {names:?}");
+        assert!(
+            names.contains(&"token"),
+            "job {id} streamed no tokens: {names:?}"
+        );
         longest_gap = longest_gap.max(gap);
     }
     let elapsed = started.elapsed();
@@ -117,7 +120,12 @@ async fn cpu_loops_on_every_core_do_not_starve_streamed_jobs_sse_or_the_api() {
         assert_eq!(job["status"], "cancelled", "{job}");
     }
     eprintln!("{cores} CPU loops; streamed jobs alone: {alone:?}; next to the loops: {loaded:?}");
-    let context = || format!("alone {alone:?}, loaded {loaded:?}; server log:\n{}", kiln.log());
+    let context = || {
+        format!(
+            "alone {alone:?}, loaded {loaded:?}; server log:\n{}",
+            kiln.log()
+        )
+    };
     let bound = |baseline: Duration, floor: Duration| baseline.mul_f64(FACTOR).max(floor);
     assert!(
         loaded.elapsed <= bound(alone.elapsed, Duration::from_secs(1)),

@@ -870,9 +870,9 @@ async fn panic_fails_with_trap_starting_with_the_panic_message() {
     let ran = run(&runtime, &plugin, Job::hostile("panic", None)).await;
     let failure = ran.failed(FailureKind::Trap);
     assert!(
-        failure
-            .message
-            .starts_with("hostile plugin panicked on purpose (panicked at plugins/fixtures/hostile/src/lib.rs:"),
+        failure.message.starts_with(
+            "hostile plugin panicked on purpose (panicked at plugins/fixtures/hostile/src/lib.rs:"
+        ),
         "{failure:?}"
     );
     let frames = backtrace_frames(&failure.message);

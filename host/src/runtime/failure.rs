@@ -197,12 +197,17 @@ fn frame_name(frame: &wasmtime::FrameInfo) -> String {
     }
 }
 
+/// How the names of Rust's standard library and panic entry points start.
+const RUNTIME_PREFIXES: [&str; 8] = [
+    "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust", "rust_",
+];
+
 /// Whether a function belongs to Rust's standard library or its panic entry points.
 fn is_runtime_frame(name: &str) -> bool {
-    ["std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust", "rust_"]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-        || name == "abort"
+    name == "abort"
+        || RUNTIME_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
 }
 
 /// The function recursing when the backtrace is a full window (wasmtime keeps 20 frames)

@@ -9,7 +9,8 @@
 //! fairly against these ones (a thread waking up for I/O gets the CPU soon), and a guest's
 //! LLM requests are carried out on its job's task on that executor (see `relay`), so a
 //! CPU-bound guest never stands between a request and its socket. Among themselves guests
-//! take turns: each yields at every tick and goes to the back of its thread's queue.
+//! take turns: each yields at every tick and goes to the back of its thread's queue, and a
+//! guest woken by the end of a host call goes first.
 
 use std::future::Future;
 
@@ -27,6 +28,10 @@ impl GuestThreads {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("kiln-guest")
+            // Look at the queue of woken tasks before every slice: a guest coming back
+            // from a host call (its LLM answer, its streamed tokens) runs before the next
+            // slice of a guest that yielded in a CPU loop, which waits behind it.
+            .global_queue_interval(1)
             // Timers only: the deadline of a guest waiting in a host call. Guests do no
             // I/O of their own.
             .enable_time()

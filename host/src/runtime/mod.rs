@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::FutureExt;
-use tracing::Instrument as _;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
@@ -48,8 +48,8 @@ use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink, Usage}
 use bindings::JobPlugin;
 use bindings::exports::kiln::plugin::job_type;
 use engine::EpochTicker;
-use guests::GuestThreads;
 use failure::{HostStop, classify};
+use guests::GuestThreads;
 use host::HostState;
 
 /// How the runtime is sized.

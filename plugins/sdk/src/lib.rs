@@ -450,6 +450,25 @@ mod tests {
     }
 
     #[test]
+    fn panic_message_starts_with_the_message_then_says_where() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            sink.lock().unwrap().push(__private::panic_message(info));
+        }));
+        let count = 3;
+        let _ = std::panic::catch_unwind(|| panic!("plain"));
+        let _ = std::panic::catch_unwind(|| panic!("formatted {count}"));
+        std::panic::set_hook(previous);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].starts_with("plain (panicked at "), "{seen:?}");
+        assert!(seen[1].starts_with("formatted 3 (panicked at "), "{seen:?}");
+        assert!(seen[1].contains("src/lib.rs:"), "{seen:?}");
+    }
+
+    #[test]
     fn job_error_constructors() {
         assert_eq!(JobError::retryable("x"), JobError::Retryable("x".into()));
         assert_eq!(JobError::permanent("y").message(), "y");

@@ -20,14 +20,14 @@ pub struct Round {
     /// CPU-looping guests running during the round.
     pub loops: usize,
     pub jobs: usize,
-    /// Submit to the last job's end.
+    /// Submit to the end of the last job's event stream.
     pub seconds: f64,
     /// `GET /healthz` answers during the round.
     pub healthz: Summary,
 }
 
-/// Rounds of `jobs` concurrent `characters` jobs (3 characters each): alone, then next to
-/// one looping guest per core.
+/// Rounds of `jobs` concurrent `characters` jobs (3 characters each), each followed over
+/// SSE: alone, then next to one looping guest per core.
 pub async fn fairness(server: &KilnServer, jobs: usize) -> anyhow::Result<Vec<Round>> {
     let client = reqwest::Client::new();
     round(&client, &server.base, jobs, 0).await?; // warm-up
@@ -78,11 +78,29 @@ async fn round(
     };
     let started = Instant::now();
     let runs = (0..jobs).map(|i| {
-        let (client, url) = (client.clone(), format!("{base}/v1/jobs?wait=60"));
-        let body = json!({"type": "characters", "payload": {"theme": format!("bench {i}"), "count": 3}});
+        let (client, base) = (client.clone(), base.to_string());
+        let body =
+            json!({"type": "characters", "payload": {"theme": format!("bench {i}"), "count": 3}});
         tokio::spawn(async move {
-            let job: Value = client.post(&url).json(&body).send().await?.json().await?;
-            anyhow::ensure!(job["status"] == "completed", "a job did not complete: {job}");
+            let job: Value = client
+                .post(format!("{base}/v1/jobs"))
+                .json(&body)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let id = job["id"].as_str().unwrap_or_default();
+            // Follow the job's stream to its end, as a browser would.
+            let events = client
+                .get(format!("{base}/v1/jobs/{id}/events"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            anyhow::ensure!(
+                events.contains("event: token") && events.contains("event: completed"),
+                "job {id} did not stream to completion: {events}"
+            );
             anyhow::Ok(())
         })
     });
