@@ -357,6 +357,7 @@ impl Config {
             describe_timeout: self
                 .describe_timeout_ms
                 .map_or(crate::runtime::DEFAULT_DESCRIBE_TIMEOUT, ms),
+            ..RuntimeConfig::default()
         };
         let api_defaults = ApiSettings::default();
         let api = ApiSettings {

@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod crash;
 mod durability;
+mod fairness;
 mod fake_provider;
 mod feed;
 mod fuzz;

@@ -841,26 +841,74 @@ async fn llm_token_limit_violated() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trap_fails_with_trap() {
+async fn trap_without_a_message_fails_with_trap_and_a_short_named_backtrace() {
     let runtime = new_runtime();
     let plugin = hostile(&runtime).await;
     let ran = run(&runtime, &plugin, Job::hostile("trap", None)).await;
     let failure = ran.failed(FailureKind::Trap);
-    assert!(failure.message.contains("unreachable"), "{failure:?}");
+    assert!(
+        failure
+            .message
+            .starts_with("the plugin trapped: wasm `unreachable` instruction executed"),
+        "{failure:?}"
+    );
+    let frames = backtrace_frames(&failure.message);
+    assert!((1..=4).contains(&frames.len()), "{failure:?}");
+    assert!(
+        frames[0].starts_with("kiln_fixture_hostile::trap"),
+        "the plugin's own function comes first, by name: {failure:?}"
+    );
+    assert!(
+        frames.iter().all(|f| !f.contains("::h")),
+        "no symbol hashes: {failure:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panic_fails_with_trap_quoting_the_panic() {
+async fn panic_fails_with_trap_starting_with_the_panic_message() {
     let runtime = new_runtime();
     let plugin = hostile(&runtime).await;
     let ran = run(&runtime, &plugin, Job::hostile("panic", None)).await;
     let failure = ran.failed(FailureKind::Trap);
     assert!(
-        failure
-            .message
-            .contains("hostile plugin panicked on purpose"),
+        failure.message.starts_with(
+            "hostile plugin panicked on purpose (panicked at plugins/fixtures/hostile/src/lib.rs:"
+        ),
         "{failure:?}"
     );
+    let frames = backtrace_frames(&failure.message);
+    assert!((1..=4).contains(&frames.len()), "{failure:?}");
+    assert!(
+        !["std::", "core::", "__rustc::"]
+            .iter()
+            .any(|runtime| frames[0].starts_with(runtime)),
+        "the panic machinery is left out: {failure:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_job_that_panics_has_an_error_message_starting_with_the_panic() {
+    let kiln = crate::support::kiln("").await;
+    let body = json!({"type": "hostile", "payload": {"mode": "panic"}, "max_attempts": 1});
+    let (status, job) = crate::support::submit(&kiln.client, &kiln.base, body).await;
+    assert_eq!(status, 202, "{job}");
+    let id = crate::support::id_of(&job);
+    let job = crate::support::wait_terminal(&kiln.client, &kiln.base, &id, GUARD).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["kind"], "trap", "{job}");
+    let message = job["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("hostile plugin panicked on purpose (panicked at "),
+        "{job:#}"
+    );
+}
+
+/// The `at` lines of a trap message.
+fn backtrace_frames(message: &str) -> Vec<&str> {
+    message
+        .lines()
+        .filter_map(|line| line.strip_prefix("    at "))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch advances. Every tick, each running guest yields to the async
-/// executor (so a CPU-bound plugin cannot hog a worker thread) and checks its deadline and
-/// cancel flag: a cancelled or overdue job stops within one tick.
+/// How often the epoch advances: the CPU slice of a guest. Every tick, each running guest
+/// yields to the other guests on its thread (so CPU-bound plugins take turns) and checks
+/// its deadline and cancel flag: a cancelled or overdue job stops within one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Memory (and table) bytes of a pool slot kept resident and reset in place when a job
@@ -51,7 +51,7 @@ pub fn build_engine(max_instances: u32, max_memory_bytes: usize) -> anyhow::Resu
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] from its own OS thread, so the
-/// ticks keep coming even when every async worker is busy running guests.
+/// ticks keep coming even when every guest thread is busy.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,

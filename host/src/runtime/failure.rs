@@ -110,16 +110,13 @@ impl HostStop {
 }
 
 /// Turns the error of a failed guest call into a [`JobFailure`]. `last_error_log` is the
-/// plugin's last `error`-level log line (the SDK logs panic messages there), quoted so a
-/// panic's own words reach the client.
+/// plugin's last `error`-level log line (the SDK logs panic messages there): it opens the
+/// message, since it is the plugin's own account of what went wrong; the trap and a short
+/// backtrace follow.
 pub(crate) fn classify(error: &wasmtime::Error, last_error_log: Option<&str>) -> JobFailure {
     if let Some(stop) = error.chain().find_map(|e| e.downcast_ref::<HostStop>()) {
         return stop.0.clone();
     }
-    let with_log = |text: String| match last_error_log {
-        Some(log) => format!("{text}; the plugin's last error log: {log}"),
-        None => text,
-    };
     match error.chain().find_map(|e| e.downcast_ref::<Trap>()) {
         Some(Trap::StackOverflow) => JobFailure::new(
             FailureKind::StackOverflow,
@@ -138,12 +135,79 @@ pub(crate) fn classify(error: &wasmtime::Error, last_error_log: Option<&str>) ->
                 format!("the plugin overflowed its stack: unbounded recursion in `{name}`"),
             )
         }
-        Some(trap) => JobFailure::new(
-            FailureKind::Trap,
-            with_log(format!("the plugin trapped: {trap}{}", backtrace_of(error))),
-        ),
-        None => JobFailure::new(FailureKind::Trap, with_log(format!("{error:#}"))),
+        Some(trap) => {
+            let text = trap.to_string();
+            let what = text.strip_prefix("wasm trap: ").unwrap_or(&text);
+            trapped(last_error_log, what, error)
+        }
+        // Some other failure inside the guest call (a canonical ABI error, say): its
+        // causes, without the backtrace wasmtime puts around them.
+        None => {
+            let backtrace = error
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .map(ToString::to_string);
+            let causes: Vec<String> = error
+                .chain()
+                .map(ToString::to_string)
+                .filter(|cause| Some(cause) != backtrace.as_ref())
+                .collect();
+            trapped(last_error_log, &causes.join(": "), error)
+        }
     }
+}
+
+/// Frames of a trap's backtrace quoted in its message.
+const QUOTED_FRAMES: usize = 4;
+
+/// The message of a trap, one item a line: the plugin's last error log (its panic message)
+/// if it left one, the trap, and where it happened.
+fn trapped(last_error_log: Option<&str>, trap: &str, error: &wasmtime::Error) -> JobFailure {
+    let mut message = match last_error_log {
+        Some(log) => format!("{log}\nthe plugin trapped: {trap}"),
+        None => format!("the plugin trapped: {trap}"),
+    };
+    for frame in short_backtrace(error) {
+        message.push_str("\n    at ");
+        message.push_str(&frame);
+    }
+    JobFailure::new(FailureKind::Trap, message)
+}
+
+/// The first few frames of the guest backtrace, innermost first, named where the
+/// component has a name section. Frames of the language runtime's panic and abort
+/// machinery on top are left out: the plugin's own function that failed comes first.
+fn short_backtrace(error: &wasmtime::Error) -> Vec<String> {
+    let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return Vec::new();
+    };
+    let names: Vec<String> = backtrace.frames().iter().map(frame_name).collect();
+    let runtime = names
+        .iter()
+        .take_while(|name| is_runtime_frame(name))
+        .count();
+    let start = if runtime < names.len() { runtime } else { 0 };
+    names.into_iter().skip(start).take(QUOTED_FRAMES).collect()
+}
+
+/// A frame's function name without the hash rustc appends, or its index.
+fn frame_name(frame: &wasmtime::FrameInfo) -> String {
+    match frame.func_name() {
+        Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
+        None => format!("wasm function {}", frame.func_index()),
+    }
+}
+
+/// How the names of Rust's standard library and panic entry points start.
+const RUNTIME_PREFIXES: [&str; 8] = [
+    "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::", "__rust", "rust_",
+];
+
+/// Whether a function belongs to Rust's standard library or its panic entry points.
+fn is_runtime_frame(name: &str) -> bool {
+    name == "abort"
+        || RUNTIME_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
 }
 
 /// The function recursing when the backtrace is a full window (wasmtime keeps 20 frames)
@@ -162,12 +226,4 @@ fn runaway_recursion(error: &wasmtime::Error) -> Option<String> {
             str::to_string,
         )
     })
-}
-
-/// The guest backtrace wasmtime attached, if any, so the message points into the plugin.
-fn backtrace_of(error: &wasmtime::Error) -> String {
-    error
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .map(|bt| format!("\n{bt}"))
-        .unwrap_or_default()
 }

@@ -15,10 +15,12 @@ mod cache;
 mod engine;
 mod events;
 mod failure;
+mod guests;
 mod host;
 mod journal;
 mod limits;
 mod plugin;
+mod relay;
 
 pub use bindings::CONTRACT_VERSION;
 pub use cache::{CacheOutcome, ComponentCache};
@@ -40,6 +42,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
@@ -48,6 +51,7 @@ use bindings::JobPlugin;
 use bindings::exports::kiln::plugin::job_type;
 use engine::EpochTicker;
 use failure::{HostStop, classify};
+use guests::GuestThreads;
 use host::HostState;
 
 /// How the runtime is sized.
@@ -65,6 +69,9 @@ pub struct RuntimeConfig {
     /// 2 s: `describe` returns constants, so anything slower is a bug (a loop), and the
     /// server does not serve jobs until every plugin is loaded.
     pub describe_timeout: Duration,
+    /// Threads that run guest code, apart from the executor that serves HTTP, SSE and
+    /// LLM calls. Default: one per core.
+    pub guest_threads: usize,
 }
 
 /// [`RuntimeConfig::describe_timeout`]'s default.
@@ -77,6 +84,7 @@ impl Default for RuntimeConfig {
             max_memory_mib: 1024,
             cache_dir: None,
             describe_timeout: DEFAULT_DESCRIBE_TIMEOUT,
+            guest_threads: guests::default_threads(),
         }
     }
 }
@@ -166,6 +174,7 @@ pub struct Runtime {
     /// WASI only: `describe` gets no Kiln import (see [`Runtime::describe`]).
     describe_linker: Linker<HostState>,
     describe_timeout: Duration,
+    guests: GuestThreads,
     _ticker: EpochTicker,
 }
 
@@ -190,6 +199,7 @@ impl Runtime {
             max_memory_mib: config.max_memory_mib,
             describe_linker,
             describe_timeout: config.describe_timeout,
+            guests: GuestThreads::start(config.guest_threads)?,
             _ticker: EpochTicker::start(engine.clone()),
             engine,
             linker,
@@ -374,9 +384,9 @@ impl Runtime {
         RunOutcome { result, usage }
     }
 
-    /// The common path of `describe` and `run`: admission, a fresh store with the limits,
-    /// deadline and cancellation wired in, instantiation, the call.
-    async fn call<R: Send>(
+    /// The common path of `describe` and `run`: admission, then the guest on the guest
+    /// threads while this task (on the caller's executor) carries out its LLM calls.
+    async fn call<R: Send + 'static>(
         &self,
         pre: &bindings::JobPluginPre<HostState>,
         job_id: &str,
@@ -387,7 +397,8 @@ impl Runtime {
             &'a JobPlugin,
             &'a mut Store<HostState>,
         ) -> BoxFuture<'a, wasmtime::Result<R>>
-        + Send,
+        + Send
+        + 'static,
     ) -> (Result<R, JobFailure>, Usage) {
         let cancel = context.cancel.clone();
         // Wait for a pool slot, unless the job is cancelled first.
@@ -395,58 +406,42 @@ impl Runtime {
             permit = self.admission.acquire() => permit.expect("the admission semaphore is never closed"),
             () = cancel.cancelled() => return (Err(cancelled()), Usage::default()),
         };
-        let timeout = context.timeout;
-        let deadline = Instant::now() + timeout;
-        let mut limits = context.limits;
+        let (llm, serve_llm) = relay::relay(context.llm.clone());
+        let mut limits = context.limits.clone();
         limits.memory_mib = limits.memory_mib.min(self.max_memory_mib);
-        let state = HostState::new(
-            (job_id.to_string(), job_type.to_string()),
-            RunContext { limits, ..context },
-            deadline,
-            journal,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
-        // Check cancellation and the deadline on every epoch tick, and yield to the
-        // executor so a guest in a CPU loop cannot hold a worker thread.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |store| {
-            let state = store.data();
-            if state.cancel.is_cancelled() {
-                return Err(HostStop::error(
-                    FailureKind::Cancelled,
-                    "the job was cancelled",
-                ));
-            }
-            if Instant::now() >= state.deadline {
-                return Err(timed_out(timeout).into_stop());
-            }
-            Ok(UpdateDeadline::Yield(1))
-        });
-
-        let raw = {
-            let call = async {
-                let bindings = pre.instantiate_async(&mut store).await?;
-                invoke(&bindings, &mut store).await
-            };
-            // The epoch callback stops a guest that is computing; these two stop one that
-            // is waiting in a host call (an LLM request), which epochs cannot interrupt.
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => Err(StopReason::Failure(cancelled())),
-                () = tokio::time::sleep_until(deadline.into()) => Err(StopReason::Failure(timed_out(timeout))),
-                result = call => result.map_err(StopReason::Wasm),
-            }
+        let context = RunContext {
+            llm,
+            limits,
+            ..context
         };
-        let state = store.data();
-        let result = raw.map_err(|reason| match reason {
-            StopReason::Failure(failure) => failure,
-            StopReason::Wasm(error) => classify(&error, state.last_error_log.as_deref()),
+        let ids = (job_id.to_string(), job_type.to_string());
+        let guest = self.guests.spawn(
+            run_guest(
+                (self.engine.clone(), pre.clone()),
+                ids,
+                context,
+                journal,
+                invoke,
+            )
+            .in_current_span(),
+        );
+        let mut guest = std::pin::pin!(guest);
+        let ended = tokio::select! {
+            ended = &mut guest => ended,
+            // The guest dropped its LLM client: it is about to end.
+            () = serve_llm => guest.await,
+        };
+        let (result, usage) = ended.unwrap_or_else(|error| {
+            let failure = JobFailure::new(
+                FailureKind::Internal,
+                format!("the guest's task failed: {error}"),
+            );
+            (Err(failure), Usage::default())
         });
         if let Err(failure) = &result {
             tracing::info!(job_id, kind = %failure.kind, message = %failure.message, "attempt failed");
         }
-        (result, state.usage)
+        (result, usage)
     }
 }
 
@@ -463,6 +458,64 @@ fn pre_link(
             "the component's exports do not match kiln:plugin@{CONTRACT_VERSION}: {e:#}"
         )
     })
+}
+
+/// One guest call on the guest threads: a fresh store with the limits, deadline and
+/// cancellation wired in, instantiation, the call.
+async fn run_guest<R: Send>(
+    (engine, pre): (Engine, bindings::JobPluginPre<HostState>),
+    ids: (String, String),
+    context: RunContext,
+    journal: Option<Arc<dyn CallJournal>>,
+    invoke: impl for<'a> FnOnce(
+        &'a JobPlugin,
+        &'a mut Store<HostState>,
+    ) -> BoxFuture<'a, wasmtime::Result<R>>
+    + Send,
+) -> (Result<R, JobFailure>, Usage) {
+    let cancel = context.cancel.clone();
+    let timeout = context.timeout;
+    let deadline = Instant::now() + timeout;
+    let state = HostState::new(ids, context, deadline, journal);
+    let mut store = Store::new(&engine, state);
+    store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
+    // Check cancellation and the deadline on every epoch tick, and yield so the other
+    // guests on this thread get their turn.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |store| {
+        let state = store.data();
+        if state.cancel.is_cancelled() {
+            return Err(HostStop::error(
+                FailureKind::Cancelled,
+                "the job was cancelled",
+            ));
+        }
+        if Instant::now() >= state.deadline {
+            return Err(timed_out(timeout).into_stop());
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+
+    let raw = {
+        let call = async {
+            let bindings = pre.instantiate_async(&mut store).await?;
+            invoke(&bindings, &mut store).await
+        };
+        // The epoch callback stops a guest that is computing; these two stop one that
+        // is waiting in a host call (an LLM request), which epochs cannot interrupt.
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(StopReason::Failure(cancelled())),
+            () = tokio::time::sleep_until(deadline.into()) => Err(StopReason::Failure(timed_out(timeout))),
+            result = call => result.map_err(StopReason::Wasm),
+        }
+    };
+    let state = store.data();
+    let result = raw.map_err(|reason| match reason {
+        StopReason::Failure(failure) => failure,
+        StopReason::Wasm(error) => classify(&error, state.last_error_log.as_deref()),
+    });
+    (result, state.usage)
 }
 
 enum StopReason {

@@ -75,8 +75,8 @@
 //! * WASI is linked with an empty context: no files, no sockets, no environment variables,
 //!   no arguments, and stdout/stderr go nowhere. Talk to the host through [`progress`],
 //!   [`llm`] and [`log`].
-//! * A panic is logged through [`log::error`] as `panicked at FILE:LINE: MESSAGE` before
-//!   the instance traps, and the host quotes that message in the job's error.
+//! * A panic is logged through [`log::error`] as `MESSAGE (panicked at FILE:LINE:COLUMN)`
+//!   before the instance traps, and the job's error message starts with it.
 //! * Keep events reasonable: every [`progress::report`] and [`progress::partial`] call is
 //!   an SSE event, and the host fails a job that exceeds its event rate limit.
 //!
@@ -336,8 +336,9 @@ pub mod __private {
     use super::*;
     use crate::bindings::kiln::plugin::types as raw;
 
-    /// `describe`: builds the raw plugin info. Calls no import.
+    /// `describe`: builds the raw plugin info. Calls no import (unless it panics).
     pub fn describe<T: JobType>() -> raw::PluginInfo {
+        install_panic_hook();
         let info = T::info();
         raw::PluginInfo {
             name: info.name,
@@ -380,20 +381,23 @@ pub mod __private {
         }
     }
 
-    /// Formats a panic the way the host expects to quote it.
+    /// Formats a panic the way the host quotes it: the panic's own message first, then
+    /// where it happened.
     pub fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("Box<dyn Any>");
+        let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
         match info.location() {
-            Some(at) => format!("panicked at {}:{}: {message}", at.file(), at.line()),
-            None => format!("panicked: {message}"),
+            Some(at) => format!(
+                "{message} (panicked at {}:{}:{})",
+                at.file(),
+                at.line(),
+                at.column()
+            ),
+            None => message.to_string(),
         }
     }
 
+    /// Logs a panic at error level before the instance traps: the host opens the job's
+    /// error message with the last error log, so the panic's words reach the client.
     fn install_panic_hook() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
@@ -443,6 +447,25 @@ mod tests {
         assert_eq!(raw.default_timeout_secs, 7);
         let schema: Value = serde_json::from_str(&raw.payload_schema).unwrap();
         assert_eq!(schema["required"][0], "a");
+    }
+
+    #[test]
+    fn panic_message_starts_with_the_message_then_says_where() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            sink.lock().unwrap().push(__private::panic_message(info));
+        }));
+        let count = 3;
+        let _ = std::panic::catch_unwind(|| panic!("plain"));
+        let _ = std::panic::catch_unwind(|| panic!("formatted {count}"));
+        std::panic::set_hook(previous);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].starts_with("plain (panicked at "), "{seen:?}");
+        assert!(seen[1].starts_with("formatted 3 (panicked at "), "{seen:?}");
+        assert!(seen[1].contains("src/lib.rs:"), "{seen:?}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Leveled log messages. The host writes them to its `tracing` log tagged with the job id
 //! and job type. Guest stdout/stderr are discarded, so this is the way to leave a trace.
 //!
-//! The last `error` message is quoted when the plugin traps; the SDK's panic hook uses
-//! [`error`] for exactly that.
+//! When the plugin traps, the job's error message starts with its last `error` message;
+//! the SDK's panic hook uses [`error`] for exactly that.
 //!
 //! ```no_run
 //! kiln_plugin::log::info(format!("splitting {} bytes", 42));
@@ -31,7 +31,8 @@ pub fn warn(message: impl AsRef<str>) {
     write(Level::Warn, message.as_ref());
 }
 
-/// Writes an `error` message; the host quotes the last one if the plugin then traps.
+/// Writes an `error` message; the job's error starts with the last one if the plugin then
+/// traps.
 pub fn error(message: impl AsRef<str>) {
     write(Level::Error, message.as_ref());
 }

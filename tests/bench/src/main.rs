@@ -9,6 +9,7 @@
 //! so every acknowledged submit is durable (fsync'd) as in production. Timings are measured,
 //! never asserted.
 
+mod fairness;
 mod fanout;
 mod http;
 mod restart;
@@ -32,7 +33,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only these sections (comma-separated): sandbox, submit, e2e, fanout, restart,
-    /// recovery. Default: all.
+    /// recovery, fairness. Default: all.
     #[arg(long, value_delimiter = ',')]
     sections: Vec<String>,
 }
@@ -129,6 +130,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants("recovery") {
         report.insert("recovery".into(), recovery(&setup).await?);
+    }
+    if args.wants("fairness") {
+        report.insert("fairness".into(), fairness(&setup).await?);
     }
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
@@ -357,6 +361,32 @@ async fn recovery(setup: &Setup) -> anyhow::Result<serde_json::Value> {
         figure.paid_after_restart
     );
     Ok(json!(figure))
+}
+
+/// 7. CPU fairness: streamed jobs next to guests looping on every core.
+async fn fairness(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let dir = setup.data.path().join("fairness");
+    let server = server::KilnServer::start(&dir, setup.plugins.path(), fairness::CONFIG)?;
+    let rounds = fairness::fairness(&server, 4).await?;
+    server.stop();
+    println!(
+        "\nCPU fairness (4 streamed characters jobs of 18 calls, offline 250 ms; CPU loops that call no import):"
+    );
+    println!(
+        "  {:<6} {:>6} {:>10} {:>16} {:>16}",
+        "loops", "jobs", "seconds", "healthz p50 ms", "healthz max ms"
+    );
+    for r in &rounds {
+        println!(
+            "  {:<6} {:>6} {:>10.2} {:>16.2} {:>16.2}",
+            r.loops,
+            r.jobs,
+            r.seconds,
+            r.healthz.p50_us / 1000.0,
+            r.healthz.max_us / 1000.0
+        );
+    }
+    Ok(json!(rounds))
 }
 
 /// Cores and memory of this machine, for the record.
