@@ -156,10 +156,15 @@ pub async fn recovery(
         done["status"] == "completed",
         "the recovered job did not complete: {done}"
     );
+    // `usage.llm_calls` counts the calls paid by every attempt; those the killed attempt
+    // paid are the ones the next attempt replayed.
+    let usage = &done["usage"];
+    let replayed_calls = usage["replayed_calls"].as_u64().unwrap_or(0);
+    let paid = usage["llm_calls"].as_u64().unwrap_or(0);
     Ok(RecoveryFigure {
         calls_per_job: count * 6,
         progress_at_kill,
-        replayed_calls: done["usage"]["replayed_calls"].as_u64().unwrap_or(0),
-        paid_after_restart: done["usage"]["llm_calls"].as_u64().unwrap_or(0),
+        replayed_calls,
+        paid_after_restart: paid.saturating_sub(replayed_calls),
     })
 }
