@@ -776,6 +776,56 @@ async fn watch_tokens_marks_the_text_a_new_attempt_voids() {
     kiln.stop().await;
 }
 
+#[tokio::test]
+async fn watch_tokens_marks_a_label_whose_stream_broke_off() {
+    // Every stream sends two deltas, then breaks: the server voids the label's text.
+    let fake = FakeProvider::with(Behavior {
+        break_when_contains: Some(String::new()),
+        cut_stream_after: 2,
+        ..Behavior::default()
+    })
+    .await;
+    let config = format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [models]\ndefault = \"fake/test-model\"\n",
+        fake.base_url
+    );
+    let kiln = InProcess::start_cached(&["characters"], &config).await;
+    let id = submit_ok(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "characters", "payload": {"theme": "ferry pilots", "count": 1},
+               "max_attempts": 1}),
+    )
+    .await;
+    let output = tokio::time::timeout(
+        LONG,
+        kiln_command(&kiln.base, &["watch", &id, "--tokens"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output(),
+    )
+    .await
+    .expect("watch hung")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "the job failed: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let marker = lines
+        .iter()
+        .position(|l| *l == "[character-1/name: restarted; its text so far is void]")
+        .unwrap_or_else(|| panic!("no marker for the broken stream: {stderr}"));
+    let streamed = lines[..marker]
+        .iter()
+        .filter(|l| l.starts_with("token character-1/name"))
+        .count();
+    assert!(
+        streamed >= 1,
+        "the text before the break is shown first: {stderr}"
+    );
+    kiln.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // The server's log: colour only on a terminal; JSON lines on request
 
