@@ -651,8 +651,15 @@ const DETAIL_STATE: &str = "
     return {status: document.querySelector('[data-testid=detail-status]').textContent,
             rows, tokens};";
 
-/// Clicks the element at `css`.
+/// Clicks the element at `css`, once the page shows it (a list may still be loading).
 async fn click(browser: &Browser, css: &str) {
+    let quoted = serde_json::to_string(css).unwrap();
+    browser
+        .wait_for(
+            &format!("{css} to appear"),
+            &format!("return document.querySelector({quoted}) !== null;"),
+        )
+        .await;
     browser
         .client
         .find(Locator::Css(css))
