@@ -280,16 +280,11 @@ async fn dashboard_shows_a_running_jobs_progress_and_completion_live() {
         "the dashboard reloaded"
     );
     // The detail of the job: its event log read from /v1/jobs/{id}/events, and its result.
-    browser
-        .client
-        .find(Locator::Css(&format!(
-            "[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=job-type]"
-        )))
-        .await
-        .expect("the job's row")
-        .click()
-        .await
-        .expect("clicking the job");
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=job-type]"),
+    )
+    .await;
     let log = logged_rows(&all_events(&kiln.client, &kiln.base, &id, LONG).await);
     browser
         .wait_for(
@@ -443,16 +438,11 @@ async fn cancel_from_the_dashboard_stops_a_looping_job() {
         .await;
     browser.screenshot("running").await;
 
-    browser
-        .client
-        .find(Locator::Css(&format!(
-            "[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=cancel-button]"
-        )))
-        .await
-        .expect("the job's cancel button")
-        .click()
-        .await
-        .expect("clicking cancel");
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=cancel-button]"),
+    )
+    .await;
     let state = browser
         .wait_for(
             "the job to show as cancelled",
