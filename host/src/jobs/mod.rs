@@ -221,6 +221,10 @@ impl JobService {
 
     /// Waits up to `limit` for [`JobService::start`] to have run; returns whether it has.
     pub async fn wait_started(&self, limit: Duration) -> bool {
+        // Every `/v1/` request asks: once started, answer without a subscription or a timer.
+        if self.is_started() {
+            return true;
+        }
         let mut started = self.inner.started.subscribe();
         tokio::time::timeout(limit, started.wait_for(|started| *started))
             .await
