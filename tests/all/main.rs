@@ -16,6 +16,7 @@ mod fake_provider;
 mod feed;
 mod fuzz;
 mod journal;
+mod languages;
 mod lifecycle;
 mod metrics;
 mod openapi;

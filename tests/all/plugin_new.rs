@@ -1,17 +1,21 @@
-//! `kiln plugin new`: a project written into a folder outside the repository builds with
-//! plain `cargo build --release --target wasm32-wasip2`, and the component it makes, at
-//! the path its README names, passes `kiln plugin check` and runs with `kiln plugin run`.
+//! `kiln plugin new` and `kiln plugin build`, in Rust, Python and JavaScript: a project
+//! written into a folder outside the repository builds with `kiln plugin build`, passes
+//! its own unit test, runs with `kiln plugin run` and is served by `kiln serve`.
 //!
-//! The wasm build shares one target dir under the repository's `target/plugin-new/`, so
-//! the dependencies compile once and later runs take seconds.
+//! The builds share what `scripts/build-plugins` uses (the cargo target dir
+//! `target/plugin-new/`, componentize-py under `target/toolchains/`), so the tools install
+//! and the dependencies compile once and later runs take seconds. npm installs each
+//! JavaScript project's pinned tools into the project, as it does for an author.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::support::repo_root;
+use crate::fake_provider::FakeProvider;
+use crate::support::{KilnProcess, all_events, repo_root, submit_ok, wait_terminal};
 
 /// What one command did.
 struct Ran {
@@ -66,8 +70,21 @@ fn kiln(args: &[&str]) -> Command {
     command
 }
 
-#[test]
-fn a_new_project_outside_the_repo_builds_as_is_and_passes_the_check() {
+/// The environment every build in these tests shares, as `scripts/build-plugins` does:
+/// one cargo target dir, one componentize-py, one compiled-component cache.
+fn shared_build_env(command: &mut Command) {
+    let target = repo_root().join("target");
+    command
+        .env("CARGO_TARGET_DIR", target.join("plugin-new"))
+        .env("KILN_TOOLCHAINS_DIR", target.join("toolchains"))
+        .env("KILN_CACHE_DIR", target.join("kiln-cache"));
+}
+
+/// What a plugin author does, in `lang`: `kiln plugin new quests --lang LANG` in a folder
+/// outside the repository, edit the prompt, `kiln plugin build`, the unit test in the
+/// language's own runner, `kiln plugin run` on `example.json`, then the component served
+/// by `kiln serve` with a job followed over SSE to its end.
+async fn a_new_project_builds_tests_runs_and_serves(lang: &str, source: &str, unit_test: &[&str]) {
     let outside = tempfile::tempdir().unwrap();
     let repo = repo_root().canonicalize().unwrap();
     assert!(
@@ -76,60 +93,219 @@ fn a_new_project_outside_the_repo_builds_as_is_and_passes_the_check() {
     );
     let dir = outside.path().to_str().unwrap();
     let out = run(
-        kiln(&["plugin", "new", "tide-tables", "--dir", dir]),
+        kiln(&["plugin", "new", "quests", "--lang", lang, "--dir", dir]),
         outside.path(),
         Duration::from_secs(60),
     );
     assert_eq!(out.code, Some(0), "{out}");
-    let project = outside.path().join("tide-tables");
+    let project = outside.path().join("quests");
     let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
-    let component = "target/wasm32-wasip2/release/tide_tables.wasm";
-    assert!(readme.contains(component), "{readme}");
+    for command in ["kiln plugin build", "kiln plugin run quests.wasm"] {
+        assert!(
+            readme.contains(command),
+            "the README lacks {command:?}:\n{readme}"
+        );
+    }
     assert!(
-        readme.contains("cargo build --release --target wasm32-wasip2\n"),
-        "{readme}"
+        readme.lines().count() < 60,
+        "the README should be short:\n{readme}"
     );
 
-    // Exactly the README's build command; only the target dir is shared, for speed.
-    let target_dir = repo.join("target/plugin-new");
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .env("CARGO_TARGET_DIR", &target_dir);
-    let built = run(cargo, &project, Duration::from_secs(900));
+    // The author's edit: a prompt of their own, which must reach the model.
+    let code_path = project.join(source);
+    let code = std::fs::read_to_string(&code_path).unwrap();
+    let marker = "PROMPT-EDITED-BY-THE-AUTHOR";
+    let edited = add_to_first_prompt(&code, marker)
+        .unwrap_or_else(|| panic!("no prompt string found to edit in {source}:\n{code}"));
+    std::fs::write(&code_path, edited).unwrap();
+
+    let mut build = kiln(&["plugin", "build"]);
+    shared_build_env(&mut build);
+    let built = run(build, &project, Duration::from_secs(900));
     assert_eq!(built.code, Some(0), "{built}");
-    let wasm = target_dir.join(component.strip_prefix("target/").unwrap());
+    assert!(
+        built
+            .stdout
+            .contains("example.json passes the payload schema"),
+        "{built}"
+    );
+    let wasm = project.join("quests.wasm");
     assert!(wasm.is_file(), "no {}:\n{built}", wasm.display());
 
-    let wasm = wasm.to_str().unwrap();
-    let checked = run(
-        kiln(&["plugin", "check", wasm]),
-        &project,
-        Duration::from_secs(120),
-    );
-    assert_eq!(checked.code, Some(0), "{checked}");
-    assert!(
-        checked.stdout.contains("type:        tide-tables"),
-        "{checked}"
-    );
-    let ran = run(
-        kiln(&[
-            "plugin",
-            "run",
-            wasm,
-            "--payload",
-            r#"{"names": ["Ada", "Linus"]}"#,
-        ]),
-        &project,
-        Duration::from_secs(120),
-    );
-    assert_eq!(ran.code, Some(0), "{ran}");
-    let result: Value = serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {ran}"));
+    let mut test = Command::new(unit_test[0]);
+    test.args(&unit_test[1..]);
+    shared_build_env(&mut test);
+    let tested = run(test, &project, Duration::from_secs(900));
     assert_eq!(
-        result["greetings"].as_array().map(Vec::len),
-        Some(2),
-        "{ran}"
+        tested.code,
+        Some(0),
+        "the template's unit test fails:\n{tested}"
     );
+
+    let mut ran = kiln(&[
+        "plugin",
+        "run",
+        "quests.wasm",
+        "--payload",
+        "@example.json",
+        "--tokens",
+    ]);
+    shared_build_env(&mut ran);
+    let ran = run(ran, &project, Duration::from_secs(300));
+    assert_eq!(ran.code, Some(0), "{ran}");
+    serde_json::from_str::<Value>(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {ran}"));
+
+    // Served: copied into a plugins folder, a job followed over SSE to the end, its LLM
+    // calls answered by the fake OpenAI-format provider, which shows what the model got.
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(&wasm, plugins.path().join("quests.wasm")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    static KEY: Once = Once::new();
+    // SAFETY: set once, before any server starts, under a name nothing else uses.
+    KEY.call_once(|| unsafe { std::env::set_var("KILN_PLUGIN_NEW_KEY", "sk-plugin-new") });
+    let config = format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         api_key_env = \"KILN_PLUGIN_NEW_KEY\"\n[models]\ndefault = \"fake/test-model\"\n",
+        fake.base_url
+    );
+    let server = KilnProcess::start_cached(data.path(), plugins.path(), &config);
+    let client = reqwest::Client::new();
+    let payload: Value =
+        serde_json::from_str(&std::fs::read_to_string(project.join("example.json")).unwrap())
+            .unwrap();
+    let id = submit_ok(
+        &client,
+        &server.base,
+        json!({"type": "quests", "payload": payload}),
+    )
+    .await;
+    let events = all_events(&client, &server.base, &id, Duration::from_secs(120)).await;
+    let named = |name: &str| events.iter().filter(|e| e.event == name).count();
+    let shown = || format!("events: {events:#?}\nserver log:\n{}", server.log());
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("completed"),
+        "{}",
+        shown()
+    );
+    let stages: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .filter_map(|e| e.data["message"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        stages.len() >= 2,
+        "two progress stages expected: {}",
+        shown()
+    );
+    assert!(named("partial") >= 1, "a partial expected: {}", shown());
+    assert!(named("token") >= 1, "streamed tokens expected: {}", shown());
+    let job = wait_terminal(&client, &server.base, &id, Duration::from_secs(10)).await;
+    assert!(job["usage"]["llm_calls"].as_u64() >= Some(1), "{job:#}");
+    let prompts: Vec<String> = fake
+        .seen()
+        .iter()
+        .map(|seen| seen.body.to_string())
+        .collect();
+    assert!(
+        prompts.iter().any(|body| body.contains(marker)),
+        "the edited prompt never reached the model: {prompts:#?}"
+    );
+}
+
+/// `code` with `marker` added inside its first system or user prompt string.
+fn add_to_first_prompt(code: &str, marker: &str) -> Option<String> {
+    let at = ["You write", "You are", "Write "]
+        .iter()
+        .filter_map(|start| code.find(start))
+        .min()?;
+    Some(format!("{}{marker} {}", &code[..at], &code[at..]))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_a_new_project_builds_tests_runs_and_serves() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    a_new_project_builds_tests_runs_and_serves("rust", "src/lib.rs", &[&cargo, "test"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_a_new_project_builds_tests_runs_and_serves() {
+    a_new_project_builds_tests_runs_and_serves("python", "app.py", &["python3", "-m", "unittest"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn js_a_new_project_builds_tests_runs_and_serves() {
+    a_new_project_builds_tests_runs_and_serves("js", "src/job.js", &["npm", "test"]).await;
+}
+
+/// `kiln plugin build` in a folder with no project says what it looks for.
+#[test]
+fn plugin_build_without_a_project_names_the_manifests_it_looks_for() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(
+        kiln(&["plugin", "build"]),
+        empty.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    for manifest in [
+        "Cargo.toml",
+        "pyproject.toml",
+        "package.json",
+        "kiln plugin new",
+    ] {
+        assert!(out.stderr.contains(manifest), "{out}");
+    }
+}
+
+/// A Python build on a machine without a usable Python says so and how to get one.
+#[test]
+fn plugin_build_names_a_missing_python() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().to_str().unwrap();
+    let out = run(
+        kiln(&["plugin", "new", "quests", "--lang", "python", "--dir", dir]),
+        outside.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let mut build = kiln(&["plugin", "build"]);
+    build
+        .env("KILN_PYTHON", "/nonexistent/python3")
+        .env("KILN_TOOLCHAINS_DIR", outside.path().join("toolchains"));
+    let out = run(
+        build,
+        &outside.path().join("quests"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("/nonexistent/python3"), "{out}");
+    assert!(out.stderr.contains("install Python 3"), "{out}");
+}
+
+/// A JavaScript build on a machine without Node.js says so and how to get it.
+#[test]
+fn plugin_build_names_a_missing_node() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().to_str().unwrap();
+    let out = run(
+        kiln(&["plugin", "new", "quests", "--lang", "js", "--dir", dir]),
+        outside.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    let mut build = kiln(&["plugin", "build"]);
+    build.env("PATH", "/nonexistent");
+    let out = run(
+        build,
+        &outside.path().join("quests"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("`node` was not found"), "{out}");
+    assert!(out.stderr.contains("Node.js 20 or newer"), "{out}");
 }
 
 #[test]

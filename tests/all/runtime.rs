@@ -22,7 +22,7 @@ use kiln::runtime::{
 use crate::support::{fixture_wasm, plugin_wasm};
 
 /// The longest any single job in this file may take before the test gives up on it.
-const GUARD: Duration = Duration::from_secs(60);
+pub(crate) const GUARD: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -39,7 +39,7 @@ impl EventSink for Collect {
 }
 
 /// A runtime sized small: tests run many of them at once on a 2-core machine.
-fn new_runtime() -> Arc<Runtime> {
+pub(crate) fn new_runtime() -> Arc<Runtime> {
     Arc::new(
         Runtime::new(RuntimeConfig {
             max_instances: 16,
@@ -49,7 +49,7 @@ fn new_runtime() -> Arc<Runtime> {
     )
 }
 
-async fn load(runtime: &Runtime, path: &Path) -> Arc<Plugin> {
+pub(crate) async fn load(runtime: &Runtime, path: &Path) -> Arc<Plugin> {
     match runtime.load_file(path).await {
         Ok(plugin) => Arc::new(plugin),
         Err(error) => panic!("loading {} failed: {error:#}", path.display()),
@@ -61,7 +61,7 @@ async fn hostile(runtime: &Runtime) -> Arc<Plugin> {
 }
 
 /// Tight limits, so that violations are hit quickly.
-fn tight() -> Limits {
+pub(crate) fn tight() -> Limits {
     Limits {
         memory_mib: 32,
         default_timeout_secs: 30,
@@ -75,7 +75,7 @@ fn tight() -> Limits {
 }
 
 /// One job to run: payload, limits, wall-clock budget, offline latency, cancel token.
-struct Job {
+pub(crate) struct Job {
     payload: Value,
     limits: Limits,
     timeout: Duration,
@@ -84,7 +84,7 @@ struct Job {
 }
 
 impl Job {
-    fn new(payload: Value) -> Self {
+    pub(crate) fn new(payload: Value) -> Self {
         Self {
             payload,
             limits: tight(),
@@ -103,36 +103,36 @@ impl Job {
         Self::new(payload)
     }
 
-    fn limits(mut self, limits: Limits) -> Self {
+    pub(crate) fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
 
-    fn timeout(mut self, timeout: Duration) -> Self {
+    pub(crate) fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    fn latency_ms(mut self, latency_ms: u64) -> Self {
+    pub(crate) fn latency_ms(mut self, latency_ms: u64) -> Self {
         self.latency_ms = latency_ms;
         self
     }
 
-    fn cancel(mut self, cancel: CancellationToken) -> Self {
+    pub(crate) fn cancel(mut self, cancel: CancellationToken) -> Self {
         self.cancel = cancel;
         self
     }
 }
 
 /// A finished job: the runtime's outcome and every event the job emitted.
-struct Ran {
-    outcome: RunOutcome,
-    events: Vec<PluginEvent>,
+pub(crate) struct Ran {
+    pub(crate) outcome: RunOutcome,
+    pub(crate) events: Vec<PluginEvent>,
 }
 
 impl Ran {
     /// The result; fails the test with the failure and the events otherwise.
-    fn ok(&self) -> &Value {
+    pub(crate) fn ok(&self) -> &Value {
         match &self.outcome.result {
             Ok(value) => value,
             Err(failure) => panic!(
@@ -143,7 +143,7 @@ impl Ran {
     }
 
     /// The failure, which must be of `kind`; fails the test with what came instead.
-    fn failed(&self, kind: FailureKind) -> &JobFailure {
+    pub(crate) fn failed(&self, kind: FailureKind) -> &JobFailure {
         match &self.outcome.result {
             Err(failure) if failure.kind == kind => failure,
             Err(failure) => panic!(
@@ -157,7 +157,7 @@ impl Ran {
         }
     }
 
-    fn progress(&self) -> Vec<(u8, String)> {
+    pub(crate) fn progress(&self) -> Vec<(u8, String)> {
         self.events
             .iter()
             .filter_map(|event| match event {
@@ -167,7 +167,7 @@ impl Ran {
             .collect()
     }
 
-    fn partials(&self) -> Vec<(String, Value)> {
+    pub(crate) fn partials(&self) -> Vec<(String, Value)> {
         self.events
             .iter()
             .filter_map(|event| match event {
@@ -178,7 +178,7 @@ impl Ran {
     }
 
     /// Streamed text per label, deltas concatenated in arrival order.
-    fn tokens(&self) -> BTreeMap<String, String> {
+    pub(crate) fn tokens(&self) -> BTreeMap<String, String> {
         let mut streams = BTreeMap::<String, String>::new();
         for event in &self.events {
             if let PluginEvent::Token { label, delta } = event {
@@ -191,7 +191,7 @@ impl Ran {
 
 /// Runs `job` with `plugin` on `runtime`, with a collecting sink and the offline provider.
 /// Panics (instead of hanging) if the runtime does not come back within [`GUARD`].
-async fn run(runtime: &Runtime, plugin: &Plugin, job: Job) -> Ran {
+pub(crate) async fn run(runtime: &Runtime, plugin: &Plugin, job: Job) -> Ran {
     let sink = Arc::new(Collect::default());
     let context = RunContext {
         sink: sink.clone(),

@@ -604,17 +604,31 @@ fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-compiled-cache")
 }
 
-/// Copies the shared compiled artifacts into `data_dir/cache`.
+/// What `scripts/build-plugins` compiled while it checked the Python and JavaScript
+/// components it built (`kiln plugin build` caches under `KILN_CACHE_DIR/compiled`).
+fn build_cache() -> PathBuf {
+    repo_root().join("target/kiln-cache/compiled")
+}
+
+/// Links the shared compiled artifacts into `data_dir/cache` (hard links: a Python or JS
+/// artifact is tens of MB, and Kiln never changes an artifact file in place; it writes a
+/// new one and renames it over). Copies where linking fails.
 pub fn seed_cache(data_dir: &Path) {
     let target = data_dir.join("cache");
     let _ = std::fs::create_dir_all(&target);
-    let Ok(entries) = std::fs::read_dir(shared_cache()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "cwasm") {
-            let _ = std::fs::copy(&path, target.join(entry.file_name()));
+    for source in [build_cache(), shared_cache()] {
+        let Ok(entries) = std::fs::read_dir(source) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let dest = target.join(entry.file_name());
+            if path.extension().is_some_and(|e| e == "cwasm")
+                && !dest.exists()
+                && std::fs::hard_link(&path, &dest).is_err()
+            {
+                let _ = std::fs::copy(&path, &dest);
+            }
         }
     }
 }
@@ -635,7 +649,9 @@ pub fn save_cache(data_dir: &Path) {
                 entry.file_name().to_string_lossy(),
                 std::process::id()
             ));
-            if std::fs::copy(&path, &tmp).is_ok() {
+            let saved =
+                std::fs::hard_link(&path, &tmp).is_ok() || std::fs::copy(&path, &tmp).is_ok();
+            if saved {
                 let _ = std::fs::rename(&tmp, &dest);
             }
         }

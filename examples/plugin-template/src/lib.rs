@@ -29,6 +29,7 @@ impl JobType for Greet {
 
     fn run(job: Job<Payload>) -> Result<impl Serialize, JobError> {
         let names = job.payload.names;
+        progress::report(10, "Writing greetings");
         let requests = names.iter().enumerate().map(|(i, name)| {
             Request::new()
                 .system("You write one warm sentence.")
@@ -54,3 +55,25 @@ impl JobType for Greet {
 }
 
 kiln_plugin::export!(Greet);
+
+// `cargo test` runs these natively; `kiln_plugin::testing` answers the LLM calls.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_plugin::testing;
+
+    #[test]
+    fn greets_every_name_and_streams_each_greeting() {
+        let run = testing::run::<Greet>(json!({ "names": ["Ada", "Linus"] }), |request| {
+            format!(
+                "Hello from {}",
+                request.last_user_message().unwrap_or_default()
+            )
+        });
+        let result = run.result.expect("the job succeeds");
+        assert_eq!(result["greetings"][1], "Hello from Greet Linus.");
+        assert_eq!(run.partials.len(), 2);
+        assert_eq!(run.requests[0].stream_label(), Some("greeting-1"));
+        assert_eq!(run.progress.last().map(|(percent, _)| *percent), Some(100));
+    }
+}

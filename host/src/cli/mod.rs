@@ -1,5 +1,6 @@
 //! The `kiln` command line. One file per command; each is a thin layer over the library.
 
+mod build;
 mod client;
 mod doctor;
 mod jobs;
@@ -8,6 +9,8 @@ mod new;
 mod plugin;
 mod serve;
 mod submit;
+mod templates;
+mod toolchain;
 mod watch;
 
 pub use client::{DEFAULT_SERVER, ServerArgs};
@@ -68,8 +71,11 @@ pub struct ServeArgs {
 /// `kiln plugin …`.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Write a new job type project (Rust) that builds as is, with the SDK inside it.
+    /// Write a new job type project (Rust, Python or JavaScript) that builds as is, with
+    /// the SDK inside it.
     New(new::NewArgs),
+    /// Build the job type project in DIR (default: here) into DIR/NAME.wasm, then check it.
+    Build(build::BuildArgs),
     /// Check a component against the contract and print what it declares; given a
     /// plugins dir, check every *.wasm in it as `kiln serve` would load them.
     Check {
@@ -85,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Plugin(PluginCommand::New(args)) => new::run(&args),
+        Command::Plugin(PluginCommand::Build(args)) => build::run(&args).await,
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file).await,
         Command::Plugin(PluginCommand::Run(args)) => plugin::run(args).await,
         Command::Submit(args) => submit::run(args).await,

@@ -1,24 +1,32 @@
-//! `kiln plugin new NAME [--dir DIR]`: writes a standalone Rust crate for job type NAME that
-//! builds as is, anywhere: `cargo build --release --target wasm32-wasip2`.
+//! `kiln plugin new NAME [--lang rust|python|js] [--dir DIR]`: writes a project for job
+//! type NAME that `kiln plugin build` builds as is, anywhere.
 //!
-//! The project needs nothing from Kiln's repository: the plugin SDK (`plugins/sdk`, crate
-//! `kiln-plugin`) and the contract it is generated from (`wit/v0.1.0/plugin.wit`) are
-//! compiled into the `kiln` binary and written under `NAME/kiln-plugin/`, which the
-//! project depends on by a relative path. The code is `examples/plugin-template`'s, renamed.
+//! The project needs nothing from Kiln's repository: the language's SDK and the contract
+//! (`wit/v0.1.0/plugin.wit`) are compiled into the `kiln` binary and written into the
+//! project. Every template has a payload schema, two progress stages, a streamed LLM
+//! call, a partial, a unit test in the language's own runner, `example.json` and a README.
 //!
 //! ```text
-//! NAME/
-//!   Cargo.toml          the cdylib crate, its own workspace, release profile sized for wasm
-//!   src/lib.rs          the job type (the template's `greet`, renamed)
-//!   README.md           the build command, the component's file name, check/run/serve
-//!   .gitignore
-//!   kiln-plugin/        the SDK: Cargo.toml, src/*.rs, wit/plugin.wit
+//! rust:    Cargo.toml, src/lib.rs (the job type, with its test), kiln-plugin/ (the SDK
+//!          crate and wit/), example.json, README.md, .gitignore
+//! python:  pyproject.toml, app.py (the job type), test_app.py, kiln_plugin/ (the SDK),
+//!          wit/, example.json, README.md, .gitignore
+//! js:      package.json (pins the build tools), src/job.js, test/job.test.js,
+//!          kiln-plugin/ (the SDK, with build.mjs), wit/, example.json, README.md,
+//!          .gitignore
 //! ```
+//!
+//! The Rust code is `examples/plugin-template`'s, renamed; the others are in
+//! `plugins/templates/` (see [`super::templates`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+
+use super::templates::{
+    File, JS_SDK, JS_TEMPLATE, PYTHON_SDK, PYTHON_TEMPLATE, fill, project_path,
+};
 
 /// `kiln plugin new`.
 #[derive(Debug, clap::Args)]
@@ -26,13 +34,38 @@ pub struct NewArgs {
     /// The job type's name: a lowercase letter, then lowercase letters, digits, '-' or '_'.
     /// Also the name of the crate and of the folder created.
     pub name: String,
+    /// The language to write the job type in.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    pub lang: Lang,
     /// The folder to create the project folder NAME in.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
 }
 
+/// The languages `kiln plugin new` writes projects in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// Rust, with the `kiln-plugin` crate; built with cargo.
+    Rust,
+    /// Python, with the `kiln_plugin` package; built with componentize-py.
+    #[value(alias = "py")]
+    Python,
+    /// JavaScript (with TypeScript types), with the `kiln-plugin` package; built with
+    /// esbuild and ComponentizeJS.
+    #[value(alias = "javascript", alias = "ts", alias = "typescript")]
+    Js,
+}
+
 /// The SDK's sources as they are in this build of Kiln, by path inside `kiln-plugin/`.
-const SDK_SOURCES: [(&str, &str); 5] = [
+const SDK_SOURCES: [(&str, &str); 7] = [
+    (
+        "src/host.rs",
+        include_str!("../../../plugins/sdk/src/host.rs"),
+    ),
+    (
+        "src/testing.rs",
+        include_str!("../../../plugins/sdk/src/testing.rs"),
+    ),
     (
         "src/lib.rs",
         include_str!("../../../plugins/sdk/src/lib.rs"),
@@ -112,48 +145,36 @@ Written by `kiln plugin new {name}` (Kiln {version}). It builds as is, wherever 
 is: `kiln-plugin/` is Kiln's plugin SDK, with the contract it implements
 (`kiln-plugin/wit/plugin.wit`, `kiln:plugin@0.1.0`).
 
-## Build
-
 ```sh
-rustup target add wasm32-wasip2                  # once
-cargo build --release --target wasm32-wasip2
+kiln plugin build                                   # builds {name}.wasm, checks example.json
+cargo test                                          # the unit test, natively
+kiln plugin run {name}.wasm --payload @example.json --tokens
 ```
 
-The component is `target/wasm32-wasip2/release/{file}.wasm` (under `$CARGO_TARGET_DIR`
-instead if you set it).
-
-## Try it
-
-```sh
-kiln plugin check target/wasm32-wasip2/release/{file}.wasm
-kiln plugin run target/wasm32-wasip2/release/{file}.wasm \
-    --payload '{"names": ["Ada", "Linus"]}' --latency-ms 200 --tokens
-```
-
-`plugin check` says whether the component fits the contract and prints its type, version,
-imports and payload schema; `plugin run` runs one job on the offline provider (or, with
-`--config kiln.toml`, on your configured providers) and prints its progress, partials
-and result.
+`kiln plugin build` runs `cargo build --release --target wasm32-wasip2` (adding the target
+with rustup the first time) and copies the component to `{name}.wasm`. `kiln plugin run`
+runs one job on the offline LLM provider (or, with `--config kiln.toml`, on your
+configured providers) and prints its progress, partials, tokens and result.
 
 ## Serve it
 
-Copy the component into the server's plugins dir and restart `kiln serve`:
+Copy the component into the server's plugins folder and restart `kiln serve`:
 
 ```sh
-cp target/wasm32-wasip2/release/{file}.wasm /path/to/plugins/{name}.wasm
-kiln submit {name} --payload '{"names": ["Ada"]}' --watch
+cp {name}.wasm /path/to/plugins/
+kiln submit {name} --payload @example.json --watch
 ```
 
 ## Make it yours
 
 Everything is in `src/lib.rs`: change `Payload` and the JSON Schema in `info()` (the host
-checks payloads against it before a job exists), and `run`. The SDK's reference is its
-rustdoc: `cargo doc -p kiln-plugin --open`.
+checks payloads against it before a job exists), the prompt, and `run`. The SDK's
+reference is its rustdoc: `cargo doc -p kiln-plugin --open`.
 "#;
 
 pub(super) fn run(args: &NewArgs) -> anyhow::Result<ExitCode> {
     let project = args.dir.join(&args.name);
-    let written = write_project(&args.name, &project)?;
+    let written = write_project(&args.name, args.lang, &project)?;
     let shown = std::path::absolute(&project).unwrap_or(project);
     eprintln!(
         "created {} ({} files): job type `{}`",
@@ -162,17 +183,15 @@ pub(super) fn run(args: &NewArgs) -> anyhow::Result<ExitCode> {
         args.name
     );
     eprintln!(
-        "next: cd {} && cargo build --release --target wasm32-wasip2\n\
-         then: kiln plugin check target/wasm32-wasip2/release/{}.wasm (see its README.md)",
-        shown.display(),
-        file_stem(&args.name)
+        "next: cd {} && kiln plugin build   (then see its README.md)",
+        shown.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 /// Writes the project for job type `name` into `project`, which must not exist or be
 /// empty. Returns how many files it wrote.
-fn write_project(name: &str, project: &Path) -> anyhow::Result<usize> {
+fn write_project(name: &str, lang: Lang, project: &Path) -> anyhow::Result<usize> {
     check_name(name)?;
     if let Ok(mut entries) = std::fs::read_dir(project) {
         anyhow::ensure!(
@@ -181,7 +200,11 @@ fn write_project(name: &str, project: &Path) -> anyhow::Result<usize> {
             project.display()
         );
     }
-    let files = project_files(name);
+    let files = match lang {
+        Lang::Rust => project_files(name),
+        Lang::Python => embedded_project(name, PYTHON_TEMPLATE, "kiln_plugin", PYTHON_SDK),
+        Lang::Js => embedded_project(name, JS_TEMPLATE, "kiln-plugin", JS_SDK),
+    };
     for (path, text) in &files {
         let path = project.join(path);
         if let Some(folder) = path.parent() {
@@ -191,6 +214,26 @@ fn write_project(name: &str, project: &Path) -> anyhow::Result<usize> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(files.len())
+}
+
+/// A Python or JavaScript project: the template's files filled in, the SDK under
+/// `sdk_dir/`, the contract under `wit/`.
+fn embedded_project(
+    name: &str,
+    template: &[File],
+    sdk_dir: &str,
+    sdk: &[File],
+) -> Vec<(PathBuf, String)> {
+    let mut files: Vec<(PathBuf, String)> = template
+        .iter()
+        .map(|(path, text)| (PathBuf::from(project_path(path)), fill(text, name)))
+        .collect();
+    files.extend(
+        sdk.iter()
+            .map(|(path, text)| (Path::new(sdk_dir).join(path), text.to_string())),
+    );
+    files.push((PathBuf::from("wit/plugin.wit"), CONTRACT.to_string()));
+    files
 }
 
 /// A job type name that is also a valid crate and library name.
@@ -243,6 +286,10 @@ fn project_files(name: &str) -> Vec<(PathBuf, String)> {
         (PathBuf::from("README.md"), fill(README)),
         (PathBuf::from(".gitignore"), "/target\n".to_string()),
         (PathBuf::from("src/lib.rs"), job_type_source(name)),
+        (
+            PathBuf::from("example.json"),
+            "{\"names\": [\"Ada\", \"Linus\"]}\n".to_string(),
+        ),
         (PathBuf::from("kiln-plugin/Cargo.toml"), fill(SDK_MANIFEST)),
         (
             PathBuf::from("kiln-plugin/wit/plugin.wit"),
@@ -268,6 +315,7 @@ fn job_type_source(name: &str) -> String {
             &format!("impl JobType for {ty} {{"),
         )
         .replace("export!(Greet);", &format!("export!({ty});"))
+        .replace("run::<Greet>(", &format!("run::<{ty}>("))
 }
 
 #[cfg(test)]
@@ -282,6 +330,7 @@ mod tests {
             "struct Greet;",
             "impl JobType for Greet {",
             "export!(Greet);",
+            "run::<Greet>(",
         ] {
             assert_eq!(TEMPLATE.matches(pattern).count(), 1, "{pattern}");
         }
@@ -340,14 +389,18 @@ mod tests {
     fn an_existing_project_is_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let project = dir.path().join("mine");
-        assert_eq!(write_project("mine", &project).unwrap(), 11);
+        assert_eq!(write_project("mine", Lang::Rust, &project).unwrap(), 14);
         std::fs::write(project.join("src/lib.rs"), "// my work").unwrap();
-        let err = write_project("mine", &project).unwrap_err().to_string();
+        let err = write_project("mine", Lang::Python, &project)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already exists"), "{err}");
         let kept = std::fs::read_to_string(project.join("src/lib.rs")).unwrap();
         assert_eq!(kept, "// my work");
         // An empty folder is fine.
         std::fs::create_dir(dir.path().join("empty")).unwrap();
-        write_project("empty", &dir.path().join("empty")).unwrap();
+        write_project("empty", Lang::Js, &dir.path().join("empty")).unwrap();
+        assert!(dir.path().join("empty/kiln-plugin/build.mjs").is_file());
+        assert!(dir.path().join("empty/.gitignore").is_file());
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::toolchain;
 use crate::config::{Config, Overrides};
 use crate::llm::{LlmClient, OfflineClient, OfflineConfig};
 use crate::runtime::{
@@ -20,7 +21,7 @@ use crate::runtime::{
 pub struct RunArgs {
     /// The .wasm component.
     pub file: PathBuf,
-    /// The payload, as JSON.
+    /// The payload, as JSON, or `@FILE` to read it from a file.
     #[arg(long, default_value = "{}")]
     pub payload: String,
     /// Use the providers, models and limits of this config file instead of the offline
@@ -38,10 +39,70 @@ pub struct RunArgs {
     pub tokens: bool,
 }
 
+/// The runtime of the plugin commands: default limits, and the compiled-component cache
+/// under the user's cache folder, so a Python or JavaScript component (seconds to compile)
+/// compiles once, not at every `check` and `run`.
+fn local_runtime() -> anyhow::Result<Runtime> {
+    Runtime::new(RuntimeConfig {
+        cache_dir: toolchain::user_cache_dir().map(|dir| dir.join("compiled")),
+        ..RuntimeConfig::default()
+    })
+}
+
+/// After `kiln plugin build`: loads the new component as `kiln serve` would, says what it
+/// declares, and checks `example` (the project's example payload) against its schema.
+pub(super) async fn check_built(path: &Path, example: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let runtime = local_runtime()?;
+    let plugin = match runtime.load_file(path).await {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            eprintln!(
+                "error: {} does not fit the Kiln contract: {error:#}",
+                path.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "ok: {} is job type '{}' {} (kiln:plugin@{CONTRACT_VERSION})",
+        path.display(),
+        plugin.info.name,
+        plugin.info.version
+    );
+    let Some(example) = example else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let text = std::fs::read_to_string(example)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", example.display()))?;
+    let payload: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(payload) => payload,
+        Err(error) => {
+            eprintln!("error: {} is not JSON: {error}", example.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Err(violations) = plugin.validate_payload(&payload) {
+        eprintln!(
+            "error: {} does not match the payload schema the job type declares:",
+            example.display()
+        );
+        for violation in violations {
+            eprintln!("  {violation}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("ok: example.json passes the payload schema");
+    println!(
+        "next: kiln plugin run {} --payload @example.json --tokens",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kiln plugin check PATH`: one component, or a plugins dir loaded exactly as
 /// `kiln serve` loads it (the same checks, the same rule for two files claiming one type).
 pub(super) async fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let runtime = local_runtime()?;
     if path.is_dir() {
         return check_dir(&runtime, path).await;
     }
@@ -152,14 +213,19 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             None,
         ),
     };
-    let payload: serde_json::Value = match serde_json::from_str(&args.payload) {
+    let text = match args.payload.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the payload file {path}: {e}"))?,
+        None => args.payload.clone(),
+    };
+    let payload: serde_json::Value = match serde_json::from_str(&text) {
         Ok(payload) => payload,
         Err(error) => {
             eprintln!("error: --payload is not JSON: {error}");
             return Ok(ExitCode::from(2));
         }
     };
-    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let runtime = local_runtime()?;
     let plugin = match runtime.load_file(&args.file).await {
         Ok(plugin) => plugin,
         Err(error) => {

@@ -19,17 +19,31 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// madvise beyond this.
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
+/// Core module instances one job's component may create. A Rust component has two to
+/// four; a Python one (componentize-py: CPython, libc and their adapters, each its own
+/// module) fourteen; a JavaScript one (ComponentizeJS) four. Every job gets this many
+/// slots, so `max_instances` jobs of any language fit the pool at once.
+pub const CORE_INSTANCES_PER_JOB: u32 = 32;
+
+/// Linear memories and tables one job's component may define (Python: one memory, three
+/// tables). A component needing more is refused at load, naming the figure.
+pub const MEMORIES_PER_JOB: u32 = 4;
+/// See [`MEMORIES_PER_JOB`].
+pub const TABLES_PER_JOB: u32 = 4;
+
 /// Builds the engine: component model on, epoch interruption on, and the pooling
 /// allocator sized for `max_instances` concurrent jobs whose memories may reach
 /// `max_memory_bytes`.
 pub fn build_engine(max_instances: u32, max_memory_bytes: usize) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(max_instances)
-        // A component may hold several core instances and memories (language runtimes,
-        // adapters); leave room for four of each per job.
-        .total_core_instances(max_instances.saturating_mul(4))
-        .total_memories(max_instances.saturating_mul(4))
-        .total_tables(max_instances.saturating_mul(4))
+        // Language runtimes come as several core modules (see the constants above).
+        .max_core_instances_per_component(CORE_INSTANCES_PER_JOB)
+        .max_memories_per_component(MEMORIES_PER_JOB)
+        .max_tables_per_component(TABLES_PER_JOB)
+        .total_core_instances(max_instances.saturating_mul(CORE_INSTANCES_PER_JOB))
+        .total_memories(max_instances.saturating_mul(MEMORIES_PER_JOB))
+        .total_tables(max_instances.saturating_mul(TABLES_PER_JOB))
         .total_stacks(max_instances)
         .max_memory_size(max_memory_bytes)
         // Reset a finished job's memory with memset (only the pages it touched, found

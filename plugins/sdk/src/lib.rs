@@ -87,6 +87,8 @@
 //! * [`llm`]: the [`llm::Request`] builder, [`llm::complete`] and [`llm::complete_all`].
 //! * [`log`]: leveled log lines tagged by the host with the job id.
 //! * [`text`]: pure text helpers such as [`text::split_chunks`].
+//! * [`testing`]: unit tests of a job type with `cargo test`, natively, with a fake host
+//!   answering the LLM calls.
 #![deny(missing_docs)]
 
 use std::fmt;
@@ -94,9 +96,12 @@ use std::fmt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod host;
 pub mod llm;
 pub mod log;
 pub mod progress;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 pub mod text;
 
 pub use serde_json::{Value, json};
@@ -353,6 +358,17 @@ pub mod __private {
     pub fn run<T: JobType>(job: raw::Job) -> Result<String, raw::JobError> {
         install_panic_hook();
         run_inner::<T>(job).map_err(into_raw)
+    }
+
+    /// `run` for [`crate::testing`]: attempt 1 of a job with a made-up id.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn run_native<T: JobType>(payload: &str) -> Result<String, JobError> {
+        run_inner::<T>(raw::Job {
+            id: "00000000-0000-7000-8000-000000000000".to_string(),
+            job_type: T::info().name,
+            payload: payload.to_string(),
+            attempt: 1,
+        })
     }
 
     fn run_inner<T: JobType>(job: raw::Job) -> Result<String, JobError> {

@@ -123,6 +123,29 @@ impl Request {
             (role, m.content.as_str())
         })
     }
+
+    /// The content of the last `user` message, if any: what a test usually checks.
+    pub fn last_user_message(&self) -> Option<&str> {
+        self.messages()
+            .filter(|(role, _)| *role == "user")
+            .map(|(_, content)| content)
+            .last()
+    }
+
+    /// Whether the request asks for JSON output ([`Request::json`]).
+    pub fn is_json(&self) -> bool {
+        self.raw.json_output
+    }
+
+    /// The stream label set with [`Request::stream`], if any.
+    pub fn stream_label(&self) -> Option<&str> {
+        self.raw.stream_label.as_deref()
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn from_raw(raw: raw::Request) -> Self {
+        Self { raw }
+    }
 }
 
 /// A finished completion.
@@ -206,6 +229,18 @@ impl From<LlmError> for JobError {
     }
 }
 
+impl LlmError {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn into_raw(self) -> raw::LlmError {
+        match self {
+            Self::RateLimited(m) => raw::LlmError::RateLimited(m),
+            Self::Timeout(m) => raw::LlmError::Timeout(m),
+            Self::Unavailable(m) => raw::LlmError::Unavailable(m),
+            Self::Rejected(m) => raw::LlmError::Rejected(m),
+        }
+    }
+}
+
 impl From<raw::LlmError> for LlmError {
     fn from(error: raw::LlmError) -> Self {
         match error {
@@ -230,7 +265,7 @@ fn convert(result: Result<raw::Response, raw::LlmError>) -> Result<Response, Llm
 
 /// Runs one completion; blocks this plugin (not the host) until it finishes.
 pub fn complete(request: Request) -> Result<Response, LlmError> {
-    convert(raw::complete(&request.raw))
+    convert(crate::host::complete(&request.raw))
 }
 
 /// Runs several completions concurrently (under the providers' limits) and returns their
@@ -244,7 +279,7 @@ pub fn complete_all(requests: Vec<Request>) -> Vec<Result<Response, LlmError>> {
         return Vec::new();
     }
     let raw_requests: Vec<raw::Request> = requests.into_iter().map(|r| r.raw).collect();
-    raw::complete_all(&raw_requests)
+    crate::host::complete_all(&raw_requests)
         .into_iter()
         .map(convert)
         .collect()

@@ -9,7 +9,8 @@
 //! kiln_plugin::log::warn("the model's JSON did not parse; using text");
 //! ```
 
-use crate::bindings::kiln::plugin::log::{Level, write};
+use crate::bindings::kiln::plugin::log::Level;
+use crate::host::log as write;
 
 /// Writes a `trace` message.
 pub fn trace(message: impl AsRef<str>) {

@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 
-use crate::bindings::kiln::plugin::progress as raw;
+use crate::host as raw;
 
 /// Reports overall progress of this attempt, 0 to 100, with a short message naming the
 /// stage ("Generated backstories (3/3)"). Values above 100 count as 100, and progress never

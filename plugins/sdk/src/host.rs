@@ -1,0 +1,61 @@
+//! The one place the SDK calls the host.
+//!
+//! In a component (`wasm32`) these are the contract's imports. In a native build, which is
+//! what `cargo test` runs, there is no host to import from: the calls go to the fake host
+//! of the [`crate::testing`] run in progress on this thread, so a job type's unit tests
+//! run its real code with no component and no server.
+
+use crate::bindings::kiln::plugin::llm::{LlmError, Request, Response};
+use crate::bindings::kiln::plugin::log::Level;
+
+#[cfg(target_arch = "wasm32")]
+mod calls {
+    use super::*;
+    use crate::bindings::kiln::plugin::{llm, log, progress};
+
+    pub fn report(percent: u8, message: &str) {
+        progress::report(percent, message);
+    }
+    pub fn partial(name: &str, data: &str) {
+        progress::partial(name, data);
+    }
+    pub fn cancelled() -> bool {
+        progress::cancelled()
+    }
+    pub fn complete(request: &Request) -> Result<Response, LlmError> {
+        llm::complete(request)
+    }
+    pub fn complete_all(requests: &[Request]) -> Vec<Result<Response, LlmError>> {
+        llm::complete_all(requests)
+    }
+    pub fn log(level: Level, message: &str) {
+        log::write(level, message);
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod calls {
+    use super::*;
+    use crate::testing::with_host;
+
+    pub fn report(percent: u8, message: &str) {
+        with_host(|host| host.report(percent, message));
+    }
+    pub fn partial(name: &str, data: &str) {
+        with_host(|host| host.partial(name, data));
+    }
+    pub fn cancelled() -> bool {
+        with_host(|host| host.cancelled())
+    }
+    pub fn complete(request: &Request) -> Result<Response, LlmError> {
+        with_host(|host| host.complete(request))
+    }
+    pub fn complete_all(requests: &[Request]) -> Vec<Result<Response, LlmError>> {
+        with_host(|host| requests.iter().map(|r| host.complete(r)).collect())
+    }
+    pub fn log(level: Level, message: &str) {
+        with_host(|host| host.log(level, message));
+    }
+}
+
+pub(crate) use calls::*;
