@@ -304,9 +304,35 @@ async fn dashboard_shows_a_running_jobs_progress_and_completion_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_page_receives_every_event_of_a_job_in_order() {
+    example_page_follows_a_job(
+        "characters",
+        r#"{"theme": "lighthouse keepers", "count": 2}"#,
+    )
+    .await;
+}
+
+/// The same page following the Python job type `settings`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_page_follows_a_python_job_to_its_end() {
+    example_page_follows_a_job(
+        "settings",
+        r#"{"theme": "a drowned archipelago", "count": 2}"#,
+    )
+    .await;
+}
+
+/// The same page following the JavaScript job type `relics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_page_follows_a_js_job_to_its_end() {
+    example_page_follows_a_job("relics", r#"{"theme": "a sunken cathedral", "count": 2}"#).await;
+}
+
+/// Drives the example page as a user would: picks `job_type`, types `payload`, submits,
+/// and checks the page received the job's whole event log, in order, then closed.
+async fn example_page_follows_a_job(job_type: &'static str, payload_text: &str) {
     let _turn = ONE_BROWSER.lock().await;
-    let kiln = InProcess::start_cached(&["characters"], SLOW_PROVIDER).await;
-    let browser = Browser::start("example-page").await;
+    let kiln = InProcess::start_cached(&[job_type], SLOW_PROVIDER).await;
+    let browser = Browser::start(job_type).await;
     browser.goto(&kiln.url("/examples/browser")).await;
     browser
         .wait_for(
@@ -322,9 +348,9 @@ async fn example_page_receives_every_event_of_a_job_in_order() {
         .await
         .expect("type select");
     select
-        .select_by_value("characters")
+        .select_by_value(job_type)
         .await
-        .expect("choosing characters");
+        .expect("choosing the job type");
     let payload = browser
         .client
         .find(Locator::Css("[data-testid=payload]"))
@@ -332,7 +358,7 @@ async fn example_page_receives_every_event_of_a_job_in_order() {
         .expect("payload box");
     payload.clear().await.expect("clearing the payload");
     payload
-        .send_keys(r#"{"theme": "lighthouse keepers", "count": 2}"#)
+        .send_keys(payload_text)
         .await
         .expect("typing the payload");
     browser

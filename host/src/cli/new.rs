@@ -338,7 +338,11 @@ mod tests {
         assert!(code.contains(r#"Info::new("weather-report","#), "{code}");
         assert!(code.contains("export!(WeatherReport);"), "{code}");
         assert!(!code.contains("struct Greet") && !code.contains("\"greet\""));
-        assert_eq!(SDK_SOURCES[0].1.matches(CONTRACT_PATH_IN_REPO).count(), 1);
+        let (_, repo_lib) = SDK_SOURCES
+            .iter()
+            .find(|(path, _)| *path == "src/lib.rs")
+            .unwrap();
+        assert_eq!(repo_lib.matches(CONTRACT_PATH_IN_REPO).count(), 1);
         let files = project_files("x");
         let sdk_lib = &files
             .iter()

@@ -325,15 +325,16 @@ mod tests {
         assert_eq!(value, json(&client, prompt), "deterministic");
         assert_eq!(value["synthetic"], true);
         let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        // The keys of the prompt's example, in its order, then the marker.
         let expected = [
+            "name",
+            "level",
+            "ratio",
             "alive",
             "gone",
-            "home",
-            "level",
-            "name",
-            "ratio",
-            "synthetic",
             "tags",
+            "home",
+            "synthetic",
         ];
         assert_eq!(keys, expected, "{value}");
         let name = value["name"].as_str().unwrap();

@@ -33,7 +33,7 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only these sections (comma-separated): sandbox, submit, e2e, fanout, restart,
-    /// recovery, fairness. Default: all.
+    /// recovery, fairness, coldstart. Default: all.
     #[arg(long, value_delimiter = ',')]
     sections: Vec<String>,
 }
@@ -134,6 +134,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.wants("fairness") {
         report.insert("fairness".into(), fairness(&setup).await?);
     }
+    if args.wants("coldstart") {
+        report.insert("cold_start".into(), cold_start(&setup).await?);
+    }
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         println!("\nwrote {}", path.display());
@@ -174,6 +177,32 @@ async fn sandbox(setup: &Setup) -> anyhow::Result<serde_json::Value> {
             bundled("documents")?,
             json!({ "text": document }).to_string(),
             setup.scale(200, 30),
+        ),
+        // The same per language: a trivial run, then a `characters`-like job (6 and 3
+        // steps of `complete_all` over 3 items).
+        (
+            "noop-py".into(),
+            component("target/plugins/wasm32-wasip2/release/kiln_fixture_hostile_py.wasm")?,
+            r#"{"mode":"ok"}"#.into(),
+            setup.scale(2000, 200),
+        ),
+        (
+            "noop-js".into(),
+            component("target/plugins/wasm32-wasip2/release/kiln_fixture_hostile_js.wasm")?,
+            r#"{"mode":"ok"}"#.into(),
+            setup.scale(2000, 200),
+        ),
+        (
+            "settings-py".into(),
+            bundled("settings")?,
+            r#"{"theme":"pirates","count":3}"#.into(),
+            setup.scale(300, 50),
+        ),
+        (
+            "relics-js".into(),
+            bundled("relics")?,
+            r#"{"theme":"pirates","count":3}"#.into(),
+            setup.scale(300, 50),
         ),
     ];
     let run_figures = runtime::run_figures(&runs).await?;
@@ -347,6 +376,22 @@ async fn restart(setup: &Setup) -> anyhow::Result<serde_json::Value> {
         figure.start_to_serving_ms
     );
     Ok(json!(figure))
+}
+
+/// 8. Cold start: `kiln serve` with every bundled job type (three Rust, `settings` in
+/// Python, `relics` in JavaScript), from spawn to serving (`/healthz` 200, every plugin
+/// loaded): first with an empty data dir (every component compiled), then again (every
+/// component from the compiled cache).
+async fn cold_start(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let plugins = repo_root().join("plugins/dist");
+    let dir = setup.data.path().join("cold-start");
+    let first = restart::time_to_ready(&dir, &plugins, SERVER_CONFIG).await?;
+    let cached = restart::time_to_ready(&dir, &plugins, SERVER_CONFIG).await?;
+    println!(
+        "\nCold start with the 5 bundled job types (2 of them Python/JS): {first:.0} ms with an empty \
+         cache, {cached:.0} ms from the compiled cache"
+    );
+    Ok(json!({ "empty_cache_ms": first, "cached_ms": cached }))
 }
 
 /// 6. Recovery: the provider calls the journal saves.

@@ -95,6 +95,30 @@ pub fn restart(
     })
 }
 
+/// Time from spawning `kiln serve` to it serving (`/healthz` answering 200, which it does
+/// once every plugin is loaded), in ms.
+pub async fn time_to_ready(data_dir: &Path, plugins: &Path, config: &str) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(data_dir)?;
+    let started = Instant::now();
+    let server = KilnServer::start(data_dir, plugins, config)?;
+    let url = format!("{}/healthz", server.base);
+    let client = reqwest::Client::new();
+    loop {
+        let response = client.get(&url).send().await;
+        if response.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "kiln was not ready in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    server.stop();
+    Ok(ms)
+}
+
 /// Kills the server (SIGKILL) once a characters job of `count` characters is half done,
 /// restarts it, and reads how many of the job's calls were replayed from the journal.
 pub async fn recovery(
