@@ -143,6 +143,36 @@ mod tests {
         }
     }
 
+    /// New projects build with exactly the tools the bundled JavaScript job types (built
+    /// and tested by CI) pin.
+    #[test]
+    fn the_js_template_pins_the_tools_the_bundled_js_projects_use() {
+        let tools = |text: &str| {
+            let manifest: serde_json::Value = serde_json::from_str(text).unwrap();
+            let mut tools = manifest["devDependencies"].as_object().unwrap().clone();
+            tools.remove("kiln-plugin");
+            tools
+        };
+        let (_, template) = JS_TEMPLATE
+            .iter()
+            .find(|(path, _)| *path == "package.json")
+            .unwrap();
+        let template = tools(template);
+        for version in template.values() {
+            let version = version.as_str().unwrap();
+            assert!(
+                semver::Version::parse(version).is_ok(),
+                "not exact: {version}"
+            );
+        }
+        for bundled in [
+            include_str!("../../../plugins/relics/package.json"),
+            include_str!("../../../plugins/fixtures/hostile-js/package.json"),
+        ] {
+            assert_eq!(tools(bundled), template);
+        }
+    }
+
     #[test]
     fn placeholders_are_filled_and_gitignore_is_renamed() {
         assert_eq!(fill("x {{name}} y", "quests"), "x quests y");
