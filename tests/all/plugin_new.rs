@@ -260,26 +260,32 @@ fn plugin_build_without_a_project_names_the_manifests_it_looks_for() {
     }
 }
 
-/// A Python build on a machine without a usable Python says so and how to get one.
-#[test]
-fn plugin_build_names_a_missing_python() {
+/// `kiln plugin build` of a new `lang` project with `env` set: its output.
+fn build_new_project_with(lang: &str, env: &[(&str, &str)]) -> Ran {
     let outside = tempfile::tempdir().unwrap();
     let dir = outside.path().to_str().unwrap();
     let out = run(
-        kiln(&["plugin", "new", "quests", "--lang", "python", "--dir", dir]),
+        kiln(&["plugin", "new", "quests", "--lang", lang, "--dir", dir]),
         outside.path(),
         Duration::from_secs(60),
     );
     assert_eq!(out.code, Some(0), "{out}");
     let mut build = kiln(&["plugin", "build"]);
-    build
-        .env("KILN_PYTHON", "/nonexistent/python3")
-        .env("KILN_TOOLCHAINS_DIR", outside.path().join("toolchains"));
-    let out = run(
+    build.env("KILN_TOOLCHAINS_DIR", outside.path().join("toolchains"));
+    for (name, value) in env {
+        build.env(name, value);
+    }
+    run(
         build,
         &outside.path().join("quests"),
         Duration::from_secs(60),
-    );
+    )
+}
+
+/// A Python build on a machine without a usable Python says so and how to get one.
+#[test]
+fn plugin_build_names_a_missing_python() {
+    let out = build_new_project_with("python", &[("KILN_PYTHON", "/nonexistent/python3")]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("/nonexistent/python3"), "{out}");
     assert!(out.stderr.contains("install Python 3"), "{out}");
@@ -288,21 +294,7 @@ fn plugin_build_names_a_missing_python() {
 /// A JavaScript build on a machine without Node.js says so and how to get it.
 #[test]
 fn plugin_build_names_a_missing_node() {
-    let outside = tempfile::tempdir().unwrap();
-    let dir = outside.path().to_str().unwrap();
-    let out = run(
-        kiln(&["plugin", "new", "quests", "--lang", "js", "--dir", dir]),
-        outside.path(),
-        Duration::from_secs(60),
-    );
-    assert_eq!(out.code, Some(0), "{out}");
-    let mut build = kiln(&["plugin", "build"]);
-    build.env("PATH", "/nonexistent");
-    let out = run(
-        build,
-        &outside.path().join("quests"),
-        Duration::from_secs(60),
-    );
+    let out = build_new_project_with("js", &[("PATH", "/nonexistent")]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("`node` was not found"), "{out}");
     assert!(out.stderr.contains("Node.js 20 or newer"), "{out}");

@@ -378,10 +378,10 @@ async fn restart(setup: &Setup) -> anyhow::Result<serde_json::Value> {
     Ok(json!(figure))
 }
 
-/// 8. Cold start: `kiln serve` with every bundled job type (three Rust, `settings` in
-/// Python, `relics` in JavaScript), from spawn to serving (`/healthz` 200, every plugin
-/// loaded): first with an empty data dir (every component compiled), then again (every
-/// component from the compiled cache).
+/// Section 8, cold start: `kiln serve` with every bundled job type (three in Rust,
+/// `settings` in Python, `relics` in JavaScript), from spawn to serving (`/healthz` 200,
+/// every plugin loaded), first with an empty data dir (every component compiled), then
+/// again (every component from the compiled cache).
 async fn cold_start(setup: &Setup) -> anyhow::Result<serde_json::Value> {
     let plugins = repo_root().join("plugins/dist");
     let dir = setup.data.path().join("cold-start");
