@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod browser;
 mod cli;
+mod compat;
 mod crash;
 mod durability;
 mod fairness;
