@@ -147,6 +147,22 @@ async fn a_python_exception_reaches_the_client_as_its_traceback() {
     }
 }
 
+/// A trap no SDK can catch (`os.abort()`) still says what the plugin said: the end of its
+/// stderr, where runtimes print their last words, opens the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_abort_quotes_what_the_plugin_wrote_to_stderr() {
+    let (runtime, plugin) = cached("hostile_py").await;
+    let ran = run(&runtime, &plugin, mode("abort")).await;
+    let failure = ran.failed(FailureKind::Trap);
+    assert!(
+        failure
+            .message
+            .starts_with("fatal: hostile-py gave up\nthe plugin trapped"),
+        "{}",
+        failure.message
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_js_exception_reaches_the_client_with_its_message_and_stack() {
     let (runtime, plugin) = cached("hostile_js").await;

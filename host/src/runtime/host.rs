@@ -12,6 +12,8 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::stderr::StderrTail;
+
 use super::bindings::kiln::plugin::{llm, log, progress, types};
 use super::events::{EventSink, PluginEvent};
 use super::failure::{FailureKind, HostStop};
@@ -22,6 +24,8 @@ use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, Message, Role, To
 /// Everything a job's store holds. One per attempt, dropped with the store.
 pub struct HostState {
     wasi: WasiCtx,
+    /// The tail of what the guest wrote to stderr.
+    pub(crate) stderr: StderrTail,
     table: ResourceTable,
     pub(crate) job_id: String,
     pub(crate) job_type: String,
@@ -66,13 +70,16 @@ impl HostState {
             ..
         } = context;
         let replay = Replay::new(journal.as_ref().map(|j| j.recorded()).unwrap_or_default());
+        let stderr = StderrTail::default();
         Self {
             replay,
             journal,
             next_call: 0,
-            // An empty context: no preopened dirs, no env, no args, no network, stdio to
-            // nowhere. WASI is linked only so standard-library guests instantiate.
-            wasi: WasiCtx::builder().build(),
+            // An empty context: no preopened dirs, no env, no args, no network; stdout
+            // goes nowhere and stderr only into the job's error message (see `stderr`).
+            // WASI is linked only so standard-library guests instantiate.
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            stderr,
             table: ResourceTable::new(),
             events: EventBucket::new(limits.max_events_per_second),
             logs: LogBudget::new(job_id.clone(), &limits),

@@ -21,6 +21,7 @@ mod journal;
 mod limits;
 mod plugin;
 mod relay;
+mod stderr;
 
 pub use bindings::CONTRACT_VERSION;
 pub use cache::{CacheOutcome, ComponentCache};
@@ -513,7 +514,12 @@ async fn run_guest<R: Send>(
     let state = store.data();
     let result = raw.map_err(|reason| match reason {
         StopReason::Failure(failure) => failure,
-        StopReason::Wasm(error) => classify(&error, state.last_error_log.as_deref()),
+        StopReason::Wasm(error) => {
+            // The plugin's own account of the failure: its last error log, else the end
+            // of its stderr (where CPython, for one, prints a fatal traceback).
+            let account = state.last_error_log.clone().or_else(|| state.stderr.text());
+            classify(&error, account.as_deref())
+        }
     });
     (result, state.usage)
 }

@@ -73,8 +73,8 @@
 //!   payload that still fails to deserialise into [`JobType::Payload`] becomes a
 //!   [`JobError::InvalidInput`] carrying serde's message.
 //! * WASI is linked with an empty context: no files, no sockets, no environment variables,
-//!   no arguments, and stdout/stderr go nowhere. Talk to the host through [`progress`],
-//!   [`llm`] and [`log`].
+//!   no arguments; stdout goes nowhere and stderr only into the message of a trap. Talk
+//!   to the host through [`progress`], [`llm`] and [`log`].
 //! * A panic is logged through [`log::error`] as `MESSAGE (panicked at FILE:LINE:COLUMN)`
 //!   before the instance traps, and the job's error message starts with it.
 //! * Keep events reasonable: every [`progress::report`] and [`progress::partial`] call is

@@ -1,5 +1,6 @@
 //! Leveled log messages. The host writes them to its `tracing` log tagged with the job id
-//! and job type. Guest stdout/stderr are discarded, so this is the way to leave a trace.
+//! and job type. Guest stdout is discarded (stderr only reaches a trap's message), so this
+//! is the way to leave a trace.
 //!
 //! When the plugin traps, the job's error message starts with its last `error` message;
 //! the SDK's panic hook uses [`error`] for exactly that.
