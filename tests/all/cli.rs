@@ -685,6 +685,16 @@ async fn watch_summarises_partials_in_a_line_and_prints_them_whole_with_partials
     kiln.stop().await;
 }
 
+/// Kiln serving `characters` with `fake` as its default model's provider.
+async fn characters_on(fake: &FakeProvider) -> InProcess {
+    let config = format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [models]\ndefault = \"fake/test-model\"\n",
+        fake.base_url
+    );
+    InProcess::start_cached(&["characters"], &config).await
+}
+
 #[tokio::test]
 async fn watch_tokens_marks_the_text_a_new_attempt_voids() {
     // Each streamed call takes about a second, so the test has time to make the next
@@ -696,12 +706,7 @@ async fn watch_tokens_marks_the_text_a_new_attempt_voids() {
         ..Behavior::default()
     })
     .await;
-    let config = format!(
-        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\
-         [models]\ndefault = \"fake/test-model\"\n",
-        fake.base_url
-    );
-    let kiln = InProcess::start_cached(&["characters"], &config).await;
+    let kiln = characters_on(&fake).await;
     let (status, job) = submit(
         &kiln.client,
         &kiln.base,
@@ -785,12 +790,7 @@ async fn watch_tokens_marks_a_label_whose_stream_broke_off() {
         ..Behavior::default()
     })
     .await;
-    let config = format!(
-        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\n\
-         [models]\ndefault = \"fake/test-model\"\n",
-        fake.base_url
-    );
-    let kiln = InProcess::start_cached(&["characters"], &config).await;
+    let kiln = characters_on(&fake).await;
     let id = submit_ok(
         &kiln.client,
         &kiln.base,

@@ -86,6 +86,21 @@ pub enum PluginCommand {
     Run(plugin::RunArgs),
 }
 
+/// Reads a `--payload` argument: JSON text, or `@FILE` to read it from a file. A file that
+/// cannot be read is an error; text that is not JSON is reported here and answered with
+/// exit code 2 (a usage error), as the commands taking a payload document.
+fn read_payload(arg: &str) -> anyhow::Result<Result<serde_json::Value, std::process::ExitCode>> {
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the payload file {path}: {e}"))?,
+        None => arg.to_string(),
+    };
+    Ok(serde_json::from_str(&text).map_err(|error| {
+        eprintln!("error: --payload is not JSON: {error}");
+        std::process::ExitCode::from(2)
+    }))
+}
+
 /// Runs the parsed command; the exit code comes from the error, if any.
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {

@@ -213,17 +213,9 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             None,
         ),
     };
-    let text = match args.payload.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading the payload file {path}: {e}"))?,
-        None => args.payload.clone(),
-    };
-    let payload: serde_json::Value = match serde_json::from_str(&text) {
+    let payload = match super::read_payload(&args.payload)? {
         Ok(payload) => payload,
-        Err(error) => {
-            eprintln!("error: --payload is not JSON: {error}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let runtime = local_runtime()?;
     let plugin = match runtime.load_file(&args.file).await {

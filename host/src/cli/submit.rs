@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::client::{Client, ServerArgs};
 
@@ -43,17 +43,9 @@ pub struct SubmitArgs {
 
 pub(super) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
-    let text = match args.payload.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading the payload file {path}: {e}"))?,
-        None => args.payload.clone(),
-    };
-    let payload: Value = match serde_json::from_str(&text) {
+    let payload = match super::read_payload(&args.payload)? {
         Ok(payload) => payload,
-        Err(error) => {
-            eprintln!("error: --payload is not JSON: {error}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     let mut body = json!({ "type": args.job_type, "payload": payload });
     if let Some(priority) = args.priority {

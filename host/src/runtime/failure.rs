@@ -109,11 +109,11 @@ impl HostStop {
     }
 }
 
-/// Turns the error of a failed guest call into a [`JobFailure`]. `last_error_log` is the
-/// plugin's last `error`-level log line (the SDK logs panic messages there): it opens the
-/// message, since it is the plugin's own account of what went wrong; the trap and a short
-/// backtrace follow.
-pub(crate) fn classify(error: &wasmtime::Error, last_error_log: Option<&str>) -> JobFailure {
+/// Turns the error of a failed guest call into a [`JobFailure`]. `account` is the plugin's
+/// own account of what went wrong (its last `error`-level log line, where the Rust SDK
+/// logs panic messages, else the end of its stderr): it opens the message; the trap and
+/// a short backtrace follow.
+pub(crate) fn classify(error: &wasmtime::Error, account: Option<&str>) -> JobFailure {
     if let Some(stop) = error.chain().find_map(|e| e.downcast_ref::<HostStop>()) {
         return stop.0.clone();
     }
@@ -138,7 +138,7 @@ pub(crate) fn classify(error: &wasmtime::Error, last_error_log: Option<&str>) ->
         Some(trap) => {
             let text = trap.to_string();
             let what = text.strip_prefix("wasm trap: ").unwrap_or(&text);
-            trapped(last_error_log, what, error)
+            trapped(account, what, error)
         }
         // Some other failure inside the guest call (a canonical ABI error, say): its
         // causes, without the backtrace wasmtime puts around them.
@@ -151,7 +151,7 @@ pub(crate) fn classify(error: &wasmtime::Error, last_error_log: Option<&str>) ->
                 .map(ToString::to_string)
                 .filter(|cause| Some(cause) != backtrace.as_ref())
                 .collect();
-            trapped(last_error_log, &causes.join(": "), error)
+            trapped(account, &causes.join(": "), error)
         }
     }
 }
@@ -159,10 +159,10 @@ pub(crate) fn classify(error: &wasmtime::Error, last_error_log: Option<&str>) ->
 /// Frames of a trap's backtrace quoted in its message.
 const QUOTED_FRAMES: usize = 4;
 
-/// The message of a trap, one item a line: the plugin's last error log (its panic message)
+/// The message of a trap, one item a line: the plugin's own account (its panic message)
 /// if it left one, the trap, and where it happened.
-fn trapped(last_error_log: Option<&str>, trap: &str, error: &wasmtime::Error) -> JobFailure {
-    let mut message = match last_error_log {
+fn trapped(account: Option<&str>, trap: &str, error: &wasmtime::Error) -> JobFailure {
+    let mut message = match account {
         Some(log) => format!("{log}\nthe plugin trapped: {trap}"),
         None => format!("the plugin trapped: {trap}"),
     };
