@@ -14,7 +14,7 @@ use crate::api::ApiSettings;
 use crate::auth::AuthConfig;
 use crate::jobs::ServiceSettings;
 use crate::llm::{
-    AdmissionConfig, ApiKey, DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, HttpProvider,
+    AdmissionConfig, ApiKey, DEFAULT_MAX_CONCURRENT, EmbedRequest, DEFAULT_TIMEOUT, HttpProvider,
     HttpProviderConfig, LlmClient, ModelRouter, OfflineClient, OfflineConfig, WireFormat,
 };
 use crate::runtime::{Limits, LimitsOverride, RuntimeConfig};
@@ -44,6 +44,10 @@ pub struct Config {
     pub events_feed_retention: Option<u64>,
     /// How long finished jobs are kept, seconds. Default 86,400.
     pub job_ttl_secs: Option<u64>,
+    /// Largest upload to `POST /v1/files`, bytes. Default 67,108,864 (64 MiB).
+    pub max_file_bytes: Option<u64>,
+    /// How long uploads are kept, seconds. Default 86,400.
+    pub file_ttl_secs: Option<u64>,
     /// How often expired jobs are swept, seconds. Default 60.
     pub sweep_interval_secs: Option<u64>,
     /// Grace for running jobs at shutdown, seconds. Default 30.
@@ -125,6 +129,8 @@ pub struct ProviderConfig {
     pub latency_ms: Option<u64>,
     /// Offline: words per answer. Default 40.
     pub words: Option<u32>,
+    /// Offline: length of embedding vectors. Default 256.
+    pub embedding_dimensions: Option<u32>,
     /// HTTP providers: base URL, without the endpoint. Default
     /// `https://api.openai.com/v1` (openai: up to and including `/v1`) or
     /// `https://api.anthropic.com/v1` (anthropic: with or without `/v1`).
@@ -142,6 +148,10 @@ pub struct ProviderConfig {
     /// HTTP providers: deadline of one call, including waiting for the limits, retries and
     /// streaming, seconds. Default 120.
     pub timeout_s: Option<u64>,
+    /// `openai` kind: models sent `max_completion_tokens` instead of `max_tokens`, as exact
+    /// names or prefixes ending in `*`. Default `["o1*", "o3*", "o4*", "gpt-5*"]`, the
+    /// models that refuse `max_tokens`.
+    pub max_completion_tokens_models: Option<Vec<String>>,
 }
 
 impl ProviderConfig {
@@ -156,6 +166,10 @@ impl ProviderConfig {
                     ("requests_per_minute", self.requests_per_minute.is_some()),
                     ("tokens_per_minute", self.tokens_per_minute.is_some()),
                     ("timeout_s", self.timeout_s.is_some()),
+                    (
+                        "max_completion_tokens_models",
+                        self.max_completion_tokens_models.is_some(),
+                    ),
                 ];
                 if let Some((key, _)) = http_only.iter().find(|(_, set)| *set) {
                     anyhow::bail!("provider '{name}': {key} does not apply to kind = \"offline\"");
@@ -164,6 +178,10 @@ impl ProviderConfig {
                 return Ok(Arc::new(OfflineClient::new(OfflineConfig {
                     latency_ms: self.latency_ms.unwrap_or(defaults.latency_ms),
                     words: self.words.unwrap_or(defaults.words),
+                    embedding_dimensions: self
+                        .embedding_dimensions
+                        .unwrap_or(defaults.embedding_dimensions)
+                        .clamp(1, 8192),
                 })));
             }
             "openai" => WireFormat::OpenAi,
@@ -172,9 +190,10 @@ impl ProviderConfig {
                 "provider '{name}' has kind {other:?}; use \"openai\", \"anthropic\" or \"offline\""
             ),
         };
-        if self.latency_ms.is_some() || self.words.is_some() {
+        if self.latency_ms.is_some() || self.words.is_some() || self.embedding_dimensions.is_some()
+        {
             anyhow::bail!(
-                "provider '{name}': latency_ms and words apply to kind = \"offline\" only"
+                "provider '{name}': latency_ms, words and embedding_dimensions apply to kind = \"offline\" only"
             );
         }
         let api_key = match &self.api_key_env {
@@ -209,6 +228,10 @@ impl ProviderConfig {
                 requests_per_minute: self.requests_per_minute,
                 tokens_per_minute: self.tokens_per_minute,
             },
+            max_completion_tokens_models: self
+                .max_completion_tokens_models
+                .clone()
+                .unwrap_or_else(|| HttpProviderConfig::new(name).max_completion_tokens_models),
         };
         let provider =
             HttpProvider::new(format, config).with_context(|| format!("provider '{name}'"))?;
@@ -336,6 +359,8 @@ impl Config {
             retry_base: self.retry_base_ms.map_or(defaults.retry_base, ms),
             retry_max: self.retry_max_ms.map_or(defaults.retry_max, ms),
             job_ttl: self.job_ttl_secs.map_or(defaults.job_ttl, secs),
+            max_file_bytes: self.max_file_bytes.unwrap_or(defaults.max_file_bytes),
+            file_ttl: self.file_ttl_secs.map_or(defaults.file_ttl, secs),
             sweep_interval: self
                 .sweep_interval_secs
                 .map_or(defaults.sweep_interval, secs),
@@ -404,26 +429,36 @@ impl Config {
                 Arc::new(OfflineClient::new(OfflineConfig::default())),
             );
         }
-        if !models.contains_key("default") {
-            // Only an offline provider can answer a model it was not told: a real provider
-            // would reject a model named "default", so say so at start instead.
-            let mut offline: Vec<&String> = providers
-                .keys()
-                .filter(|name| {
-                    self.providers
-                        .get(*name)
-                        .is_none_or(|p| p.kind == "offline")
-                })
-                .collect();
-            offline.sort();
-            match offline.first() {
-                Some(name) if offline.len() == providers.len() => {
-                    models.insert("default".into(), format!("{name}/default"));
+        // Only an offline provider can answer a model it was not told: a real provider
+        // would reject a model named "default", so a missing `default` is an error at
+        // start unless every provider is offline, which then serves `default` and
+        // `embedding` (the alias `embed` uses unless the plugin names one).
+        let mut offline: Vec<&String> = providers
+            .keys()
+            .filter(|name| {
+                self.providers
+                    .get(*name)
+                    .is_none_or(|p| p.kind == "offline")
+            })
+            .collect();
+        offline.sort();
+        let only_offline = offline
+            .first()
+            .filter(|_| offline.len() == providers.len())
+            .map(|name| name.to_string());
+        for alias in ["default", EmbedRequest::DEFAULT_ALIAS] {
+            if models.contains_key(alias) {
+                continue;
+            }
+            match &only_offline {
+                Some(name) => {
+                    models.insert(alias.into(), format!("{name}/{alias}"));
                 }
-                _ => anyhow::bail!(
+                None if alias == "default" => anyhow::bail!(
                     "[models] has no `default` alias, which plugins use unless they name a \
                      model: add one, e.g. default = \"openai/gpt-4o-mini\""
                 ),
+                None => {}
             }
         }
         let mut router = ModelRouter::default();
@@ -509,7 +544,7 @@ mod tests {
         assert_eq!(resolved.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(resolved.data_dir, cwd.join("kiln-data"));
         assert_eq!(resolved.plugins_dir, cwd.join("plugins/dist"));
-        assert_eq!(resolved.model_aliases, vec!["default".to_string()]);
+        assert_eq!(resolved.model_aliases, ["default", "embedding"]);
     }
 
     #[test]

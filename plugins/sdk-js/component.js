@@ -1,4 +1,4 @@
-// The component adapter: the one module that imports the host's `kiln:plugin@0.1.0`
+// The component adapter: the one module that imports the host's `kiln:plugin@0.2.0`
 // interfaces. build.mjs bundles it with the project's job module into an entry
 //
 //   import * as job from '../src/job.js';
@@ -9,9 +9,11 @@
 // Module top level (and so `exportJobType`) runs at build time, in componentize-js's
 // Wizer snapshot: a bad definition fails the build.
 
-import { cancelled, partial, report } from 'kiln:plugin/progress@0.1.0';
-import { complete, completeAll } from 'kiln:plugin/llm@0.1.0';
-import { write } from 'kiln:plugin/log@0.1.0';
+import { cancelled, partial, report } from 'kiln:plugin/progress@0.2.0';
+import { complete, completeAll, embed } from 'kiln:plugin/llm@0.2.0';
+import { read as readFile, stat as statFile } from 'kiln:plugin/files@0.2.0';
+import { write as writeArtifact } from 'kiln:plugin/artifacts@0.2.0';
+import { write } from 'kiln:plugin/log@0.2.0';
 import { __runtime } from './index.js';
 import { createStackMapper } from './sourcemap.js';
 import { SourceMapConsumer } from 'source-map-js';
@@ -20,26 +22,34 @@ import { SourceMapConsumer } from 'source-map-js';
 const SOURCE_MAP = Symbol.for('kiln-plugin.sourceMap');
 
 /**
- * The host as index.js expects it. componentize-js turns an `err` from an import that
- * returns `result` into a thrown error whose `payload` is the error case; `complete`
- * turns it back into a `{tag, val}` result, the shape `complete-all` already returns.
+ * Calls `call` (an import that returns `result`) and gives its outcome as a `{tag, val}`
+ * result, the shape `complete-all` already returns: componentize-js turns an `err` into a
+ * thrown error whose `payload` is the error value.
  */
+function resultOf(call) {
+  try {
+    return { tag: 'ok', val: call() };
+  } catch (error) {
+    if (error !== null && typeof error === 'object' && 'payload' in error) {
+      return { tag: 'err', val: error.payload };
+    }
+    throw error;
+  }
+}
+
+/** The host as index.js expects it: every import that returns `result` gives `{tag, val}`. */
 const host = {
   report,
   partial,
   cancelled,
   log: write,
-  complete(request) {
-    try {
-      return { tag: 'ok', val: complete(request) };
-    } catch (error) {
-      if (error !== null && typeof error === 'object' && 'payload' in error) {
-        return { tag: 'err', val: error.payload };
-      }
-      throw error;
-    }
-  },
+  complete: (request) => resultOf(() => complete(request)),
   completeAll,
+  embed: (model, texts) => resultOf(() => embed(model, texts)),
+  fileStat: (id) => resultOf(() => statFile(id)),
+  // `offset` is a u64, which the component model passes as a BigInt.
+  fileRead: (id, offset, length) => resultOf(() => readFile(id, BigInt(offset), length)),
+  artifactWrite: (name, contentType, bytes) => resultOf(() => writeArtifact(name, contentType, bytes)),
 };
 
 /**

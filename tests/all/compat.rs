@@ -14,10 +14,16 @@ use kiln::runtime::ComponentCache;
 use crate::support::*;
 
 /// Every released WIT file, by path, with the SHA-256 it was released with.
-const RELEASED_CONTRACTS: &[(&str, &str)] = &[(
-    "wit/v0.1.0/plugin.wit",
-    "9912c1497d591d79c180070321222b2a7e37018c70ecc2f9a808196f6ca6bcd0",
-)];
+const RELEASED_CONTRACTS: &[(&str, &str)] = &[
+    (
+        "wit/v0.1.0/plugin.wit",
+        "9912c1497d591d79c180070321222b2a7e37018c70ecc2f9a808196f6ca6bcd0",
+    ),
+    (
+        "wit/v0.2.0/plugin.wit",
+        "feabee7a28b47ea87225760d828211015e1f9d59d40ef8d6b35e4268e9d41ce3",
+    ),
+];
 
 /// The components built for 0.1.0, with the SHA-256 the fixtures README lists.
 const V0_1_0_COMPONENTS: &[(&str, &str)] = &[

@@ -55,6 +55,14 @@ pub struct Behavior {
     pub break_when_contains: Option<String>,
     /// A broken stream sends this many deltas, then garbage, then closes (default 2).
     pub cut_stream_after: usize,
+    /// Answer with these tool calls `(id, name, arguments JSON)` instead of text, unless
+    /// the conversation already ends with a tool result.
+    pub tool_calls: Vec<(String, String, String)>,
+    /// Reported (cached input, reasoning) tokens, in each format's usage details.
+    pub usage_details: Option<(u32, u32)>,
+    /// Call N (counting from 0, errors included) answers this text instead of `deltas`,
+    /// as one delta; calls past the list use `deltas`.
+    pub texts_by_call: Vec<String>,
 }
 
 impl Default for Behavior {
@@ -75,6 +83,9 @@ impl Default for Behavior {
             echo_credentials: 0,
             break_when_contains: None,
             cut_stream_after: 2,
+            tool_calls: Vec::new(),
+            usage_details: None,
+            texts_by_call: Vec::new(),
         }
     }
 }
@@ -257,7 +268,23 @@ async fn read_request(socket: &mut TcpStream) -> std::io::Result<Option<Seen>> {
 }
 
 /// The paths the fake serves: the two wire formats' endpoints and the providers' probe.
-const ROUTES: [&str; 3] = ["/v1/chat/completions", "/v1/messages", "/v1/models"];
+const ROUTES: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/messages",
+    "/v1/models",
+    "/v1/embeddings",
+];
+
+/// Whether the request's conversation ends with a tool's result (either format).
+fn ends_with_tool_result(body: &Value) -> bool {
+    let Some(last) = body["messages"].as_array().and_then(|m| m.last()) else {
+        return false;
+    };
+    last["role"] == "tool"
+        || last["content"]
+            .as_array()
+            .is_some_and(|blocks| blocks.iter().any(|b| b["type"] == "tool_result"))
+}
 
 async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let Some(seen) = read_request(&mut socket).await? else {
@@ -307,6 +334,30 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         return write_whole(&mut socket, 200, "", "{\"choices\": [ {\"mess").await;
     }
     let model = seen.body["model"].as_str().unwrap_or("fake").to_string();
+    if seen.path.ends_with("/embeddings") {
+        let inputs = seen.body["input"].as_array().cloned().unwrap_or_default();
+        let data: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let len = text.as_str().unwrap_or_default().len() as f64;
+                json!({"object": "embedding", "index": i, "embedding": [1.0, len, i as f64]})
+            })
+            .collect();
+        let body = json!({"object": "list", "data": data, "model": model,
+                          "usage": {"prompt_tokens": behavior.usage.0, "total_tokens": behavior.usage.0}});
+        drop(in_flight);
+        write_whole(&mut socket, 200, "", &body.to_string()).await?;
+        shared.answered.fetch_add(1, Ordering::SeqCst);
+        return Ok(());
+    }
+    let mut behavior = behavior;
+    if let Some(text) = behavior.texts_by_call.get(index) {
+        behavior.deltas = vec![text.clone()];
+    }
+    if ends_with_tool_result(&seen.body) {
+        behavior.tool_calls.clear();
+    }
     if seen.body["stream"] == true {
         let mut events = if anthropic {
             anthropic_events(&behavior, &model)
@@ -347,20 +398,48 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         return socket.shutdown().await;
     }
     let (input, output) = behavior.usage;
+    let (cached, reasoning) = behavior.usage_details.unwrap_or((0, 0));
+    let calling = !behavior.tool_calls.is_empty();
     let body = if anthropic {
+        let mut content = vec![json!({"type": "text", "text": behavior.text()})];
+        if calling {
+            content = behavior
+                .tool_calls
+                .iter()
+                .map(|(id, name, args)| {
+                    let input: Value = serde_json::from_str(args).unwrap_or(json!({}));
+                    json!({"type": "tool_use", "id": id, "name": name, "input": input})
+                })
+                .collect();
+        }
         json!({
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": behavior.text()}],
-            "stop_reason": "end_turn",
-            "usage": {"input_tokens": input, "output_tokens": output}
+            "content": content,
+            "stop_reason": if calling { "tool_use" } else { "end_turn" },
+            "usage": {"input_tokens": input.saturating_sub(cached), "output_tokens": output,
+                      "cache_read_input_tokens": cached}
         })
     } else {
+        let mut message = json!({"role": "assistant", "content": behavior.text()});
+        if calling {
+            message["content"] = Value::Null;
+            message["tool_calls"] = behavior
+                .tool_calls
+                .iter()
+                .map(|(id, name, args)| {
+                    json!({"id": id, "type": "function",
+                           "function": {"name": name, "arguments": args}})
+                })
+                .collect();
+        }
         json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": behavior.text()}}],
+            "choices": [{"index": 0, "finish_reason": if calling { "tool_calls" } else { "stop" },
+                         "message": message}],
             "usage": {"prompt_tokens": input, "completion_tokens": output,
-                      "total_tokens": input + output}
+                      "total_tokens": input + output,
+                      "prompt_tokens_details": {"cached_tokens": cached},
+                      "completion_tokens_details": {"reasoning_tokens": reasoning}}
         })
     };
     drop(in_flight);
@@ -396,6 +475,7 @@ async fn write_whole(
         404 => "Not Found",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        529 => "Overloaded",
         _ => "Status",
     };
     let response = format!(
@@ -426,16 +506,38 @@ fn openai_events(behavior: &Behavior, model: &str) -> Vec<String> {
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    for delta in &behavior.deltas {
-        events.push(chunk(json!({"content": delta}), Value::Null));
+    if behavior.tool_calls.is_empty() {
+        for delta in &behavior.deltas {
+            events.push(chunk(json!({"content": delta}), Value::Null));
+        }
+        events.push(chunk(json!({}), json!("stop")));
+    } else {
+        // Each call's id and name first, then its arguments in two pieces.
+        for (i, (id, name, args)) in behavior.tool_calls.iter().enumerate() {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": i, "id": id, "type": "function",
+                                       "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ));
+            let half = args.len() / 2;
+            for piece in [&args[..half], &args[half..]] {
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ));
+            }
+        }
+        events.push(chunk(json!({}), json!("tool_calls")));
     }
-    events.push(chunk(json!({}), json!("stop")));
     let (input, output) = behavior.usage;
+    let (cached, reasoning) = behavior.usage_details.unwrap_or((0, 0));
     events.push(sse(
         None,
         &json!({"id": "c", "object": "chat.completion.chunk", "model": model, "choices": [],
                 "usage": {"prompt_tokens": input, "completion_tokens": output,
-                          "total_tokens": input + output}}),
+                          "total_tokens": input + output,
+                          "prompt_tokens_details": {"cached_tokens": cached},
+                          "completion_tokens_details": {"reasoning_tokens": reasoning}}}),
     ));
     events.push("data: [DONE]\n\n".to_string());
     events
@@ -443,12 +545,14 @@ fn openai_events(behavior: &Behavior, model: &str) -> Vec<String> {
 
 fn anthropic_events(behavior: &Behavior, model: &str) -> Vec<String> {
     let (input, output) = behavior.usage;
+    let (cached, _) = behavior.usage_details.unwrap_or((0, 0));
     let mut events = vec![
         sse(
             Some("message_start"),
             &json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message",
                     "role": "assistant", "model": model, "content": [],
-                    "usage": {"input_tokens": input, "output_tokens": 1}}}),
+                    "usage": {"input_tokens": input.saturating_sub(cached), "output_tokens": 1,
+                              "cache_read_input_tokens": cached}}}),
         ),
         sse(
             Some("content_block_start"),
@@ -468,9 +572,30 @@ fn anthropic_events(behavior: &Behavior, model: &str) -> Vec<String> {
         Some("content_block_stop"),
         &json!({"type": "content_block_stop", "index": 0}),
     ));
+    for (i, (id, name, args)) in behavior.tool_calls.iter().enumerate() {
+        let index = i + 1;
+        events.push(sse(
+            Some("content_block_start"),
+            &json!({"type": "content_block_start", "index": index,
+                    "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+        ));
+        let half = args.len() / 2;
+        for piece in [&args[..half], &args[half..]] {
+            events.push(sse(
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        events.push(sse(
+            Some("content_block_stop"),
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    let stop = if behavior.tool_calls.is_empty() { "end_turn" } else { "tool_use" };
     events.push(sse(
         Some("message_delta"),
-        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop},
                 "usage": {"output_tokens": output}}),
     ));
     events.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));

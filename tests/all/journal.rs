@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use kiln::llm::{OfflineClient, OfflineConfig};
 use kiln::runtime::{
+    DiscardArtifacts, NoFiles,
     CallJournal, DiscardEvents, JobInput, JournalEntry, Limits, RunContext, RunOutcome, Runtime,
     RuntimeConfig,
 };
@@ -56,6 +57,8 @@ async fn run_characters(runtime: &Runtime, journal: Arc<MemoryJournal>) -> RunOu
         cancel: CancellationToken::new(),
         limits: Limits::default(),
         timeout: Duration::from_secs(60),
+        files: Arc::new(NoFiles),
+        artifacts: Arc::new(DiscardArtifacts),
     };
     let input = JobInput {
         id: "journal-test".into(),
@@ -214,7 +217,7 @@ async fn a_batch_whose_one_call_failed_pays_only_for_that_call_on_the_next_attem
     assert_eq!(
         failed["usage"],
         json!({"llm_calls": 4, "input_tokens": 4 * input, "output_tokens": 4 * output,
-               "replayed_calls": 0}),
+               "replayed_calls": 0, "cached_input_tokens": 0, "reasoning_tokens": 0}),
         "the failed attempt's answered calls are in its usage: {failed:#}"
     );
 
@@ -234,7 +237,7 @@ async fn a_batch_whose_one_call_failed_pays_only_for_that_call_on_the_next_attem
     assert_eq!(
         done["usage"],
         json!({"llm_calls": 5, "input_tokens": 5 * input, "output_tokens": 5 * output,
-               "replayed_calls": 4}),
+               "replayed_calls": 4, "cached_input_tokens": 0, "reasoning_tokens": 0}),
         "{done:#}"
     );
     let url = kiln.url(&format!("/v1/jobs/{id}/events"));

@@ -10,6 +10,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod compat;
+mod contract_v2;
 mod crash;
 mod durability;
 mod fairness;

@@ -162,7 +162,8 @@ fn check_describes_a_bundled_plugin() {
     let out = plugin_check(&plugin_wasm("characters"));
     assert_eq!(out.code, Some(0), "{out}");
     let stdout = &out.stdout;
-    assert!(stdout.contains("kiln:plugin@0.1.0"), "{out}");
+    assert!(stdout.contains("kiln:plugin@0.2.0"), "{out}");
+    assert_eq!(field(stdout, "contract"), Some("0.2.0"), "{out}");
     assert_eq!(field(stdout, "type"), Some("characters"), "{out}");
     let version = field(stdout, "version").unwrap_or_else(|| panic!("no version:\n{out}"));
     assert_eq!(
@@ -184,11 +185,11 @@ fn check_describes_a_bundled_plugin() {
         .map(str::trim)
         .collect();
     assert!(
-        imports.contains(&"kiln:plugin/progress@0.1.0"),
+        imports.contains(&"kiln:plugin/progress@0.2.0"),
         "imports {imports:?}\n{out}"
     );
     assert!(
-        imports.contains(&"kiln:plugin/llm@0.1.0"),
+        imports.contains(&"kiln:plugin/llm@0.2.0"),
         "imports {imports:?}\n{out}"
     );
     for import in &imports {
@@ -227,7 +228,7 @@ fn check_refuses_a_describe_that_calls_an_import() {
     assert_eq!(out.code, Some(1), "{out}");
     assert!(
         out.stderr
-            .contains("`describe` failed: it called `kiln:plugin/log@0.1.0#write`"),
+            .contains("`describe` failed: it called `kiln:plugin/log@0.2.0#write`"),
         "{out}"
     );
     assert!(out.stderr.contains("must not call any import"), "{out}");
@@ -302,8 +303,8 @@ fn check_shows_the_effective_timeout() {
 fn check_refuses_another_contract_version() {
     let out = plugin_check(&fixture_wasm("wrong_version"));
     assert_ne!(out.code, Some(0), "{out}");
-    assert!(out.stderr.contains("0.2.0"), "{out}");
-    assert!(out.stderr.contains("0.1.0"), "{out}");
+    assert!(out.stderr.contains("9.9.9"), "{out}");
+    assert!(out.stderr.contains("0.1.0, 0.2.0"), "{out}");
     assert!(!out.stdout.contains("ok:"), "{out}");
 }
 

@@ -56,14 +56,8 @@ fn client_at(kind: &str, base_url: &str, settings: &str) -> Arc<dyn LlmClient> {
 fn ask(content: &str) -> LlmRequest {
     LlmRequest {
         messages: vec![
-            Message {
-                role: Role::System,
-                content: "You are terse.".into(),
-            },
-            Message {
-                role: Role::User,
-                content: content.into(),
-            },
+            Message::new(Role::System, "You are terse."),
+            Message::new(Role::User, content),
         ],
         max_tokens: Some(64),
         temperature: Some(0.25),

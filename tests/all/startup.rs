@@ -208,7 +208,7 @@ fn every_log_line_about_a_plugin_names_its_file() {
     assert!(
         has(&[
             "import.wasm",
-            "`describe` failed: it called `kiln:plugin/log@0.1.0#write`"
+            "`describe` failed: it called `kiln:plugin/log@0.2.0#write`"
         ]),
         "log:\n{log}"
     );

@@ -62,6 +62,9 @@ impl From<ServiceError> for ApiError {
             },
             ServiceError::NotFound(_) => Self::not_found(message),
             ServiceError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ServiceError::TooLarge(_) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", message)
+            }
             ServiceError::QueueFull(_) => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
             }

@@ -7,6 +7,7 @@ mod access;
 mod dashboard;
 mod error;
 mod extract;
+mod files;
 mod jobs;
 mod listener;
 mod metrics;
@@ -155,6 +156,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/v1/jobs/{id}/token", post(access::job_token))
+        .route("/v1/jobs/{id}/artifacts/{name}", get(files::artifact))
+        .route(
+            "/v1/files",
+            // Uploads stream to disk under their own limit, `max_file_bytes`.
+            post(files::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/files/{id}", get(files::metadata))
+        .route("/v1/files/{id}/content", get(files::content))
         .route(
             "/v1/session",
             post(access::start_session).delete(access::end_session),

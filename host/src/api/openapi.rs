@@ -21,7 +21,8 @@ use super::access::{EventsToken, SessionView};
 use super::error::{ErrorBody, ErrorDetail, Violation};
 use super::jobs::{JobPage, SubmitBody, SubmitView};
 use super::system::{Healthz, PluginList, PluginView, QueueList, QueueView, RecentView};
-use super::view::{JobView, Links};
+use super::files::FileView;
+use super::view::{ArtifactView, JobView, Links};
 use crate::llm::Usage;
 use crate::store::{ErrorInfo, JobStatus};
 
@@ -42,6 +43,10 @@ use crate::store::{ErrorInfo, JobStatus};
         super::jobs::cancel,
         super::jobs::retry,
         super::access::job_token,
+        super::files::upload,
+        super::files::metadata,
+        super::files::content,
+        super::files::artifact,
         super::access::start_session,
         super::access::end_session,
         super::sse::job_events,
@@ -53,11 +58,12 @@ use crate::store::{ErrorInfo, JobStatus};
         openapi_json,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, Violation, JobView, Links, Usage, ErrorInfo, JobStatus,
+        ErrorBody, ErrorDetail, Violation, JobView, Links, ArtifactView, FileView, Usage, ErrorInfo, JobStatus,
         SubmitBody, SubmitView, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, Healthz,
     )),
     tags(
         (name = "jobs", description = "Submit, read, list, cancel and retry jobs"),
+        (name = "files", description = "Upload files for jobs to read"),
         (name = "events", description = "Server-Sent Events of one job or of every job"),
         (name = "system", description = "Health, job types, queues, metrics, this document"),
         (name = "auth", description = "Events tokens for browsers and dashboard sessions"),

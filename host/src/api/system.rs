@@ -59,6 +59,8 @@ pub struct PluginView {
     /// Attempt timeout when the job sets none, seconds: the plugin's own default, or the
     /// host's when it names none, within the operator's `max_timeout_secs`.
     pub default_timeout_s: u64,
+    /// The plugin contract version the component was built for, e.g. `0.2.0`.
+    pub contract_version: String,
     /// SHA-256 of the component.
     pub digest: String,
     /// The component's file name in the plugins dir.
@@ -86,6 +88,7 @@ pub async fn plugins(State(state): State<AppState>, _: Caller) -> Json<PluginLis
                 .limits_of(&p.info.name)
                 .timeout(None, p.info.default_timeout_secs)
                 .as_secs(),
+            contract_version: p.contract().to_string(),
             digest: p.digest.clone(),
             file: p
                 .file

@@ -43,8 +43,23 @@ pub struct JobView {
     pub finished_at: Option<String>,
     /// LLM usage.
     pub usage: Usage,
+    /// Files the job wrote (contract 0.2.0 job types), once completed.
+    pub artifacts: Vec<ArtifactView>,
     /// Where to read and follow it.
     pub links: Links,
+}
+
+/// One artifact of a job.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ArtifactView {
+    /// Its name.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its content type.
+    pub content_type: String,
+    /// Where to download it: `GET` it with the same credentials as the job.
+    pub url: String,
 }
 
 /// Links of a job.
@@ -91,6 +106,16 @@ impl JobView {
             started_at: job.started_at_ms.map(rfc3339),
             finished_at: job.finished_at_ms.map(rfc3339),
             usage: job.usage,
+            artifacts: job
+                .artifacts
+                .into_iter()
+                .map(|a| ArtifactView {
+                    url: format!("/v1/jobs/{}/artifacts/{}", job.id, a.name),
+                    name: a.name,
+                    size: a.size,
+                    content_type: a.content_type,
+                })
+                .collect(),
         }
     }
 }

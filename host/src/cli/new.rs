@@ -2,7 +2,7 @@
 //! type NAME that `kiln plugin build` builds as is, anywhere.
 //!
 //! The project needs nothing from Kiln's repository: the language's SDK and the contract
-//! (`wit/v0.1.0/plugin.wit`) are compiled into the `kiln` binary and written into the
+//! (`wit/v0.2.0/plugin.wit`) are compiled into the `kiln` binary and written into the
 //! project. Every template has a payload schema, two progress stages, a streamed LLM
 //! call, a partial, a unit test in the language's own runner, `example.json` and a README.
 //!
@@ -57,7 +57,15 @@ pub enum Lang {
 }
 
 /// The SDK's sources as they are in this build of Kiln, by path inside `kiln-plugin/`.
-const SDK_SOURCES: [(&str, &str); 7] = [
+const SDK_SOURCES: [(&str, &str); 9] = [
+    (
+        "src/artifacts.rs",
+        include_str!("../../../plugins/sdk/src/artifacts.rs"),
+    ),
+    (
+        "src/files.rs",
+        include_str!("../../../plugins/sdk/src/files.rs"),
+    ),
     (
         "src/host.rs",
         include_str!("../../../plugins/sdk/src/host.rs"),
@@ -89,10 +97,10 @@ const SDK_SOURCES: [(&str, &str); 7] = [
 ];
 
 /// The contract the SDK generates its bindings from.
-const CONTRACT: &str = include_str!("../../../wit/v0.1.0/plugin.wit");
+const CONTRACT: &str = include_str!("../../../wit/v0.2.0/plugin.wit");
 
 /// Where the SDK's `lib.rs` finds the contract in the repository, and in a new project.
-const CONTRACT_PATH_IN_REPO: &str = r#"path: "../../wit/v0.1.0","#;
+const CONTRACT_PATH_IN_REPO: &str = r#"path: "../../wit/v0.2.0","#;
 const CONTRACT_PATH_IN_PROJECT: &str = r#"path: "wit","#;
 
 /// The template's job type, the code every new project starts from.
@@ -143,7 +151,7 @@ const README: &str = r#"# `{name}`: a Kiln job type
 
 Written by `kiln plugin new {name}` (Kiln {version}). It builds as is, wherever this folder
 is: `kiln-plugin/` is Kiln's plugin SDK, with the contract it implements
-(`kiln-plugin/wit/plugin.wit`, `kiln:plugin@0.1.0`).
+(`kiln-plugin/wit/plugin.wit`, `kiln:plugin@0.2.0`).
 
 ```sh
 kiln plugin build                                   # builds {name}.wasm, checks example.json
@@ -393,7 +401,7 @@ mod tests {
     fn an_existing_project_is_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let project = dir.path().join("mine");
-        assert_eq!(write_project("mine", Lang::Rust, &project).unwrap(), 14);
+        assert_eq!(write_project("mine", Lang::Rust, &project).unwrap(), 16);
         std::fs::write(project.join("src/lib.rs"), "// my work").unwrap();
         let err = write_project("mine", Lang::Python, &project)
             .unwrap_err()

@@ -1,5 +1,6 @@
 //! `kiln plugin check` and `kiln plugin run`: the plugin author's loop.
 
+use anyhow::Context as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use super::toolchain;
 use crate::config::{Config, Overrides};
 use crate::llm::{LlmClient, OfflineClient, OfflineConfig};
 use crate::runtime::{
-    CONTRACT_VERSION, EventSink, JobInput, Limits, Plugin, PluginEvent, RunContext, Runtime,
+    EventSink, JobInput, Limits, Plugin, PluginEvent, RunContext, Runtime,
     RuntimeConfig,
 };
 
@@ -37,6 +38,110 @@ pub struct RunArgs {
     /// Also print streamed LLM tokens.
     #[arg(long)]
     pub tokens: bool,
+    /// An input file the plugin may read, as `ID=PATH`: name ID in the payload's
+    /// `kiln-file` property. Repeatable. The content type comes from the extension.
+    #[arg(long = "file", value_name = "ID=PATH")]
+    pub files: Vec<String>,
+    /// Write the plugin's artifacts into this folder (without it they are listed only).
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+}
+
+/// The content type of a local file, from its extension.
+fn content_type_of(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "html" | "htm" => "text/html",
+        "md" | "markdown" => "text/markdown",
+        "txt" => "text/plain",
+        "json" => "application/json",
+        "csv" => "text/csv",
+        _ => "application/octet-stream",
+    }
+}
+
+/// `--file` arguments: local files by the ids the payload uses.
+struct LocalFiles(std::collections::HashMap<String, PathBuf>);
+
+impl LocalFiles {
+    fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut files = std::collections::HashMap::new();
+        for arg in args {
+            let (id, path) = arg
+                .split_once('=')
+                .with_context(|| format!("--file {arg:?}: write it as ID=PATH"))?;
+            let path = PathBuf::from(path);
+            anyhow::ensure!(path.is_file(), "--file {arg:?}: {} is not a file", path.display());
+            files.insert(id.to_string(), path);
+        }
+        Ok(Self(files))
+    }
+}
+
+impl crate::runtime::JobFiles for LocalFiles {
+    fn stat(&self, id: &str) -> Result<crate::runtime::FileInfo, crate::runtime::FileError> {
+        use crate::runtime::FileError;
+        let path = self
+            .0
+            .get(id)
+            .ok_or_else(|| FileError::NotFound(format!("no --file {id}=PATH was given")))?;
+        let bytes = std::fs::read(path).map_err(|e| FileError::Unavailable(e.to_string()))?;
+        Ok(crate::runtime::FileInfo {
+            id: id.to_string(),
+            size: bytes.len() as u64,
+            content_type: content_type_of(path).to_string(),
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        })
+    }
+
+    fn read(&self, id: &str, offset: u64, len: u32) -> Result<Vec<u8>, crate::runtime::FileError> {
+        use std::io::{Read as _, Seek as _};
+        let path = self.0.get(id).ok_or_else(|| {
+            crate::runtime::FileError::NotFound(format!("no --file {id}=PATH was given"))
+        })?;
+        let unavailable = |e: std::io::Error| crate::runtime::FileError::Unavailable(e.to_string());
+        let mut file = std::fs::File::open(path).map_err(unavailable)?;
+        file.seek(std::io::SeekFrom::Start(offset)).map_err(unavailable)?;
+        let mut bytes = Vec::new();
+        file.take(u64::from(len)).read_to_end(&mut bytes).map_err(unavailable)?;
+        Ok(bytes)
+    }
+}
+
+/// Artifacts of a local run: listed, and written into `--artifacts DIR` when given.
+struct LocalArtifacts {
+    dir: Option<PathBuf>,
+    written: std::sync::Mutex<Vec<(String, String, u64)>>,
+}
+
+impl crate::runtime::ArtifactSink for LocalArtifacts {
+    fn append(&self, name: &str, content_type: &str, bytes: &[u8]) -> Result<(), String> {
+        use std::io::Write as _;
+        let mut written = self.written.lock().expect("artifacts lock");
+        let first = !written.iter().any(|(n, _, _)| n == name);
+        if let Some(dir) = &self.dir {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(!first)
+                .truncate(first)
+                .open(dir.join(name))
+                .map_err(|e| e.to_string())?;
+            file.write_all(bytes).map_err(|e| e.to_string())?;
+        }
+        match written.iter_mut().find(|(n, _, _)| n == name) {
+            Some(entry) => entry.2 += bytes.len() as u64,
+            None => written.push((name.to_string(), content_type.to_string(), bytes.len() as u64)),
+        }
+        Ok(())
+    }
 }
 
 /// The runtime of the plugin commands: default limits, and the compiled-component cache
@@ -64,10 +169,11 @@ pub(super) async fn check_built(path: &Path, example: Option<&Path>) -> anyhow::
         }
     };
     println!(
-        "ok: {} is job type '{}' {} (kiln:plugin@{CONTRACT_VERSION})",
+        "ok: {} is job type '{}' {} (kiln:plugin@{})",
         path.display(),
         plugin.info.name,
-        plugin.info.version
+        plugin.info.version,
+        plugin.contract()
     );
     let Some(example) = example else {
         return Ok(ExitCode::SUCCESS);
@@ -111,10 +217,12 @@ pub(super) async fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(plugin) => {
             let info = &plugin.info;
             println!(
-                "ok: {} is a Kiln job type (kiln:plugin@{CONTRACT_VERSION})",
-                path.display()
+                "ok: {} is a Kiln job type (kiln:plugin@{})",
+                path.display(),
+                plugin.contract()
             );
             println!("  type:        {}", info.name);
+            println!("  contract:    {}", plugin.contract());
             println!("  version:     {}", info.version);
             println!("  description: {}", info.description);
             println!("  timeout:     {}", timeout_line(&plugin));
@@ -237,6 +345,17 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let limits = limits.map_or_else(Default::default, |s| s.limits_of(&plugin.info.name));
     let timeout = limits.timeout(args.timeout_s, plugin.info.default_timeout_secs);
+    let files = match LocalFiles::parse(&args.files) {
+        Ok(files) => files,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let artifacts = Arc::new(LocalArtifacts {
+        dir: args.artifacts.clone(),
+        written: Default::default(),
+    });
     let context = RunContext {
         sink: Arc::new(PrintEvents {
             tokens: args.tokens,
@@ -245,6 +364,8 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cancel: CancellationToken::new(),
         limits,
         timeout,
+        files: Arc::new(files),
+        artifacts: artifacts.clone(),
     };
     let input = JobInput {
         id: uuid::Uuid::now_v7().to_string(),
@@ -268,6 +389,17 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         usage.input_tokens,
         usage.output_tokens
     );
+    for (name, content_type, size) in artifacts.written.lock().expect("artifacts lock").iter() {
+        match &args.artifacts {
+            Some(dir) => eprintln!(
+                "artifact {name} ({content_type}, {size} bytes): {}",
+                dir.join(name).display()
+            ),
+            None => eprintln!(
+                "artifact {name} ({content_type}, {size} bytes), not kept: pass --artifacts DIR"
+            ),
+        }
+    }
     match outcome.result {
         Ok(result) => {
             println!("{}", serde_json::to_string_pretty(&result)?);

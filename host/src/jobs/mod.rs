@@ -5,6 +5,7 @@
 //! settled by the store, and each is durable before it is acknowledged. The in-memory
 //! [`queues`] only decide what runs next; they are rebuilt from the store at start.
 
+mod files;
 mod ops;
 mod queues;
 mod runner;
@@ -14,6 +15,7 @@ pub use ops::{
     BulkFilter, DoctorReport, FailureGroup, MAX_BULK, PluginSummary, ProviderHealth, StuckJob,
 };
 pub use queues::QueueStats;
+pub use files::{FILE_FORMAT, file_refs};
 pub use settings::ServiceSettings;
 
 use std::collections::HashMap;
@@ -79,6 +81,9 @@ pub enum ServiceError {
     /// Too many jobs waiting.
     #[error("the queue is full ({0} jobs waiting); try again later")]
     QueueFull(usize),
+    /// An upload larger than `max_file_bytes`.
+    #[error("{0}")]
+    TooLarge(String),
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -355,7 +360,9 @@ impl JobService {
                 .idempotency_key
                 .map(|key| crate::store::idempotency_slot(request.tenant.as_deref(), &key)),
             tenant: request.tenant,
+            artifacts: Vec::new(),
         };
+        self.check_payload_files(&plugin.info.payload_schema, &request.payload, job.tenant.as_deref())?;
         let payload = request.payload.to_string();
         let event = status_event(&job);
         if self.reserve_slot(&job) {
@@ -670,9 +677,14 @@ impl JobService {
                     break;
                 }
             };
-            match self.inner.store.delete(ids).await {
+            match self.inner.store.delete(ids.clone()).await {
                 Ok(0) => break,
-                Ok(n) => deleted += n,
+                Ok(n) => {
+                    deleted += n;
+                    for id in ids {
+                        self.inner.store.blobs.remove_job(id);
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, "expiry sweep could not delete");
                     break;
@@ -682,6 +694,7 @@ impl JobService {
         if deleted > 0 {
             tracing::info!(deleted, "expired finished jobs");
         }
+        self.sweep_files();
         deleted
     }
 

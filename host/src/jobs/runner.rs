@@ -16,6 +16,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::llm::Usage;
+use super::files::{StagedArtifacts, StoreFiles};
 use crate::runtime::{
     CallJournal, EventSink, FailureKind, JobFailure, JobInput, JournalEntry, PluginEvent,
     RunContext,
@@ -98,8 +99,8 @@ impl JobService {
             // limit divided by two commit times. (For a moment the store may show the
             // next job running before this one's end: the limit is on running plugins.)
             self.release_slot(&queue);
-            if let Some((job, outcome)) = outcome {
-                self.finish(job, outcome, &running).await;
+            if let Some((job, outcome, artifacts)) = outcome {
+                self.finish(job, outcome, artifacts, &running).await;
             }
         };
         crate::monitor::scope(self.inner.metrics.clone(), attempt)
@@ -125,7 +126,11 @@ impl JobService {
         &self,
         job: JobRecord,
         running: &RunningJob,
-    ) -> (JobRecord, crate::runtime::RunOutcome) {
+    ) -> (
+        JobRecord,
+        crate::runtime::RunOutcome,
+        Option<Arc<StagedArtifacts>>,
+    ) {
         let store = &self.inner.store;
         let id = job.id;
         let queue_ms = job.started_at_ms.unwrap_or_default().saturating_sub(
@@ -147,6 +152,7 @@ impl JobService {
                     result: Err(failure),
                     usage: Default::default(),
                 },
+                None,
             );
         };
         let payload = match store.payload(id) {
@@ -162,11 +168,13 @@ impl JobService {
                         result: Err(failure),
                         usage: Default::default(),
                     },
+                    None,
                 );
             }
         };
         let limits = self.inner.settings.limits_of(&job.job_type);
         let timeout = limits.timeout(job.timeout_s, plugin.info.default_timeout_secs);
+        let artifacts = Arc::new(StagedArtifacts::new(store.blobs.clone(), id, job.attempt));
         let context = RunContext {
             sink: Arc::new(JobSink {
                 store: store.clone(),
@@ -176,6 +184,12 @@ impl JobService {
             cancel: running.cancel.clone(),
             limits,
             timeout,
+            files: Arc::new(StoreFiles::of(
+                store.clone(),
+                &plugin.info.payload_schema,
+                &serde_json::from_str(&payload).unwrap_or_default(),
+            )),
+            artifacts: artifacts.clone(),
         };
         let input = JobInput {
             id: id.to_string(),
@@ -192,7 +206,7 @@ impl JobService {
             .runtime
             .run_journaled(&plugin, input, context, Some(journal))
             .await;
-        (job, outcome)
+        (job, outcome, Some(artifacts))
     }
 
     /// Records how the attempt ended: completed, cancelled, re-queued for a retry (or
@@ -201,13 +215,38 @@ impl JobService {
         &self,
         job: JobRecord,
         outcome: crate::runtime::RunOutcome,
+        artifacts: Option<Arc<StagedArtifacts>>,
         running: &RunningJob,
     ) {
         let run_ms = now_ms().saturating_sub(job.started_at_ms.unwrap_or_default());
         let usage = outcome.usage;
         let interrupted = running.interrupted.load(Ordering::SeqCst);
         let settings = self.inner.settings.clone();
-        let result = outcome.result;
+        let mut result = outcome.result;
+        // A completing attempt's artifacts are in place before the completion is
+        // committed; any other attempt's are dropped.
+        let mut published = Vec::new();
+        if let Some(artifacts) = &artifacts {
+            if result.is_ok() && !interrupted {
+                let staged = artifacts.clone();
+                match tokio::task::spawn_blocking(move || staged.publish()).await {
+                    Ok(Ok(())) => published = artifacts.records(),
+                    outcome => {
+                        let why = match outcome {
+                            Ok(Err(error)) => error.to_string(),
+                            Err(error) => error.to_string(),
+                            Ok(Ok(())) => unreachable!(),
+                        };
+                        result = Err(JobFailure::new(
+                            FailureKind::Retryable,
+                            format!("the job's artifacts could not be stored: {why}"),
+                        ));
+                    }
+                }
+            } else {
+                artifacts.discard();
+            }
+        }
         let ended = self
             .inner
             .store
@@ -226,6 +265,7 @@ impl JobService {
                         job.progress = 100;
                         job.finished_at_ms = Some(now_ms());
                         job.error = None;
+                        job.artifacts = published;
                         let text = value.to_string();
                         Change {
                             events: vec![NewEvent::new(
@@ -395,12 +435,13 @@ impl CallJournal for StoreJournal {
 
     fn record(&self, index: u64, entry: JournalEntry) -> BoxFuture<'_, Result<(), String>> {
         async move {
-            let cost = Usage {
-                llm_calls: 1,
-                input_tokens: u64::from(entry.response.input_tokens),
-                output_tokens: u64::from(entry.response.output_tokens),
-                replayed_calls: 0,
-            };
+            let response = &entry.response;
+            let cost = Usage::of_call(
+                response.input_tokens,
+                response.output_tokens,
+                response.cached_input_tokens,
+                response.reasoning_tokens,
+            );
             let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
             self.store
                 .journal_call(self.id, index, bytes, cost)

@@ -36,6 +36,10 @@ pub struct ServiceSettings {
     /// How long running jobs get to finish at shutdown before they are re-queued.
     /// Default 30 s.
     pub shutdown_grace: Duration,
+    /// Largest upload (`POST /v1/files`), bytes. Default 64 MiB.
+    pub max_file_bytes: u64,
+    /// How long uploads are kept. Default 24 h.
+    pub file_ttl: Duration,
 }
 
 impl Default for ServiceSettings {
@@ -54,6 +58,8 @@ impl Default for ServiceSettings {
             job_ttl: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            max_file_bytes: 64 * 1024 * 1024,
+            file_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

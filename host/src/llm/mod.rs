@@ -11,6 +11,7 @@ mod offline;
 mod openai;
 mod provider;
 mod router;
+mod structured;
 mod wire;
 
 pub use admission::{ANONYMOUS_CALLER, Admission, AdmissionConfig, DEFAULT_MAX_CONCURRENT, Permit};
@@ -23,6 +24,7 @@ pub use provider::{
 };
 pub use router::ModelRouter;
 pub use router::NamedProvider;
+pub use structured::{STRUCTURED_TRIES, check_answer, check_request, complete_checked};
 
 /// The caller set by [`LLM_CALLER`] for the current task, or [`ANONYMOUS_CALLER`] when
 /// none is.
@@ -45,15 +47,70 @@ pub enum Role {
     User,
     /// The model's earlier answers.
     Assistant,
+    /// The result of a tool the model called (contract 0.2.0).
+    Tool,
+}
+
+/// A tool the model asked to be run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The provider's id of the call, echoed by the `tool` message that answers it.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, JSON text of an object.
+    pub arguments: String,
 }
 
 /// One chat message.
+///
+/// The fields added in contract 0.2.0 are left out of the JSON when empty, so a request
+/// without them hashes (see `runtime::request_hash`) as it did before: a journal written
+/// by an older Kiln still replays.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Who said it.
     pub role: Role,
-    /// What was said.
+    /// What was said (for a `tool` message, the tool's result).
     pub content: String,
+    /// For an assistant message: the tools it called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A plain message of `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+}
+
+/// A tool the model may call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Its name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON Schema of its arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// A named JSON Schema the answer must match.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchemaSpec {
+    /// A short name, sent to providers that want one.
+    pub name: String,
+    /// The schema.
+    pub schema: serde_json::Value,
 }
 
 /// One completion request, as a plugin asked for it.
@@ -71,18 +128,67 @@ pub struct LlmRequest {
     pub json_output: bool,
     /// When set, output tokens are streamed to the job's clients under this label.
     pub stream_label: Option<String>,
+    /// The schema the answer must match, sent as the provider's structured-output mode
+    /// (implies JSON output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<JsonSchemaSpec>,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
 }
 
 impl LlmRequest {
     /// Input tokens this request will be charged about: each message's estimate plus a
-    /// few tokens of per-message framing. What admission reserves and budgets check
-    /// before anything is sent.
+    /// few tokens of per-message framing, and the tools' and schema's text. What
+    /// admission reserves and budgets check before anything is sent.
     pub fn estimated_input_tokens(&self) -> u32 {
-        self.messages
+        let messages = self
+            .messages
             .iter()
-            .map(|m| estimate_tokens(&m.content).saturating_add(4))
-            .fold(0, u32::saturating_add)
+            .map(|m| {
+                let calls: u32 = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| estimate_tokens(&c.name).saturating_add(estimate_tokens(&c.arguments)))
+                    .fold(0, u32::saturating_add);
+                estimate_tokens(&m.content).saturating_add(calls).saturating_add(4)
+            })
+            .fold(0, u32::saturating_add);
+        let tools = self
+            .tools
+            .iter()
+            .map(|t| {
+                estimate_tokens(&t.description)
+                    .saturating_add(estimate_tokens(&t.parameters.to_string()))
+                    .saturating_add(8)
+            })
+            .fold(0, u32::saturating_add);
+        let schema = self
+            .json_schema
+            .as_ref()
+            .map_or(0, |s| estimate_tokens(&s.schema.to_string()));
+        messages.saturating_add(tools).saturating_add(schema)
     }
+
+    /// Whether the answer must be JSON (JSON mode or a schema).
+    pub fn wants_json(&self) -> bool {
+        self.json_output || self.json_schema.is_some()
+    }
+}
+
+/// Why the model stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// It finished its answer.
+    #[default]
+    Stop,
+    /// It reached `max_tokens`.
+    Length,
+    /// It asked for tools to be run.
+    ToolCalls,
+    /// A content filter, or another reason.
+    Other,
 }
 
 /// A finished completion.
@@ -92,10 +198,55 @@ pub struct LlmResponse {
     pub text: String,
     /// The concrete model that answered.
     pub model: String,
-    /// Prompt tokens as the provider counted them.
+    /// Prompt tokens as the provider counted them, cached ones included.
     pub input_tokens: u32,
-    /// Output tokens as the provider counted them.
+    /// Output tokens as the provider counted them, reasoning ones included.
     pub output_tokens: u32,
+    /// The tools the model asked to be run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Why the model stopped.
+    #[serde(default)]
+    pub finish_reason: FinishReason,
+    /// Prompt tokens served from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_input_tokens: u32,
+    /// Output tokens spent on hidden reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u32,
+}
+
+/// One embeddings request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    /// Model alias; `None` means `embedding`.
+    pub model: Option<String>,
+    /// The texts to embed.
+    pub texts: Vec<String>,
+}
+
+impl EmbedRequest {
+    /// The alias used when the plugin names none.
+    pub const DEFAULT_ALIAS: &'static str = "embedding";
+
+    /// Input tokens this request will be charged about.
+    pub fn estimated_input_tokens(&self) -> u32 {
+        self.texts
+            .iter()
+            .map(|t| estimate_tokens(t))
+            .fold(0, u32::saturating_add)
+    }
+}
+
+/// Vectors for an [`EmbedRequest`]'s texts, in order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResponse {
+    /// One vector per text.
+    pub vectors: Vec<Vec<f32>>,
+    /// The concrete model that answered.
+    pub model: String,
+    /// Input tokens as the provider counted them.
+    pub input_tokens: u32,
 }
 
 /// Why a completion failed, in the contract's four variants so plugins and the retry
@@ -139,6 +290,18 @@ pub trait LlmClient: Send + Sync + 'static {
         tokens: Option<TokenSink<'a>>,
     ) -> BoxFuture<'a, Result<LlmResponse, LlmError>>;
 
+    /// Embed texts. Default: refused, for providers that serve no embeddings.
+    fn embed<'a>(
+        &'a self,
+        _request: &'a EmbedRequest,
+    ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
+        Box::pin(async {
+            Err(LlmError::Rejected(
+                "this provider serves no embeddings".into(),
+            ))
+        })
+    }
+
     /// Checks cheaply that the provider answers and accepts its credentials (for
     /// `kiln doctor`). The message of an error never carries the key. Default: `Ok`.
     fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
@@ -171,6 +334,12 @@ pub struct Usage {
     /// re-running finished calls): not paid again, not counted above.
     #[serde(default)]
     pub replayed_calls: u64,
+    /// Of `input_tokens`, those the provider served from its prompt cache.
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    /// Of `output_tokens`, those spent on hidden reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -185,5 +354,19 @@ impl Usage {
         self.input_tokens += other.input_tokens;
         self.output_tokens += other.output_tokens;
         self.replayed_calls += other.replayed_calls;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+    }
+
+    /// The cost of one answered call.
+    pub fn of_call(input_tokens: u32, output_tokens: u32, cached: u32, reasoning: u32) -> Self {
+        Self {
+            llm_calls: 1,
+            input_tokens: u64::from(input_tokens),
+            output_tokens: u64::from(output_tokens),
+            replayed_calls: 0,
+            cached_input_tokens: u64::from(cached),
+            reasoning_tokens: u64::from(reasoning),
+        }
     }
 }

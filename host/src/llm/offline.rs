@@ -11,6 +11,15 @@
 //! `"synthetic": true`. So a job type whose prompts show their JSON shape gets results of
 //! its real shape without a key. A prompt with no example gets
 //! `{"synthetic": true, "text": "[synthetic] …"}`.
+//!
+//! Contract 0.2.0's requests get answers of their shape too:
+//! - a request with a JSON Schema gets a value generated from the schema (see
+//!   [`from_schema`]): it always validates, so structured output works offline;
+//! - a request with tools calls one, once: the tool the last user message names (else
+//!   the first), with arguments generated from its parameter schema. Once the
+//!   conversation holds that call's result, it answers as usual, so a tool loop ends;
+//! - embeddings are deterministic unit vectors of [`OfflineConfig::embedding_dimensions`]
+//!   numbers, the same for the same text.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -20,7 +29,10 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink, estimate_tokens};
+use super::{
+    EmbedRequest, EmbedResponse, FinishReason, LlmClient, LlmError, LlmRequest, LlmResponse,
+    Role, TokenSink, ToolCall, estimate_tokens,
+};
 
 /// Settings of the offline provider.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +43,8 @@ pub struct OfflineConfig {
     pub latency_ms: u64,
     /// Most words per answer (a request's `max_tokens` shortens it). Default 40.
     pub words: u32,
+    /// Length of the embedding vectors. Default 256.
+    pub embedding_dimensions: u32,
 }
 
 impl Default for OfflineConfig {
@@ -38,6 +52,7 @@ impl Default for OfflineConfig {
         Self {
             latency_ms: 250,
             words: 40,
+            embedding_dimensions: 256,
         }
     }
 }
@@ -116,7 +131,7 @@ const MAX_EXAMPLE_STARTS: usize = 256;
 
 /// Deterministic pseudo-random numbers seeded by the request's hash (xorshift64: good
 /// enough to vary words and values).
-struct Draw(u64);
+pub struct Draw(u64);
 
 impl Draw {
     fn next(&mut self) -> u64 {
@@ -149,15 +164,62 @@ impl OfflineClient {
         Self { config }
     }
 
-    /// The text this provider answers `request` with. Pure: same request, same text.
-    pub fn synthesize(&self, request: &LlmRequest) -> String {
+    /// The draws of `request`: seeded by its messages and model.
+    fn draw_for(request: &LlmRequest) -> Draw {
         let mut hasher = DefaultHasher::new();
         for message in &request.messages {
             message.content.hash(&mut hasher);
+            for call in &message.tool_calls {
+                call.id.hash(&mut hasher);
+            }
         }
         request.model.hash(&mut hasher);
-        let mut draw = Draw(hasher.finish() | 1);
+        Draw(hasher.finish() | 1)
+    }
+
+    /// The tool call this provider answers `request` with, if it has tools and has not
+    /// had a tool's result since the last user message. Pure.
+    pub fn tool_call(&self, request: &LlmRequest) -> Option<ToolCall> {
+        let first = request.tools.first()?;
+        let since_user = request
+            .messages
+            .iter()
+            .rev()
+            .take_while(|m| m.role != Role::User);
+        if since_user.clone().any(|m| m.role == Role::Tool) {
+            return None;
+        }
+        let asked = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .unwrap_or_default();
+        let tool = request
+            .tools
+            .iter()
+            .find(|t| asked.contains(&t.name))
+            .unwrap_or(first);
+        let mut draw = Self::draw_for(request);
+        let arguments = match from_schema(&tool.parameters, &mut draw, self.config.words.max(2), 0) {
+            Value::Object(object) => Value::Object(object),
+            _ => Value::Object(Map::new()),
+        };
+        Some(ToolCall {
+            id: format!("call_{:016x}", draw.next()),
+            name: tool.name.clone(),
+            arguments: arguments.to_string(),
+        })
+    }
+
+    /// The text this provider answers `request` with. Pure: same request, same text.
+    pub fn synthesize(&self, request: &LlmRequest) -> String {
+        let mut draw = Self::draw_for(request);
         let most = self.config.words.max(2);
+        if let Some(spec) = &request.json_schema {
+            return from_schema(&spec.schema, &mut draw, most, 0).to_string();
+        }
         if request.json_output {
             let mut object = match json_example(request) {
                 Some(example) => fill_fields(&example, &mut draw, most),
@@ -221,6 +283,126 @@ fn fill(example: &Value, draw: &mut Draw, most: u32) -> Value {
     }
 }
 
+/// Deepest schema nesting [`from_schema`] follows; below it, `null`.
+const MAX_SCHEMA_DEPTH: usize = 16;
+
+/// A value that validates against `schema` (the usual keywords of structured output:
+/// `type`, `properties`, `required`, `items`, `enum`, `const`, `anyOf`/`oneOf`/`allOf`,
+/// the length, size and range bounds), drawn from `draw`. Strings are `[synthetic]`
+/// phrases cut to fit their bounds; every property is filled, required or not.
+pub fn from_schema(schema: &Value, draw: &mut Draw, most: u32, depth: usize) -> Value {
+    let Value::Object(schema) = schema else {
+        // `true` or a missing schema accepts anything.
+        return Value::String(draw.phrase(2));
+    };
+    if depth > MAX_SCHEMA_DEPTH {
+        return Value::Null;
+    }
+    if let Some(value) = schema.get("const") {
+        return value.clone();
+    }
+    if let Some(Value::Array(choices)) = schema.get("enum")
+        && !choices.is_empty()
+    {
+        return choices[(draw.next() % choices.len() as u64) as usize].clone();
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(Value::Array(branches)) = schema.get(key)
+            && let Some(branch) = branches.first()
+        {
+            return from_schema(branch, draw, most, depth + 1);
+        }
+    }
+    if let Some(Value::Array(parts)) = schema.get("allOf") {
+        let mut merged = schema.clone();
+        merged.remove("allOf");
+        for part in parts {
+            if let Value::Object(part) = part {
+                for (key, value) in part {
+                    merged.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
+        }
+        return from_schema(&Value::Object(merged), draw, most, depth + 1);
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        // A list of types: the first that is not `null`.
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| *k != "null")
+            .unwrap_or("null"),
+        _ if schema.contains_key("properties") => "object",
+        _ if schema.contains_key("items") => "array",
+        _ => "string",
+    };
+    let bound = |key: &str| schema.get(key).and_then(Value::as_u64);
+    match kind {
+        "object" => {
+            let mut object = Map::new();
+            if let Some(Value::Object(properties)) = schema.get("properties") {
+                for (key, property) in properties {
+                    object.insert(key.clone(), from_schema(property, draw, most, depth + 1));
+                }
+            }
+            Value::Object(object)
+        }
+        "array" => {
+            let low = bound("minItems").unwrap_or(1);
+            let high = bound("maxItems").unwrap_or(low.max(3)).max(low);
+            let count = low + draw.next() % (high.min(low + 4) - low + 1);
+            let items = schema.get("items").cloned().unwrap_or(Value::Bool(true));
+            Value::Array(
+                (0..count)
+                    .map(|_| from_schema(&items, draw, most, depth + 1))
+                    .collect(),
+            )
+        }
+        "integer" | "number" => {
+            let number = |key: &str| schema.get(key).and_then(Value::as_f64);
+            let low = number("minimum")
+                .or(number("exclusiveMinimum").map(|x| x.floor() + 1.0))
+                .unwrap_or(1.0);
+            let high = number("maximum")
+                .or(number("exclusiveMaximum").map(|x| x.ceil() - 1.0))
+                .unwrap_or(low.max(0.0) + 100.0)
+                .max(low);
+            let (low, high) = (low.ceil() as i64, high.floor() as i64);
+            Value::from(draw.between(low, high.max(low)))
+        }
+        "boolean" => Value::Bool(draw.next().is_multiple_of(2)),
+        "null" => Value::Null,
+        _ => {
+            let min = bound("minLength").unwrap_or(0) as usize;
+            let max = bound("maxLength").map_or(usize::MAX, |m| m as usize).max(min);
+            let mut text = draw.phrase(most.min(6));
+            while text.chars().count() < min {
+                text.push_str(" x");
+            }
+            let text: String = text.chars().take(max).collect();
+            Value::String(text)
+        }
+    }
+}
+
+/// A unit vector of `dimensions` numbers derived from `text`.
+fn unit_vector(text: &str, dimensions: u32) -> Vec<f32> {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    let mut draw = Draw(hasher.finish() | 1);
+    let raw: Vec<f32> = (0..dimensions.max(1))
+        .map(|_| (draw.next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        let mut unit = vec![0.0; raw.len()];
+        unit[0] = 1.0;
+        return unit;
+    }
+    raw.into_iter().map(|x| x / norm).collect()
+}
+
 /// [`fill`] of an object's fields.
 fn fill_fields(fields: &Map<String, Value>, draw: &mut Draw, most: u32) -> Map<String, Value> {
     fields
@@ -239,7 +421,12 @@ impl LlmClient for OfflineClient {
             if request.messages.is_empty() {
                 return Err(LlmError::Rejected("the request has no messages".into()));
             }
-            let text = self.synthesize(request);
+            let tool_call = self.tool_call(request);
+            let text = if tool_call.is_some() {
+                String::new()
+            } else {
+                self.synthesize(request)
+            };
             let latency = Duration::from_millis(self.config.latency_ms);
             match tokens {
                 Some(sink) => {
@@ -258,14 +445,67 @@ impl LlmClient for OfflineClient {
                 None => {}
             }
             let input: usize = request.messages.iter().map(|m| m.content.len()).sum();
+            let output_tokens = estimate_tokens(&text).saturating_add(
+                tool_call
+                    .as_ref()
+                    .map_or(0, |call| estimate_tokens(&call.arguments)),
+            );
             let response = Ok(LlmResponse {
                 input_tokens: u32::try_from(input.div_ceil(4)).unwrap_or(u32::MAX),
-                output_tokens: estimate_tokens(&text),
+                output_tokens,
                 model: OFFLINE_MODEL.to_string(),
                 text,
+                finish_reason: if tool_call.is_some() {
+                    FinishReason::ToolCalls
+                } else {
+                    FinishReason::Stop
+                },
+                tool_calls: tool_call.into_iter().collect(),
+                ..Default::default()
             });
             crate::monitor::llm_call(self as *const Self as *const (), "offline", &response);
             response
+        }
+        .boxed()
+    }
+
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbedRequest,
+    ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
+        self.embed_now(request)
+    }
+}
+
+impl OfflineClient {
+    /// The embeddings this provider answers `request` with. Pure.
+    pub fn embeddings(&self, request: &EmbedRequest) -> EmbedResponse {
+        EmbedResponse {
+            vectors: request
+                .texts
+                .iter()
+                .map(|text| unit_vector(text, self.config.embedding_dimensions))
+                .collect(),
+            model: OFFLINE_MODEL.to_string(),
+            input_tokens: request.estimated_input_tokens(),
+        }
+    }
+}
+
+impl OfflineClient {
+    fn embed_now<'a>(
+        &'a self,
+        request: &'a EmbedRequest,
+    ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
+        async move {
+            if request.texts.is_empty() {
+                return Err(LlmError::Rejected("the request has no texts".into()));
+            }
+            let latency = Duration::from_millis(self.config.latency_ms);
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            Ok(self.embeddings(request))
         }
         .boxed()
     }
@@ -274,14 +514,11 @@ impl LlmClient for OfflineClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{Message, Role};
+    use crate::llm::{JsonSchemaSpec, Message, ToolSpec};
 
     fn request(content: &str) -> LlmRequest {
         LlmRequest {
-            messages: vec![Message {
-                role: Role::User,
-                content: content.into(),
-            }],
+            messages: vec![Message::new(Role::User, content)],
             ..Default::default()
         }
     }
@@ -388,6 +625,7 @@ mod tests {
         let client = OfflineClient::new(OfflineConfig {
             latency_ms: 0,
             words: 5,
+            ..Default::default()
         });
         let req = request("stream me");
         let streamed = std::sync::Mutex::new(String::new());
@@ -405,5 +643,79 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, LlmError::Rejected(_)));
+    }
+
+    #[test]
+    fn a_schema_gets_a_value_that_validates() {
+        let client = OfflineClient::default();
+        let schema = serde_json::json!({
+            "type": "object",
+            "required": ["name", "level", "tags", "class", "home"],
+            "additionalProperties": false,
+            "properties": {
+                "name": {"type": "string", "minLength": 3, "maxLength": 12},
+                "level": {"type": "integer", "minimum": 5, "maximum": 7},
+                "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+                "class": {"enum": ["mage", "rogue"]},
+                "home": {"type": "object", "properties": {"city": {"type": ["string", "null"]}}},
+                "alive": {"type": "boolean"},
+                "pick": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1}, {"type": "string"}]}
+            }
+        });
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for i in 0..50 {
+            let mut req = request(&format!("character {i}"));
+            req.json_schema = Some(JsonSchemaSpec {
+                name: "character".into(),
+                schema: schema.clone(),
+            });
+            let value: Value = serde_json::from_str(&client.synthesize(&req)).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{value}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn tools_are_called_once_then_answered() {
+        let client = OfflineClient::default();
+        let tool = |name: &str| ToolSpec {
+            name: name.into(),
+            description: "d".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+        };
+        let mut req = request("What is the weather? Use get_weather.");
+        req.tools = vec![tool("lookup"), tool("get_weather")];
+        let call = client.tool_call(&req).expect("a tool call");
+        assert_eq!(call.name, "get_weather", "the tool the user named");
+        assert!(serde_json::from_str::<Value>(&call.arguments).unwrap()["city"].is_string());
+        assert_eq!(client.tool_call(&req), Some(call.clone()), "deterministic");
+        req.messages.push(Message {
+            tool_calls: vec![call.clone()],
+            ..Message::new(Role::Assistant, "")
+        });
+        req.messages.push(Message {
+            tool_call_id: Some(call.id),
+            ..Message::new(Role::Tool, "{\"sunny\": true}")
+        });
+        assert_eq!(client.tool_call(&req), None, "answered after the result");
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors() {
+        let client = OfflineClient::default();
+        let request = EmbedRequest {
+            model: None,
+            texts: vec!["a".into(), "b".into(), "a".into()],
+        };
+        let response = client.embeddings(&request);
+        assert_eq!(response.vectors.len(), 3);
+        assert_eq!(response.vectors[0], response.vectors[2]);
+        assert_ne!(response.vectors[0], response.vectors[1]);
+        for vector in &response.vectors {
+            assert_eq!(vector.len(), 256);
+            let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        }
     }
 }

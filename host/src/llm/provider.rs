@@ -34,8 +34,8 @@ use tokio::time::Instant;
 use super::admission::{Admission, AdmissionConfig};
 use super::wire::{self, Failure, Parsed, SseParser, StreamState};
 use super::{
-    LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink, anthropic, current_caller,
-    estimate_tokens, openai,
+    EmbedRequest, EmbedResponse, FinishReason, LlmClient, LlmError, LlmRequest, LlmResponse,
+    TokenSink, anthropic, current_caller, estimate_tokens, openai,
 };
 
 /// Per-request timeout when the config sets no `timeout_s`.
@@ -126,9 +126,9 @@ impl WireFormat {
         }
     }
 
-    fn body(self, request: &LlmRequest, stream: bool) -> Value {
+    fn body(self, request: &LlmRequest, stream: bool, completion_tokens: bool) -> Value {
         match self {
-            Self::OpenAi => openai::body(request, stream),
+            Self::OpenAi => openai::body(request, stream, completion_tokens),
             Self::Anthropic => anthropic::body(request, stream),
         }
     }
@@ -175,6 +175,10 @@ pub struct HttpProviderConfig {
     pub timeout: Duration,
     /// Concurrency and rate limits.
     pub admission: AdmissionConfig,
+    /// Models sent `max_completion_tokens` instead of `max_tokens` (OpenAI kind): exact
+    /// names, or prefixes ending in `*`. Default: OpenAI's reasoning models
+    /// ([`openai::DEFAULT_MAX_COMPLETION_TOKENS_MODELS`]).
+    pub max_completion_tokens_models: Vec<String>,
 }
 
 impl HttpProviderConfig {
@@ -187,6 +191,10 @@ impl HttpProviderConfig {
             api_key_env: None,
             timeout: DEFAULT_TIMEOUT,
             admission: AdmissionConfig::default(),
+            max_completion_tokens_models: openai::DEFAULT_MAX_COMPLETION_TOKENS_MODELS
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
         }
     }
 }
@@ -202,6 +210,9 @@ pub struct HttpProvider {
     limits: AdmissionConfig,
     admission: Admission,
     http: reqwest::Client,
+    /// `{base}/embeddings` (OpenAI kind only).
+    embeddings_url: Option<String>,
+    max_completion_tokens_models: Vec<String>,
 }
 
 impl fmt::Debug for HttpProvider {
@@ -221,6 +232,42 @@ impl fmt::Debug for HttpProvider {
 /// Where a call was when its deadline passed.
 struct Phase {
     admitting: AtomicBool,
+}
+
+/// What a call asks of the provider.
+#[derive(Clone, Copy)]
+enum Ask<'a> {
+    Complete(&'a LlmRequest, Option<TokenSink<'a>>),
+    Embed(&'a EmbedRequest),
+}
+
+impl Ask<'_> {
+    /// Tokens reserved in the tokens-per-minute bucket before sending: the estimated input
+    /// plus the output allowance (none for embeddings).
+    fn reservation(&self) -> u32 {
+        match self {
+            Ask::Complete(request, _) => request
+                .estimated_input_tokens()
+                .saturating_add(request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVATION)),
+            Ask::Embed(request) => request.estimated_input_tokens(),
+        }
+    }
+}
+
+/// What the provider answered.
+enum Answer {
+    Completion(LlmResponse),
+    Embeddings(EmbedResponse),
+}
+
+impl Answer {
+    /// The tokens it was paid for, settled against the reservation.
+    fn tokens(&self) -> u64 {
+        match self {
+            Answer::Completion(r) => u64::from(r.input_tokens) + u64::from(r.output_tokens),
+            Answer::Embeddings(r) => u64::from(r.input_tokens),
+        }
+    }
 }
 
 impl HttpProvider {
@@ -247,6 +294,9 @@ impl HttpProvider {
         Ok(Self {
             format,
             url: format!("{}/{}", format.versioned_base(base), format.path()),
+            embeddings_url: (format == WireFormat::OpenAi)
+                .then(|| format!("{}/{}", format.versioned_base(base), openai::EMBEDDINGS_PATH)),
+            max_completion_tokens_models: config.max_completion_tokens_models,
             name: config.name,
             key: config.api_key.filter(|k| !k.0.is_empty()),
             key_env: config.api_key_env,
@@ -274,15 +324,12 @@ impl HttpProvider {
 
     async fn call(
         &self,
-        request: &LlmRequest,
-        tokens: Option<TokenSink<'_>>,
+        ask: Ask<'_>,
         deadline: Instant,
         phase: &Phase,
-    ) -> Result<LlmResponse, LlmError> {
+    ) -> Result<Answer, LlmError> {
         let caller = current_caller();
-        let input_estimate = request.estimated_input_tokens();
-        let reservation =
-            input_estimate.saturating_add(request.max_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVATION));
+        let reservation = ask.reservation();
         let mut rate_limited = 0u32;
         let mut server_errors = 0u32;
         let mut streamed = false;
@@ -300,12 +347,17 @@ impl HttpProvider {
             }
             let mut permit = self.admission.admit(&caller, reservation).await;
             phase.admitting.store(false, Ordering::Relaxed);
-            let failure = match self.attempt(request, tokens, &mut streamed).await {
-                Ok(response) => {
-                    permit.settle(
-                        u64::from(response.input_tokens) + u64::from(response.output_tokens),
-                    );
-                    return Ok(response);
+            let attempt = match ask {
+                Ask::Complete(request, tokens) => self
+                    .attempt(request, tokens, &mut streamed)
+                    .await
+                    .map(Answer::Completion),
+                Ask::Embed(request) => self.attempt_embed(request).await.map(Answer::Embeddings),
+            };
+            let failure = match attempt {
+                Ok(answer) => {
+                    permit.settle(answer.tokens());
+                    return Ok(answer);
                 }
                 // Clean before anything logs it.
                 Err(Failure::Final(error)) => Failure::Final(self.scrub(error)),
@@ -368,7 +420,10 @@ impl HttpProvider {
         streamed: &mut bool,
     ) -> Result<LlmResponse, Failure> {
         let stream = tokens.is_some();
-        let body = self.format.body(request, stream);
+        let completion_tokens = request.model.as_deref().is_some_and(|model| {
+            openai::model_matches(model, &self.max_completion_tokens_models)
+        });
+        let body = self.format.body(request, stream, completion_tokens);
         let builder = self.http.post(&self.url).json(&body);
         let builder = self.format.headers(builder, self.key.as_ref());
         let sent = builder.send().await;
@@ -413,6 +468,37 @@ impl HttpProvider {
                 Ok(response)
             }
         }
+    }
+
+    /// Sends an embeddings request once and reads its answer.
+    async fn attempt_embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Failure> {
+        let Some(url) = &self.embeddings_url else {
+            return Err(Failure::Final(LlmError::Rejected(format!(
+                "provider '{}' speaks the Anthropic API, which has no embeddings endpoint: \
+                 route the embedding alias to an openai-kind provider",
+                self.name
+            ))));
+        };
+        let builder = self.http.post(url).json(&openai::embeddings_body(request));
+        let sent = self.format.headers(builder, self.key.as_ref()).send().await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        crate::monitor::llm_http_answer(self as *const Self as *const (), &self.name, status);
+        let response = sent.map_err(|e| self.send_failure(e))?;
+        if !response.status().is_success() {
+            return Err(self.status_failure(response).await);
+        }
+        let bytes = self.read_body(response, MAX_BODY_BYTES).await?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| self.malformed(&format!("the body is not JSON ({e})")))?;
+        let mut answer = openai::parse_embeddings(&value, request.texts.len())
+            .map_err(|why| self.malformed(&why))?;
+        if answer.model.is_empty() {
+            answer.model = request.model.clone().unwrap_or_default();
+        }
+        if answer.input_tokens == 0 {
+            answer.input_tokens = request.estimated_input_tokens();
+        }
+        Ok(answer)
     }
 
     async fn read_stream(
@@ -462,13 +548,7 @@ impl HttpProvider {
                 self.name
             )));
         }
-        let parsed = Parsed {
-            text: std::mem::take(&mut state.text),
-            model: state.model,
-            input_tokens: state.input_tokens,
-            output_tokens: state.output_tokens,
-        };
-        Ok(self.finish(request, parsed, model))
+        Ok(self.finish(request, state.into_parsed(), model))
     }
 
     fn finish(&self, request: &LlmRequest, parsed: Parsed, model: String) -> LlmResponse {
@@ -482,11 +562,20 @@ impl HttpProvider {
         let output_tokens = parsed
             .output_tokens
             .unwrap_or_else(|| estimate_tokens(&parsed.text));
+        let finish_reason = parsed.finish_reason.unwrap_or(if parsed.tool_calls.is_empty() {
+            FinishReason::Stop
+        } else {
+            FinishReason::ToolCalls
+        });
         LlmResponse {
             model: parsed.model.unwrap_or(model),
             input_tokens,
             output_tokens,
             text: parsed.text,
+            tool_calls: parsed.tool_calls,
+            finish_reason,
+            cached_input_tokens: parsed.cached_input_tokens.unwrap_or(0),
+            reasoning_tokens: parsed.reasoning_tokens.unwrap_or(0),
         }
     }
 
@@ -548,10 +637,18 @@ impl HttpProvider {
         let detail = self.scrub_text(wire::error_detail(&body));
         let message = format!("provider '{}' answered HTTP {status}: {detail}", self.name);
         match status.as_u16() {
+            // A spent quota or credit balance is a 429 too, but waiting does not end it:
+            // fail at once, and say what it is.
+            429 if wire::is_spend_limit(&body) => Failure::Final(LlmError::RateLimited(format!(
+                "{message} (the account's quota or spend limit is used up: retrying will not \
+                 help until it is raised)"
+            ))),
             429 => Failure::RateLimited {
                 retry_after,
                 message,
             },
+            // Anthropic's `overloaded_error`: the service is busy, not this account.
+            529 => Failure::Transient(format!("{message} (provider overloaded)")),
             408 => Failure::Final(LlmError::Timeout(message)),
             404 => Failure::Final(LlmError::Rejected(format!(
                 "{message} (for {url}: check the model name, and that base_url is {})",
@@ -633,6 +730,33 @@ fn describe(error: &reqwest::Error) -> String {
     wire::truncate(&text, 400)
 }
 
+impl HttpProvider {
+    /// `ask` within the provider's deadline: a deadline passed while still waiting for this
+    /// provider's own limits is `RateLimited`, one passed while answering `Timeout`.
+    async fn within_deadline(&self, ask: Ask<'_>) -> Result<Answer, LlmError> {
+        let deadline = Instant::now() + self.timeout;
+        let phase = Phase {
+            admitting: AtomicBool::new(true),
+        };
+        let outcome = tokio::time::timeout_at(deadline, self.call(ask, deadline, &phase)).await;
+        let result = match outcome {
+            Ok(result) => result,
+            Err(_) if phase.admitting.load(Ordering::Relaxed) => Err(LlmError::RateLimited(format!(
+                "provider '{}' had no room for the request within its {}s timeout \
+                 (its configured limits are in use)",
+                self.name,
+                self.timeout.as_secs()
+            ))),
+            Err(_) => Err(LlmError::Timeout(format!(
+                "provider '{}' did not finish answering within {}s",
+                self.name,
+                self.timeout.as_secs()
+            ))),
+        };
+        result.map_err(|e| self.scrub(e))
+    }
+}
+
 impl LlmClient for HttpProvider {
     fn complete<'a>(
         &'a self,
@@ -643,32 +767,29 @@ impl LlmClient for HttpProvider {
             if request.messages.is_empty() {
                 return Err(LlmError::Rejected("the request has no messages".into()));
             }
-            let deadline = Instant::now() + self.timeout;
-            let phase = Phase {
-                admitting: AtomicBool::new(true),
+            let result = match self.within_deadline(Ask::Complete(request, tokens)).await {
+                Ok(Answer::Completion(response)) => Ok(response),
+                Ok(Answer::Embeddings(_)) => unreachable!("a completion is answered as one"),
+                Err(error) => Err(error),
             };
-            let outcome =
-                tokio::time::timeout_at(deadline, self.call(request, tokens, deadline, &phase))
-                    .await;
-            let result = match outcome {
-                Ok(result) => result,
-                Err(_) if phase.admitting.load(Ordering::Relaxed) => {
-                    Err(LlmError::RateLimited(format!(
-                        "provider '{}' had no room for the request within its {}s timeout \
-                         (its configured limits are in use)",
-                        self.name,
-                        self.timeout.as_secs()
-                    )))
-                }
-                Err(_) => Err(LlmError::Timeout(format!(
-                    "provider '{}' did not finish answering within {}s",
-                    self.name,
-                    self.timeout.as_secs()
-                ))),
-            };
-            let result = result.map_err(|e| self.scrub(e));
             crate::monitor::llm_call(self as *const Self as *const (), &self.name, &result);
             result
+        }
+        .boxed()
+    }
+
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbedRequest,
+    ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
+        async move {
+            if request.texts.is_empty() {
+                return Err(LlmError::Rejected("the request has no texts".into()));
+            }
+            match self.within_deadline(Ask::Embed(request)).await? {
+                Answer::Embeddings(response) => Ok(response),
+                Answer::Completion(_) => unreachable!("embeddings are answered as such"),
+            }
         }
         .boxed()
     }

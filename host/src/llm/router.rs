@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink};
+use super::{EmbedRequest, EmbedResponse, LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink};
 
 /// One alias's target.
 #[derive(Clone)]
@@ -83,6 +83,30 @@ impl LlmClient for ModelRouter {
             let mut concrete = request.clone();
             concrete.model = Some(route.model.clone());
             route.provider.complete(&concrete, tokens).await
+        }
+        .boxed()
+    }
+
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbedRequest,
+    ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
+        let alias = request
+            .model
+            .as_deref()
+            .unwrap_or(EmbedRequest::DEFAULT_ALIAS);
+        let Some(route) = self.routes.get(alias) else {
+            let known = self.aliases().join(", ");
+            let message = format!(
+                "embedding model alias '{alias}' is not configured (known: {known}); add it \
+                 to [models], e.g. {alias} = \"openai/text-embedding-3-small\""
+            );
+            return async move { Err(LlmError::Rejected(message)) }.boxed();
+        };
+        async move {
+            let mut concrete = request.clone();
+            concrete.model = Some(route.model.clone());
+            route.provider.embed(&concrete).await
         }
         .boxed()
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 
-use super::LlmError;
+use super::{FinishReason, LlmError, ToolCall};
 
 /// One Server-Sent Event: its `event:` name (empty when none) and its `data:` lines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -103,6 +103,11 @@ pub(crate) struct StreamState {
     pub model: Option<String>,
     pub input_tokens: Option<u32>,
     pub output_tokens: Option<u32>,
+    pub cached_input_tokens: Option<u32>,
+    pub reasoning_tokens: Option<u32>,
+    /// Tool calls so far, by the stream's index of each; arguments arrive in pieces.
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: Option<FinishReason>,
     /// The provider said the answer is complete (a finish reason or a stop event).
     pub finished: bool,
     /// The end-of-stream marker arrived; nothing more will.
@@ -116,7 +121,47 @@ impl StreamState {
             self.pending.push(text.to_string());
         }
     }
+
+    /// The tool call at stream position `index`, created empty when new. Positions past
+    /// a bound are refused, so a broken stream cannot make the host allocate without end.
+    pub fn tool_call(&mut self, index: usize) -> Result<&mut ToolCall, Failure> {
+        if index >= MAX_TOOL_CALLS {
+            return Err(Failure::Final(LlmError::Unavailable(format!(
+                "the stream has a tool call at position {index}; at most {MAX_TOOL_CALLS} are read"
+            ))));
+        }
+        while self.tool_calls.len() <= index {
+            self.tool_calls.push(ToolCall {
+                id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
+        }
+        Ok(&mut self.tool_calls[index])
+    }
+
+    /// What the stream added up to.
+    pub fn into_parsed(self) -> Parsed {
+        Parsed {
+            text: self.text,
+            model: self.model,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cached_input_tokens: self.cached_input_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            // Positions of text blocks (Anthropic numbers them with the tool calls).
+            tool_calls: self
+                .tool_calls
+                .into_iter()
+                .filter(|call| !call.name.is_empty())
+                .collect(),
+            finish_reason: self.finish_reason,
+        }
+    }
 }
+
+/// Most tool calls read from one answer.
+pub(crate) const MAX_TOOL_CALLS: usize = 128;
 
 /// A non-streamed answer as a wire format decoded it.
 #[derive(Debug, Default)]
@@ -125,6 +170,10 @@ pub(crate) struct Parsed {
     pub model: Option<String>,
     pub input_tokens: Option<u32>,
     pub output_tokens: Option<u32>,
+    pub cached_input_tokens: Option<u32>,
+    pub reasoning_tokens: Option<u32>,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: Option<FinishReason>,
 }
 
 /// How one attempt failed, which decides whether the provider retries it.
@@ -139,6 +188,24 @@ pub(crate) enum Failure {
     Transient(String),
     /// No retry: the error is final.
     Final(LlmError),
+}
+
+/// Whether a 429's body says the account's quota or spend limit is used up (OpenAI's
+/// `insufficient_quota`, Anthropic's billing errors) rather than a rate: then waiting does
+/// not help, and the call must not be retried.
+pub(crate) fn is_spend_limit(body: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let error = &value["error"];
+    let code = [&error["code"], &error["type"]]
+        .iter()
+        .filter_map(|v| v.as_str())
+        .any(|c| matches!(c, "insufficient_quota" | "billing_error" | "billing_hard_limit_reached"));
+    let message = error["message"].as_str().unwrap_or_default().to_ascii_lowercase();
+    code || message.contains("exceeded your current quota")
+        || message.contains("credit balance is too low")
+        || message.contains("spend limit")
 }
 
 /// A number from a JSON usage field.

@@ -448,6 +448,7 @@ mod tests {
             model: "m".into(),
             input_tokens: 7,
             output_tokens: 3,
+            ..Default::default()
         });
         metrics.record_llm_call(std::ptr::null(), "p", &ok);
         metrics.record_llm_call(std::ptr::null(), "p", &Err(LlmError::Timeout("t".into())));

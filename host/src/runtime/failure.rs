@@ -30,6 +30,8 @@ pub enum FailureKind {
     EventLimit,
     /// The plugin used more LLM calls or tokens than allowed.
     LlmLimit,
+    /// The plugin wrote more artifact bytes than its `artifact_limit`.
+    ArtifactLimit,
     /// A client cancelled the job.
     Cancelled,
     /// The job's type is not loaded (its plugin was removed or failed to load).
@@ -55,6 +57,7 @@ impl FailureKind {
             Self::InvalidResult => "invalid_result",
             Self::EventLimit => "event_limit",
             Self::LlmLimit => "llm_limit",
+            Self::ArtifactLimit => "artifact_limit",
             Self::Cancelled => "cancelled",
             Self::UnknownType => "unknown_type",
             Self::Interrupted => "interrupted",

@@ -1,6 +1,8 @@
-//! The per-job store state and the host side of the contract's imports: `progress`, `llm`
-//! and `log`. Each import enforces the job's limits; breaking one raises a [`HostStop`]
-//! that fails the job with its own kind.
+//! The per-job store state and the host side of the contract's imports, in host types:
+//! progress, LLM calls and embeddings, logs, input files and artifacts. Each version's
+//! adapter (`contract::v*`) maps its bindings onto these methods. Each import enforces
+//! the job's limits; breaking one raises a [`HostStop`] that fails the job with its own
+//! kind.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,12 +16,26 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::stderr::StderrTail;
 
-use super::bindings::kiln::plugin::{llm, log, progress, types};
 use super::events::{EventSink, PluginEvent};
 use super::failure::{FailureKind, HostStop};
-use super::journal::{CallJournal, JournalEntry, Replay, request_hash};
+use super::files::{
+    ArtifactLedger, ArtifactSink, FileError, FileInfo, JobFiles, MAX_READ_CHUNK,
+};
+use super::journal::{CallJournal, JournalEntry, Replay, embed_hash, request_hash};
 use super::limits::Limits;
-use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, Message, Role, TokenSink, Usage};
+use crate::llm::{
+    EmbedRequest, EmbedResponse, LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink, Usage,
+};
+
+/// A plugin log line's severity, the same in every contract version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
 
 /// Everything a job's store holds. One per attempt, dropped with the store.
 pub struct HostState {
@@ -51,6 +67,11 @@ pub struct HostState {
     /// Position of the plugin's next LLM call in this attempt (the `replayed` event's
     /// `index`).
     next_call: u64,
+    /// Answers with tool calls so far: what `max_tool_rounds` bounds.
+    tool_rounds: u32,
+    files: Arc<dyn JobFiles>,
+    artifacts: Arc<dyn ArtifactSink>,
+    artifact_ledger: ArtifactLedger,
 }
 
 impl HostState {
@@ -67,6 +88,8 @@ impl HostState {
             llm,
             cancel,
             limits,
+            files,
+            artifacts,
             ..
         } = context;
         let replay = Replay::new(journal.as_ref().map(|j| j.recorded()).unwrap_or_default());
@@ -75,6 +98,10 @@ impl HostState {
             replay,
             journal,
             next_call: 0,
+            tool_rounds: 0,
+            files,
+            artifacts,
+            artifact_ledger: ArtifactLedger::default(),
             // An empty context: no preopened dirs, no env, no args, no network; stdout
             // goes nowhere and stderr only into the job's error message (see `stderr`).
             // WASI is linked only so standard-library guests instantiate.
@@ -158,9 +185,12 @@ impl HostState {
 
     /// Adds a finished call's tokens, failing the job once the token budget is spent.
     fn record_tokens(&mut self, response: &LlmResponse) -> wasmtime::Result<()> {
-        self.usage.llm_calls += 1;
-        self.usage.input_tokens += u64::from(response.input_tokens);
-        self.usage.output_tokens += u64::from(response.output_tokens);
+        self.usage.add(&Usage::of_call(
+            response.input_tokens,
+            response.output_tokens,
+            response.cached_input_tokens,
+            response.reasoning_tokens,
+        ));
         if self.usage.total_tokens() > self.limits.max_llm_tokens {
             return Err(self.token_limit_error());
         }
@@ -181,32 +211,44 @@ impl HostState {
     /// Answers `requests` in order: replayed ones from the journal, the others
     /// concurrently through the LLM client (streaming labelled ones), each journaled as
     /// soon as its answer arrives, before the plugin sees it and whatever its siblings do.
-    async fn complete_many(
+    /// A request the adapter could not convert, or whose schema or tools are invalid, is
+    /// answered with its error and neither sent nor counted.
+    pub(crate) async fn complete_many(
         &mut self,
-        requests: Vec<llm::Request>,
-    ) -> wasmtime::Result<Vec<Result<llm::Response, llm::LlmError>>> {
-        let requests: Vec<LlmRequest> = requests.into_iter().map(LlmRequest::from).collect();
+        requests: Vec<Result<LlmRequest, LlmError>>,
+    ) -> wasmtime::Result<Vec<Result<LlmResponse, LlmError>>> {
+        let requests: Vec<Result<LlmRequest, LlmError>> = requests
+            .into_iter()
+            .map(|r| r.and_then(|r| crate::llm::check_request(&r).map(|()| r)))
+            .collect();
         let plan: Vec<(u64, String, Option<LlmResponse>)> = requests
             .iter()
             .map(|request| {
+                let Ok(request) = request else {
+                    return (0, String::new(), None);
+                };
                 let position = self.next_call;
                 self.next_call += 1;
                 let hash = request_hash(request);
-                let journaled = self.replay.take(&hash);
+                let journaled = self.replay.take(&hash).map(|entry| entry.response);
                 (position, hash, journaled)
             })
             .collect();
         let live: Vec<&LlmRequest> = requests
             .iter()
             .zip(&plan)
-            .filter(|(_, (_, _, journaled))| journaled.is_none())
-            .map(|(request, _)| request)
+            .filter_map(|(request, (_, _, journaled))| {
+                request.as_ref().ok().filter(|_| journaled.is_none())
+            })
             .collect();
         self.admit_llm_calls(&live)?;
         // Journal positions are claimed in list order, so they follow the plugin's order.
-        let slots: Vec<Option<u64>> = plan
+        let slots: Vec<Option<u64>> = requests
             .iter()
-            .map(|(_, _, journaled)| journaled.is_none().then(|| self.replay.claim_index()))
+            .zip(&plan)
+            .map(|(request, (_, _, journaled))| {
+                (request.is_ok() && journaled.is_none()).then(|| self.replay.claim_index())
+            })
             .collect();
 
         let (client, sink, journal) = (self.llm.clone(), self.sink.clone(), self.journal.clone());
@@ -220,6 +262,10 @@ impl HostState {
                     job_id.clone(),
                 );
                 async move {
+                    let request = match request {
+                        Ok(request) => request,
+                        Err(error) => return (false, Err(error.clone())),
+                    };
                     if let Some(response) = journaled {
                         replay(&*sink, position, request, &response);
                         return (true, Ok(response));
@@ -238,26 +284,30 @@ impl HostState {
                         .stream_label
                         .as_ref()
                         .map(|_| &forward as TokenSink<'_>);
+                    // Tokens of a try whose answer is then refused are withdrawn.
+                    let withdraw = || {
+                        if streamed.swap(false, Ordering::Relaxed)
+                            && let Some(label) = &request.stream_label
+                        {
+                            sink.emit(PluginEvent::TokenReset {
+                                label: label.clone(),
+                            });
+                        }
+                    };
                     let outcome = crate::llm::LLM_CALLER
-                        .scope(job_id.clone(), client.complete(request, tokens))
+                        .scope(
+                            job_id.clone(),
+                            crate::llm::complete_checked(&*client, request, tokens, &withdraw),
+                        )
                         .await;
                     match (&outcome, &journal, slot) {
                         (Ok(response), Some(journal), Some(index)) => {
-                            let entry = JournalEntry {
-                                request_hash: hash,
-                                response: response.clone(),
-                            };
+                            let entry = JournalEntry::completion(hash, response.clone());
                             if let Err(error) = journal.record(index, entry).await {
                                 tracing::warn!(%job_id, index, %error, "could not journal an LLM call");
                             }
                         }
-                        (Err(_), _, _) if streamed.load(Ordering::Relaxed) => {
-                            if let Some(label) = &request.stream_label {
-                                sink.emit(PluginEvent::TokenReset {
-                                    label: label.clone(),
-                                });
-                            }
-                        }
+                        (Err(_), _, _) => withdraw(),
                         _ => {}
                     }
                     (false, outcome)
@@ -267,22 +317,201 @@ impl HostState {
         let outcomes = join_all(calls).await;
         let mut answers = Vec::with_capacity(outcomes.len());
         for (replayed, outcome) in outcomes {
+            if let Ok(response) = &outcome
+                && !response.tool_calls.is_empty()
+            {
+                self.count_tool_round()?;
+            }
             answers.push(match outcome {
                 Ok(response) if replayed => {
                     self.usage.replayed_calls += 1;
-                    Ok(response.into())
+                    Ok(response)
                 }
                 Ok(response) => {
                     self.record_tokens(&response)?;
-                    Ok(response.into())
+                    Ok(response)
                 }
                 Err(error) => {
                     tracing::debug!(job_id = %self.job_id, %error, "LLM call failed");
-                    Err(error.into())
+                    Err(error)
                 }
             });
         }
         Ok(answers)
+    }
+
+    fn count_tool_round(&mut self) -> wasmtime::Result<()> {
+        self.tool_rounds += 1;
+        if self.tool_rounds > self.limits.max_tool_rounds {
+            return Err(HostStop::error(
+                FailureKind::LlmLimit,
+                format!(
+                    "the model answered with tool calls {} times; the limit is {} rounds per \
+                     job (max_tool_rounds)",
+                    self.tool_rounds, self.limits.max_tool_rounds
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Embeds texts: from the journal when an earlier attempt paid for the same request,
+    /// else through the LLM client under the same budgets as completions, journaled
+    /// before the plugin sees the vectors.
+    pub(crate) async fn embed(
+        &mut self,
+        request: EmbedRequest,
+    ) -> wasmtime::Result<Result<EmbedResponse, LlmError>> {
+        if request.texts.is_empty() {
+            return Ok(Err(LlmError::Rejected("the request has no texts".into())));
+        }
+        let position = self.next_call;
+        self.next_call += 1;
+        let hash = embed_hash(&request);
+        if let Some(entry) = self.replay.take(&hash)
+            && let Some(embeddings) = entry.embeddings
+        {
+            self.sink.emit(PluginEvent::Replayed {
+                index: position,
+                label: None,
+            });
+            self.usage.replayed_calls += 1;
+            return Ok(Ok(embeddings));
+        }
+        let as_completion = LlmRequest {
+            messages: request
+                .texts
+                .iter()
+                .map(|t| crate::llm::Message::new(crate::llm::Role::User, t.clone()))
+                .collect(),
+            max_tokens: Some(0),
+            ..Default::default()
+        };
+        self.admit_llm_calls(&[&as_completion])?;
+        let index = self.replay.claim_index();
+        let outcome = crate::llm::LLM_CALLER
+            .scope(self.job_id.clone(), self.llm.embed(&request))
+            .await;
+        let embeddings = match outcome {
+            Ok(embeddings) => embeddings,
+            Err(error) => return Ok(Err(error)),
+        };
+        let cost = LlmResponse {
+            model: embeddings.model.clone(),
+            input_tokens: embeddings.input_tokens,
+            ..Default::default()
+        };
+        if let Some(journal) = &self.journal {
+            let entry = JournalEntry::embedding(hash, cost.clone(), embeddings.clone());
+            if let Err(error) = journal.record(index, entry).await {
+                tracing::warn!(job_id = %self.job_id, index, %error, "could not journal an embedding call");
+            }
+        }
+        self.record_tokens(&cost)?;
+        Ok(Ok(embeddings))
+    }
+
+    /// `progress.report`.
+    pub(crate) fn report(&mut self, percent: u8, message: String) -> wasmtime::Result<()> {
+        self.take_event()?;
+        // Progress never goes down within an attempt, and never passes 100.
+        let percent = percent.min(100).max(self.last_percent);
+        self.last_percent = percent;
+        self.sink.emit(PluginEvent::Progress { percent, message });
+        Ok(())
+    }
+
+    /// `progress.partial`.
+    pub(crate) fn partial(&mut self, name: String, data: String) -> wasmtime::Result<()> {
+        self.take_event()?;
+        if data.len() > self.limits.max_result_bytes {
+            return Err(HostStop::error(
+                FailureKind::ResultTooLarge,
+                format!(
+                    "partial '{name}' is {} bytes; the limit is {}",
+                    data.len(),
+                    self.limits.max_result_bytes
+                ),
+            ));
+        }
+        let data = serde_json::from_str(&data).map_err(|e| {
+            HostStop::error(
+                FailureKind::InvalidResult,
+                format!("partial '{name}' is not JSON: {e}"),
+            )
+        })?;
+        self.sink.emit(PluginEvent::Partial { name, data });
+        Ok(())
+    }
+
+    /// `progress.cancelled`.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// `log.write`.
+    pub(crate) fn log(&mut self, level: LogLevel, message: String) {
+        // Bound what a plugin can put into the host's log per line.
+        let message = truncate(&message, MAX_LOG_LINE_BYTES);
+        if level == LogLevel::Error {
+            // Kept even when the line is dropped: a trap's message names it.
+            self.last_error_log = Some(message.to_string());
+        }
+        if !self.logs.take(message.len()) {
+            return;
+        }
+        let (job_id, job_type) = (&self.job_id, &self.job_type);
+        match level {
+            LogLevel::Trace => tracing::trace!(%job_id, %job_type, plugin = true, "{message}"),
+            LogLevel::Debug => tracing::debug!(%job_id, %job_type, plugin = true, "{message}"),
+            LogLevel::Info => tracing::info!(%job_id, %job_type, plugin = true, "{message}"),
+            LogLevel::Warn => tracing::warn!(%job_id, %job_type, plugin = true, "{message}"),
+            LogLevel::Error => tracing::error!(%job_id, %job_type, plugin = true, "{message}"),
+        }
+    }
+
+    /// `files.stat`.
+    pub(crate) fn file_stat(&self, id: &str) -> Result<FileInfo, FileError> {
+        self.files.stat(id)
+    }
+
+    /// `files.read`: at most [`MAX_READ_CHUNK`] bytes per call.
+    pub(crate) fn file_read(&self, id: &str, offset: u64, len: u32) -> Result<Vec<u8>, FileError> {
+        self.files.read(id, offset, len.min(MAX_READ_CHUNK))
+    }
+
+    /// `artifacts.write`: a refused name or content type is the plugin's error; passing
+    /// `artifact_limit` fails the job.
+    pub(crate) fn artifact_write(
+        &mut self,
+        name: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Result<(), String>> {
+        let total = match self.artifact_ledger.check(name, content_type, bytes.len()) {
+            Ok(total) => total,
+            Err(why) => return Ok(Err(why)),
+        };
+        if total > self.limits.artifact_limit {
+            return Err(HostStop::error(
+                FailureKind::ArtifactLimit,
+                format!(
+                    "writing {} more bytes to artifact '{name}' would make {total} bytes of \
+                     artifacts; the limit is {} (artifact_limit)",
+                    bytes.len(),
+                    self.limits.artifact_limit
+                ),
+            ));
+        }
+        if let Err(why) = self.artifacts.append(name, content_type, bytes) {
+            // The host could not store it: not the plugin's fault, so the job may retry.
+            return Err(HostStop::error(
+                FailureKind::Retryable,
+                format!("artifact '{name}' could not be stored: {why}"),
+            ));
+        }
+        self.artifact_ledger.record(name, content_type, bytes.len());
+        Ok(Ok(()))
     }
 }
 
@@ -340,85 +569,6 @@ impl ResourceLimiter for HostState {
         // Tables hold function references; a million entries is far beyond any real
         // plugin and keeps a table bomb from eating host memory.
         Ok(desired <= 1_000_000)
-    }
-}
-
-impl types::Host for HostState {}
-
-impl progress::Host for HostState {
-    fn report(&mut self, percent: u8, message: String) -> wasmtime::Result<()> {
-        self.take_event()?;
-        // Progress never goes down within an attempt, and never passes 100.
-        let percent = percent.min(100).max(self.last_percent);
-        self.last_percent = percent;
-        self.sink.emit(PluginEvent::Progress { percent, message });
-        Ok(())
-    }
-
-    fn partial(&mut self, name: String, data: String) -> wasmtime::Result<()> {
-        self.take_event()?;
-        if data.len() > self.limits.max_result_bytes {
-            return Err(HostStop::error(
-                FailureKind::ResultTooLarge,
-                format!(
-                    "partial '{name}' is {} bytes; the limit is {}",
-                    data.len(),
-                    self.limits.max_result_bytes
-                ),
-            ));
-        }
-        let data = serde_json::from_str(&data).map_err(|e| {
-            HostStop::error(
-                FailureKind::InvalidResult,
-                format!("partial '{name}' is not JSON: {e}"),
-            )
-        })?;
-        self.sink.emit(PluginEvent::Partial { name, data });
-        Ok(())
-    }
-
-    fn cancelled(&mut self) -> wasmtime::Result<bool> {
-        Ok(self.cancel.is_cancelled())
-    }
-}
-
-impl llm::Host for HostState {
-    async fn complete(
-        &mut self,
-        request: llm::Request,
-    ) -> wasmtime::Result<Result<llm::Response, llm::LlmError>> {
-        let mut answers = self.complete_many(vec![request]).await?;
-        Ok(answers.pop().expect("one answer per request"))
-    }
-
-    async fn complete_all(
-        &mut self,
-        requests: Vec<llm::Request>,
-    ) -> wasmtime::Result<Vec<Result<llm::Response, llm::LlmError>>> {
-        self.complete_many(requests).await
-    }
-}
-
-impl log::Host for HostState {
-    fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        // Bound what a plugin can put into the host's log per line.
-        let message = truncate(&message, MAX_LOG_LINE_BYTES);
-        if level == log::Level::Error {
-            // Kept even when the line is dropped: a trap's message names it.
-            self.last_error_log = Some(message.to_string());
-        }
-        if !self.logs.take(message.len()) {
-            return Ok(());
-        }
-        let (job_id, job_type) = (&self.job_id, &self.job_type);
-        match level {
-            log::Level::Trace => tracing::trace!(%job_id, %job_type, plugin = true, "{message}"),
-            log::Level::Debug => tracing::debug!(%job_id, %job_type, plugin = true, "{message}"),
-            log::Level::Info => tracing::info!(%job_id, %job_type, plugin = true, "{message}"),
-            log::Level::Warn => tracing::warn!(%job_id, %job_type, plugin = true, "{message}"),
-            log::Level::Error => tracing::error!(%job_id, %job_type, plugin = true, "{message}"),
-        }
-        Ok(())
     }
 }
 
@@ -520,52 +670,6 @@ impl EventBucket {
             true
         } else {
             false
-        }
-    }
-}
-
-impl From<llm::Request> for LlmRequest {
-    fn from(request: llm::Request) -> Self {
-        LlmRequest {
-            messages: request
-                .messages
-                .into_iter()
-                .map(|m| Message {
-                    role: match m.role {
-                        llm::Role::System => Role::System,
-                        llm::Role::User => Role::User,
-                        llm::Role::Assistant => Role::Assistant,
-                    },
-                    content: m.content,
-                })
-                .collect(),
-            model: request.model,
-            max_tokens: request.max_tokens,
-            temperature: request.temperature,
-            json_output: request.json_output,
-            stream_label: request.stream_label,
-        }
-    }
-}
-
-impl From<LlmResponse> for llm::Response {
-    fn from(response: LlmResponse) -> Self {
-        llm::Response {
-            text: response.text,
-            model: response.model,
-            input_tokens: response.input_tokens,
-            output_tokens: response.output_tokens,
-        }
-    }
-}
-
-impl From<LlmError> for llm::LlmError {
-    fn from(error: LlmError) -> Self {
-        match error {
-            LlmError::RateLimited(m) => llm::LlmError::RateLimited(m),
-            LlmError::Timeout(m) => llm::LlmError::Timeout(m),
-            LlmError::Unavailable(m) => llm::LlmError::Unavailable(m),
-            LlmError::Rejected(m) => llm::LlmError::Rejected(m),
         }
     }
 }

@@ -19,15 +19,40 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::llm::{LlmRequest, LlmResponse};
+use crate::llm::{EmbedRequest, EmbedResponse, LlmRequest, LlmResponse};
 
-/// One answered call as the journal keeps it.
+/// One answered call as the journal keeps it: a completion, or an embedding request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JournalEntry {
     /// SHA-256 of the request (messages, model alias, settings, stream label).
     pub request_hash: String,
-    /// The provider's answer, with the tokens it was paid for.
+    /// The provider's answer, with the tokens it was paid for. For an embedding call,
+    /// only its model and input tokens.
     pub response: LlmResponse,
+    /// The vectors of an embedding call (contract 0.2.0); absent for completions, and in
+    /// every entry an older Kiln wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<EmbedResponse>,
+}
+
+impl JournalEntry {
+    /// A completion's entry.
+    pub fn completion(request_hash: String, response: LlmResponse) -> Self {
+        Self {
+            request_hash,
+            response,
+            embeddings: None,
+        }
+    }
+
+    /// An embedding call's entry; `cost` carries its model and input tokens.
+    pub fn embedding(request_hash: String, cost: LlmResponse, embeddings: EmbedResponse) -> Self {
+        Self {
+            request_hash,
+            response: cost,
+            embeddings: Some(embeddings),
+        }
+    }
 }
 
 /// Where a job's calls are journaled. The job service keeps them in the store, where
@@ -43,9 +68,17 @@ pub trait CallJournal: Send + Sync + 'static {
     fn record(&self, index: u64, entry: JournalEntry) -> BoxFuture<'_, Result<(), String>>;
 }
 
-/// The hash that decides whether a re-run's call is the same call.
+/// The hash that decides whether a re-run's call is the same call. Fields added to
+/// [`LlmRequest`] after 0.1.0 are left out of its JSON when unset, so this hash of an
+/// older request is unchanged and its journal still replays.
 pub fn request_hash(request: &LlmRequest) -> String {
     let bytes = serde_json::to_vec(request).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// [`request_hash`] of an embedding request; never equal to a completion's.
+pub fn embed_hash(request: &EmbedRequest) -> String {
+    let bytes = serde_json::to_vec(&serde_json::json!({ "embed": request })).unwrap_or_default();
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -53,7 +86,7 @@ pub fn request_hash(request: &LlmRequest) -> String {
 /// next free position for a call the provider answers.
 #[derive(Debug, Default)]
 pub struct Replay {
-    unused: HashMap<String, VecDeque<LlmResponse>>,
+    unused: HashMap<String, VecDeque<JournalEntry>>,
     next_index: u64,
 }
 
@@ -62,19 +95,19 @@ impl Replay {
     pub fn new(mut recorded: Vec<(u64, JournalEntry)>) -> Self {
         recorded.sort_by_key(|(index, _)| *index);
         let next_index = recorded.last().map_or(0, |(index, _)| index + 1);
-        let mut unused: HashMap<String, VecDeque<LlmResponse>> = HashMap::new();
+        let mut unused: HashMap<String, VecDeque<JournalEntry>> = HashMap::new();
         for (_, entry) in recorded {
             unused
-                .entry(entry.request_hash)
+                .entry(entry.request_hash.clone())
                 .or_default()
-                .push_back(entry.response);
+                .push_back(entry);
         }
         Self { unused, next_index }
     }
 
     /// The journaled answer to a request with this hash, if an unused one is left; each
     /// answer is given once per attempt.
-    pub fn take(&mut self, hash: &str) -> Option<LlmResponse> {
+    pub fn take(&mut self, hash: &str) -> Option<JournalEntry> {
         self.unused.get_mut(hash)?.pop_front()
     }
 
@@ -93,22 +126,19 @@ mod tests {
 
     fn request(text: &str) -> LlmRequest {
         LlmRequest {
-            messages: vec![Message {
-                role: Role::User,
-                content: text.into(),
-            }],
+            messages: vec![Message::new(Role::User, text)],
             ..Default::default()
         }
     }
 
     fn entry(text: &str, answer: &str) -> JournalEntry {
-        JournalEntry {
-            request_hash: request_hash(&request(text)),
-            response: LlmResponse {
+        JournalEntry::completion(
+            request_hash(&request(text)),
+            LlmResponse {
                 text: answer.into(),
                 ..Default::default()
             },
-        }
+        )
     }
 
     #[test]
@@ -132,14 +162,14 @@ mod tests {
             (3, entry("d", "D")),
         ]);
         let hash = |text| request_hash(&request(text));
-        assert_eq!(replay.take(&hash("a")).unwrap().text, "A");
-        assert_eq!(replay.take(&hash("b")).unwrap().text, "B");
+        assert_eq!(replay.take(&hash("a")).unwrap().response.text, "A");
+        assert_eq!(replay.take(&hash("b")).unwrap().response.text, "B");
         assert!(
             replay.take(&hash("c")).is_none(),
             "the failed call is asked again"
         );
-        assert_eq!(replay.take(&hash("d")).unwrap().text, "D");
-        assert_eq!(replay.take(&hash("e")).unwrap().text, "E");
+        assert_eq!(replay.take(&hash("d")).unwrap().response.text, "D");
+        assert_eq!(replay.take(&hash("e")).unwrap().response.text, "E");
         assert_eq!(
             replay.claim_index(),
             5,
@@ -155,8 +185,8 @@ mod tests {
             (1, entry("same", "second")),
         ]);
         let hash = request_hash(&request("same"));
-        assert_eq!(replay.take(&hash).unwrap().text, "first");
-        assert_eq!(replay.take(&hash).unwrap().text, "second");
+        assert_eq!(replay.take(&hash).unwrap().response.text, "first");
+        assert_eq!(replay.take(&hash).unwrap().response.text, "second");
         assert!(
             replay.take(&hash).is_none(),
             "a third identical call is paid for"
@@ -168,5 +198,21 @@ mod tests {
         let mut replay = Replay::new(Vec::new());
         assert!(replay.take("anything").is_none());
         assert_eq!(replay.claim_index(), 0);
+    }
+
+    #[test]
+    fn a_request_without_the_new_fields_hashes_as_before() {
+        // The JSON a 0.1.0-era Kiln hashed for this request, byte for byte.
+        let old = r#"{"messages":[{"role":"user","content":"hello"}],"model":null,"max_tokens":null,"temperature":null,"json_output":false,"stream_label":null}"#;
+        assert_eq!(
+            request_hash(&request("hello")),
+            hex::encode(Sha256::digest(old.as_bytes()))
+        );
+        let entry: JournalEntry = serde_json::from_str(
+            r#"{"request_hash":"h","response":{"text":"t","model":"m","input_tokens":1,"output_tokens":2}}"#,
+        )
+        .expect("an entry an older Kiln wrote");
+        assert_eq!(entry.response.output_tokens, 2);
+        assert!(entry.embeddings.is_none());
     }
 }

@@ -42,6 +42,13 @@ pub struct Limits {
     /// Bytes of log lines one attempt may write in all. Default 1 MiB. Lines beyond it are
     /// dropped and counted; the job goes on.
     pub max_log_bytes: u64,
+    /// Bytes of artifacts (output files) one attempt may write, all artifacts together.
+    /// Default 64 MiB. Passing it fails the job with `artifact_limit`.
+    pub artifact_limit: u64,
+    /// Answers with tool calls one attempt may get: the rounds of a tool-calling loop.
+    /// Default 16. Passing it fails the job with `llm_limit`, so a model and a plugin
+    /// that keep calling tools cannot loop until the token budget is gone.
+    pub max_tool_rounds: u32,
 }
 
 impl Default for Limits {
@@ -56,6 +63,8 @@ impl Default for Limits {
             max_llm_tokens: 2_000_000,
             max_log_lines_per_second: 100,
             max_log_bytes: 1024 * 1024,
+            artifact_limit: 64 * 1024 * 1024,
+            max_tool_rounds: 16,
         }
     }
 }
@@ -82,6 +91,10 @@ pub struct LimitsOverride {
     pub max_log_lines_per_second: Option<u32>,
     /// See [`Limits::max_log_bytes`].
     pub max_log_bytes: Option<u64>,
+    /// See [`Limits::artifact_limit`].
+    pub artifact_limit: Option<u64>,
+    /// See [`Limits::max_tool_rounds`].
+    pub max_tool_rounds: Option<u32>,
 }
 
 impl Limits {
@@ -103,6 +116,8 @@ impl Limits {
                 .max_log_lines_per_second
                 .unwrap_or(self.max_log_lines_per_second),
             max_log_bytes: over.max_log_bytes.unwrap_or(self.max_log_bytes),
+            artifact_limit: over.artifact_limit.unwrap_or(self.artifact_limit),
+            max_tool_rounds: over.max_tool_rounds.unwrap_or(self.max_tool_rounds),
         }
     }
 

@@ -10,11 +10,12 @@
 //! and LLM calls through an [`LlmClient`](crate::llm::LlmClient), so it is tested and
 //! used by `kiln plugin run` without the job service.
 
-mod bindings;
 mod cache;
+mod contract;
 mod engine;
 mod events;
 mod failure;
+mod files;
 mod guests;
 mod host;
 mod journal;
@@ -23,10 +24,14 @@ mod plugin;
 mod relay;
 mod stderr;
 
-pub use bindings::CONTRACT_VERSION;
+pub use contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, ContractVersion};
 pub use cache::{CacheOutcome, ComponentCache};
 pub use events::{DiscardEvents, EventSink, PluginEvent};
 pub use failure::{FailureKind, JobFailure};
+pub use files::{
+    ArtifactSink, DiscardArtifacts, FileError, FileInfo, JobFiles, MAX_ARTIFACT_NAME,
+    MAX_READ_CHUNK, NoFiles, valid_artifact_name, valid_content_type,
+};
 pub use journal::{CallJournal, JournalEntry, request_hash};
 pub use limits::{Limits, LimitsOverride};
 pub use plugin::{
@@ -44,12 +49,11 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::llm::{LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink, Usage};
-use bindings::JobPlugin;
-use bindings::exports::kiln::plugin::job_type;
+use contract::{ContractPre, RunJob};
 use engine::EpochTicker;
 use failure::{HostStop, classify};
 use guests::GuestThreads;
@@ -154,6 +158,31 @@ pub struct RunContext {
     pub limits: Limits,
     /// Wall-clock budget of this attempt.
     pub timeout: Duration,
+    /// The input files the job may read (its payload's `kiln-file` ids).
+    pub files: Arc<dyn JobFiles>,
+    /// Where the attempt's artifacts go.
+    pub artifacts: Arc<dyn ArtifactSink>,
+}
+
+impl RunContext {
+    /// A context with `sink`, `llm` and `limits`, a fresh cancel token, no files, and
+    /// artifacts dropped: what a run outside the job service starts from.
+    pub fn new(
+        sink: Arc<dyn EventSink>,
+        llm: Arc<dyn LlmClient>,
+        limits: Limits,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            sink,
+            llm,
+            cancel: CancellationToken::new(),
+            limits,
+            timeout,
+            files: Arc::new(NoFiles),
+            artifacts: Arc::new(DiscardArtifacts),
+        }
+    }
 }
 
 /// How an attempt ended, and what it spent.
@@ -191,9 +220,7 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
         let describe_linker = linker.clone();
-        JobPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("linking the kiln:plugin imports")?;
+        contract::add_to_linker(&mut linker).context("linking the kiln:plugin imports")?;
         Ok(Self {
             cache: ComponentCache::new(&engine, config.cache_dir),
             admission: Arc::new(Semaphore::new(config.max_instances as usize)),
@@ -239,9 +266,9 @@ impl Runtime {
         })
         .await
         .context("the compile task failed")??;
-        let imports = plugin::check_contract(&self.engine, &component)?;
-        let pre = pre_link(&self.linker, &component)?;
-        let info = self.describe(&component, origin).await?;
+        let (version, imports) = plugin::check_contract(&self.engine, &component)?;
+        let pre = pre_link(&self.linker, &component, version)?;
+        let info = self.describe(&component, version, origin).await?;
         Plugin::new(info, digest, size, outcome, imports, pre)
     }
 
@@ -291,17 +318,21 @@ impl Runtime {
     /// import: the contract says `describe` must not call one, so each is linked to a
     /// function that stops it with a message naming the import. WASI stays linked (an
     /// empty context), as standard-library guests need it to instantiate.
-    async fn describe(&self, component: &Component, origin: &str) -> anyhow::Result<PluginInfo> {
+    async fn describe(
+        &self,
+        component: &Component,
+        version: ContractVersion,
+        origin: &str,
+    ) -> anyhow::Result<PluginInfo> {
         let mut linker = self.describe_linker.clone();
-        plugin::refuse_kiln_imports(&self.engine, component, &mut linker)?;
-        let pre = pre_link(&linker, component)?;
-        let context = RunContext {
-            sink: Arc::new(DiscardEvents),
-            llm: Arc::new(NoLlm),
-            cancel: CancellationToken::new(),
-            limits: Limits::default(),
-            timeout: self.describe_timeout,
-        };
+        plugin::refuse_kiln_imports(&self.engine, component, version, &mut linker)?;
+        let pre = pre_link(&linker, component, version)?;
+        let context = RunContext::new(
+            Arc::new(DiscardEvents),
+            Arc::new(NoLlm),
+            Limits::default(),
+            self.describe_timeout,
+        );
         let (raw, _usage) = self
             .call(
                 &pre,
@@ -309,10 +340,7 @@ impl Runtime {
                 "(describe)",
                 context,
                 None,
-                |bindings, store| {
-                    async move { bindings.kiln_plugin_job_type().call_describe(store).await }
-                        .boxed()
-                },
+                |pre, store| pre.describe(store),
             )
             .await;
         let info = raw.map_err(|failure| match failure.kind {
@@ -352,7 +380,7 @@ impl Runtime {
     ) -> RunOutcome {
         let limits = context.limits.clone();
         let cancel = context.cancel.clone();
-        let wit_job = job_type::Job {
+        let run_job = RunJob {
             id: job.id.clone(),
             job_type: job.job_type.clone(),
             payload: job.payload,
@@ -365,21 +393,13 @@ impl Runtime {
                 &job.job_type,
                 context,
                 journal,
-                move |bindings, store| {
-                    async move {
-                        bindings
-                            .kiln_plugin_job_type()
-                            .call_run(store, &wit_job)
-                            .await
-                    }
-                    .boxed()
-                },
+                move |pre, store| pre.run(store, run_job),
             )
             .await;
         let result = match raw {
             _ if cancel.is_cancelled() => Err(cancelled()),
             Ok(Ok(text)) => parse_result(&text, &limits),
-            Ok(Err(error)) => Err(from_job_error(error)),
+            Ok(Err(failure)) => Err(failure),
             Err(failure) => Err(failure),
         };
         RunOutcome { result, usage }
@@ -389,13 +409,13 @@ impl Runtime {
     /// threads while this task (on the caller's executor) carries out its LLM calls.
     async fn call<R: Send + 'static>(
         &self,
-        pre: &bindings::JobPluginPre<HostState>,
+        pre: &ContractPre,
         job_id: &str,
         job_type: &str,
         context: RunContext,
         journal: Option<Arc<dyn CallJournal>>,
         invoke: impl for<'a> FnOnce(
-            &'a JobPlugin,
+            &'a ContractPre,
             &'a mut Store<HostState>,
         ) -> BoxFuture<'a, wasmtime::Result<R>>
         + Send
@@ -446,30 +466,28 @@ impl Runtime {
     }
 }
 
-/// Links `component` with `linker`'s imports, ready to instantiate once per call.
+/// Links `component` with `linker`'s imports through `version`'s bindings, ready to
+/// instantiate once per call.
 fn pre_link(
     linker: &Linker<HostState>,
     component: &Component,
-) -> anyhow::Result<bindings::JobPluginPre<HostState>> {
+    version: ContractVersion,
+) -> anyhow::Result<ContractPre> {
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|e| anyhow::anyhow!("the component does not link against Kiln: {e:#}"))?;
-    bindings::JobPluginPre::new(instance_pre).map_err(|e| {
-        anyhow::anyhow!(
-            "the component's exports do not match kiln:plugin@{CONTRACT_VERSION}: {e:#}"
-        )
-    })
+    ContractPre::new(version, instance_pre)
 }
 
 /// One guest call on the guest threads: a fresh store with the limits, deadline and
 /// cancellation wired in, instantiation, the call.
 async fn run_guest<R: Send>(
-    (engine, pre): (Engine, bindings::JobPluginPre<HostState>),
+    (engine, pre): (Engine, ContractPre),
     ids: (String, String),
     context: RunContext,
     journal: Option<Arc<dyn CallJournal>>,
     invoke: impl for<'a> FnOnce(
-        &'a JobPlugin,
+        &'a ContractPre,
         &'a mut Store<HostState>,
     ) -> BoxFuture<'a, wasmtime::Result<R>>
     + Send,
@@ -498,10 +516,7 @@ async fn run_guest<R: Send>(
     });
 
     let raw = {
-        let call = async {
-            let bindings = pre.instantiate_async(&mut store).await?;
-            invoke(&bindings, &mut store).await
-        };
+        let call = invoke(&pre, &mut store);
         // The epoch callback stops a guest that is computing; these two stop one that
         // is waiting in a host call (an LLM request), which epochs cannot interrupt.
         tokio::select! {
@@ -546,14 +561,6 @@ fn timed_out(timeout: Duration) -> JobFailure {
 impl JobFailure {
     fn into_stop(self) -> wasmtime::Error {
         wasmtime::Error::new(HostStop(self))
-    }
-}
-
-fn from_job_error(error: job_type::JobError) -> JobFailure {
-    match error {
-        job_type::JobError::InvalidInput(m) => JobFailure::new(FailureKind::InvalidInput, m),
-        job_type::JobError::Retryable(m) => JobFailure::new(FailureKind::Retryable, m),
-        job_type::JobError::Permanent(m) => JobFailure::new(FailureKind::Permanent, m),
     }
 }
 

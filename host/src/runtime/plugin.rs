@@ -12,8 +12,7 @@ use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 
-use super::bindings::kiln::plugin::types::PluginInfo as DescribedInfo;
-use super::bindings::{CONTRACT_PACKAGE, CONTRACT_VERSION, JobPluginPre};
+use super::contract::{CONTRACT_PACKAGE, ContractPre, ContractVersion, Described as DescribedInfo};
 use super::cache::CacheOutcome;
 use super::failure::{FailureKind, HostStop};
 use super::host::HostState;
@@ -76,7 +75,7 @@ pub struct Plugin {
     pub imports: Vec<String>,
     /// The file it was loaded from (`None` when loaded from bytes).
     pub file: Option<PathBuf>,
-    pub(crate) pre: JobPluginPre<HostState>,
+    pub(crate) pre: ContractPre,
     validator: jsonschema::Validator,
 }
 
@@ -96,7 +95,7 @@ impl Plugin {
         size: usize,
         cache: CacheOutcome,
         imports: Vec<String>,
-        pre: JobPluginPre<HostState>,
+        pre: ContractPre,
     ) -> anyhow::Result<Self> {
         let validator = jsonschema::validator_for(&info.payload_schema).map_err(|e| {
             anyhow::anyhow!(
@@ -114,6 +113,11 @@ impl Plugin {
             pre,
             validator,
         })
+    }
+
+    /// The contract version the component was built for.
+    pub fn contract(&self) -> ContractVersion {
+        self.pre.version()
     }
 
     /// Checks `payload` against the plugin's schema; every violation is listed.
@@ -191,6 +195,7 @@ pub(crate) fn check_description(info: &DescribedInfo) -> anyhow::Result<()> {
 pub(crate) fn refuse_kiln_imports(
     engine: &Engine,
     component: &Component,
+    version: ContractVersion,
     linker: &mut Linker<HostState>,
 ) -> anyhow::Result<()> {
     let package = format!("{CONTRACT_PACKAGE}/");
@@ -208,7 +213,7 @@ pub(crate) fn refuse_kiln_imports(
             }
             let message = format!(
                 "it called `{interface}#{function}`, but the contract \
-                 (wit/v{CONTRACT_VERSION}/plugin.wit) says `describe` must not call any \
+                 (wit/v{version}/plugin.wit) says `describe` must not call any \
                  import: return constants from `describe` and call imports from `run`"
             );
             linked
@@ -276,31 +281,31 @@ pub(crate) fn check_is_component(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// Checks a component's imports and exports against the contract, so a component built
-/// for another contract version or another purpose is refused with a message that says so,
-/// rather than with a linker error.
+/// Checks a component's imports and exports against the contract versions this host
+/// runs, and says which version it was built for, so a component built for an unknown
+/// version or another purpose is refused with a message that says so, rather than with a
+/// linker error.
 pub(crate) fn check_contract(
     engine: &Engine,
     component: &Component,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<(ContractVersion, Vec<String>)> {
     let ty = component.component_type();
-    let wanted_export = format!("{CONTRACT_PACKAGE}/job-type@{CONTRACT_VERSION}");
+    let export_prefix = format!("{CONTRACT_PACKAGE}/job-type@");
     let mut exports = Vec::new();
+    let mut version = None;
     for (name, _) in ty.exports(engine) {
-        if let Some(version) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/job-type@"))
-            && version != CONTRACT_VERSION
-        {
-            anyhow::bail!(wrong_version(version));
+        if let Some(text) = name.strip_prefix(&export_prefix) {
+            version = Some(ContractVersion::parse(text).ok_or_else(|| wrong_version(text))?);
         }
         exports.push(name.to_string());
     }
-    if !exports.contains(&wanted_export) {
+    let Some(version) = version else {
         anyhow::bail!(
-            "the component does not export `{wanted_export}` (the `describe` and `run` \
+            "the component does not export `{export_prefix}X.Y.Z` (the `describe` and `run` \
              functions of a Kiln job type); it exports: [{}]",
             exports.join(", ")
         );
-    }
+    };
     let mut imports = Vec::new();
     for (name, item) in ty.imports(engine) {
         imports.push(name.to_string());
@@ -308,13 +313,17 @@ pub(crate) fn check_contract(
             continue;
         }
         if let Some(rest) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/")) {
-            let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
-            if version != CONTRACT_VERSION {
-                anyhow::bail!(wrong_version(version));
-            }
-            if !matches!(interface, "progress" | "llm" | "log" | "types") {
+            let (interface, imported) = rest.split_once('@').unwrap_or((rest, ""));
+            if imported != version.as_str() {
                 anyhow::bail!(
-                    "the component imports `{name}`, which kiln:plugin@{CONTRACT_VERSION} does not define"
+                    "the component exports {CONTRACT_PACKAGE}/job-type@{version} but imports \
+                     `{name}`: every Kiln interface it uses must come from the same contract \
+                     version; rebuild it with one SDK version"
+                );
+            }
+            if !version.interfaces().contains(&interface) {
+                anyhow::bail!(
+                    "the component imports `{name}`, which {CONTRACT_PACKAGE}@{version} does not define"
                 );
             }
             continue;
@@ -323,19 +332,26 @@ pub(crate) fn check_contract(
             ComponentItem::ComponentFunc(_) | ComponentItem::CoreFunc(_) => "function",
             _ => "interface",
         };
+        let granted: Vec<String> = version
+            .interfaces()
+            .iter()
+            .filter(|i| **i != "types")
+            .map(|i| format!("{CONTRACT_PACKAGE}/{i}"))
+            .collect();
         anyhow::bail!(
             "the component imports the {what} `{name}`, which Kiln does not grant: a plugin may \
-             import only kiln:plugin/progress, kiln:plugin/llm, kiln:plugin/log and WASI 0.2"
+             import only {} and WASI 0.2",
+            granted.join(", ")
         );
     }
-    Ok(imports)
+    Ok((version, imports))
 }
 
-fn wrong_version(version: &str) -> String {
-    format!(
+fn wrong_version(version: &str) -> anyhow::Error {
+    anyhow::anyhow!(
         "the component was built against {CONTRACT_PACKAGE}@{version}, but this host runs \
-         {CONTRACT_PACKAGE}@{CONTRACT_VERSION}: rebuild it with the kiln-plugin SDK for \
-         {CONTRACT_VERSION}"
+         {CONTRACT_PACKAGE}@{}: rebuild it with a kiln-plugin SDK for one of them",
+        ContractVersion::supported()
     )
 }
 

@@ -16,16 +16,34 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::llm::{LLM_CALLER, LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink};
+use crate::llm::{
+    EmbedRequest, EmbedResponse, LLM_CALLER, LlmClient, LlmError, LlmRequest, LlmResponse,
+    TokenSink,
+};
 
 /// A call on its way from the guest to the job's task.
 struct Call {
     /// The [`LLM_CALLER`] of the guest's call, for the provider's fairness between jobs.
     caller: String,
-    request: LlmRequest,
-    /// Where streamed text goes, when the guest asked for it.
-    tokens: Option<mpsc::UnboundedSender<String>>,
-    answer: oneshot::Sender<Result<LlmResponse, LlmError>>,
+    work: Work,
+}
+
+/// What a call asks for.
+enum Work {
+    Complete {
+        request: LlmRequest,
+        /// Where streamed text goes, when the guest asked for it.
+        tokens: Option<mpsc::UnboundedSender<String>>,
+        answer: oneshot::Sender<Result<LlmResponse, LlmError>>,
+    },
+    Embed {
+        request: EmbedRequest,
+        answer: oneshot::Sender<Result<EmbedResponse, LlmError>>,
+    },
+}
+
+fn gone() -> LlmError {
+    LlmError::Unavailable("the host stopped serving this job".into())
 }
 
 /// The guest's side: an LLM client that hands every call to the job's task.
@@ -52,11 +70,12 @@ impl LlmClient for GuestSide {
             let (answer, answered) = oneshot::channel();
             let call = Call {
                 caller: crate::llm::current_caller(),
-                request: request.clone(),
-                tokens: tokens.is_some().then_some(token_tx),
-                answer,
+                work: Work::Complete {
+                    request: request.clone(),
+                    tokens: tokens.is_some().then_some(token_tx),
+                    answer,
+                },
             };
-            let gone = || LlmError::Unavailable("the host stopped serving this job".into());
             self.calls.send(call).map_err(|_| gone())?;
             if let Some(sink) = tokens {
                 // Ends when the call is over and its sender dropped.
@@ -64,6 +83,25 @@ impl LlmClient for GuestSide {
                     sink(&delta);
                 }
             }
+            answered.await.unwrap_or_else(|_| Err(gone()))
+        }
+        .boxed()
+    }
+
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbedRequest,
+    ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
+        async move {
+            let (answer, answered) = oneshot::channel();
+            let call = Call {
+                caller: crate::llm::current_caller(),
+                work: Work::Embed {
+                    request: request.clone(),
+                    answer,
+                },
+            };
+            self.calls.send(call).map_err(|_| gone())?;
             answered.await.unwrap_or_else(|_| Err(gone()))
         }
         .boxed()
@@ -85,23 +123,38 @@ async fn serve(client: Arc<dyn LlmClient>, mut incoming: mpsc::UnboundedReceiver
 }
 
 async fn answer(client: Arc<dyn LlmClient>, call: Call) {
-    let Call {
-        caller,
-        request,
-        tokens,
-        mut answer,
-    } = call;
-    let forward = |delta: &str| {
-        if let Some(tokens) = &tokens {
-            let _ = tokens.send(delta.to_string());
+    let Call { caller, work } = call;
+    match work {
+        Work::Complete {
+            request,
+            tokens,
+            mut answer,
+        } => {
+            let forward = |delta: &str| {
+                if let Some(tokens) = &tokens {
+                    let _ = tokens.send(delta.to_string());
+                }
+            };
+            let sink = tokens.as_ref().map(|_| &forward as TokenSink<'_>);
+            tokio::select! {
+                outcome = LLM_CALLER.scope(caller, client.complete(&request, sink)) => {
+                    let _ = answer.send(outcome);
+                }
+                // The guest stopped waiting (it was cancelled or timed out): stop the
+                // request too.
+                () = answer.closed() => {}
+            }
         }
-    };
-    let sink = tokens.as_ref().map(|_| &forward as TokenSink<'_>);
-    tokio::select! {
-        outcome = LLM_CALLER.scope(caller, client.complete(&request, sink)) => {
-            let _ = answer.send(outcome);
+        Work::Embed {
+            request,
+            mut answer,
+        } => {
+            tokio::select! {
+                outcome = LLM_CALLER.scope(caller, client.embed(&request)) => {
+                    let _ = answer.send(outcome);
+                }
+                () = answer.closed() => {}
+            }
         }
-        // The guest stopped waiting (it was cancelled or timed out): stop the request too.
-        () = answer.closed() => {}
     }
 }

@@ -6,11 +6,13 @@
 //! [`writer`], which commits in groups and publishes committed events on the [`Bus`].
 
 mod bus;
+mod files;
 mod model;
 mod tables;
 mod writer;
 
 pub use bus::Bus;
+pub use files::{ArtifactRecord, BlobDir, FileRecord};
 pub use model::{
     ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, event_names, idempotency_slot, now_ms,
     rfc3339,
@@ -81,6 +83,8 @@ pub struct Store {
     writer: Option<JoinHandle<()>>,
     /// Committed events, live.
     pub bus: Arc<Bus>,
+    /// Upload and artifact bytes, beside the database file.
+    pub blobs: BlobDir,
 }
 
 impl Store {
@@ -107,6 +111,8 @@ impl Store {
         txn.open_table(BY_TENANT)?;
         txn.open_table(IDEMPOTENCY)?;
         txn.open_table(JOURNAL)?;
+        txn.open_table(FILES)?;
+        txn.open_table(FILES_BY_EXPIRY)?;
         // Added after 0.1.0's first release: opening an older file creates it empty.
         let next_feed = {
             let feed = txn.open_table(FEED)?;
@@ -134,6 +140,7 @@ impl Store {
             tx: Some(tx),
             writer: Some(writer),
             bus,
+            blobs: BlobDir::new(path.parent().unwrap_or(Path::new("."))),
         })
     }
 

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::llm::Usage;
 
+
 /// Where a job is in its life. `queued -> running -> completed | failed | cancelled`; a job
 /// waiting out a retry backoff is `queued` with a later `run_at`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -120,6 +121,9 @@ pub struct JobRecord {
     /// a tenant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The artifacts of the attempt that completed it (contract 0.2.0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<super::ArtifactRecord>,
 }
 
 /// Where an `Idempotency-Key` is stored: per tenant, so two tenants using the same key

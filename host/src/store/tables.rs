@@ -29,3 +29,9 @@ pub(super) const JOURNAL: TableDefinition<(u128, u64), &[u8]> = TableDefinition:
 /// resumes from. Positions only grow; the oldest are trimmed to keep the newest
 /// `events_feed_retention`. The event itself stays in [`EVENTS`].
 pub(super) const FEED: TableDefinition<u64, (u128, u64, u8)> = TableDefinition::new("feed");
+/// File id -> JSON of an upload's [`super::FileRecord`] (added in 0.2.0; an older file
+/// gains it empty).
+pub(super) const FILES: TableDefinition<u128, &[u8]> = TableDefinition::new("files");
+/// (expires at ms, file id): the sweeper's index of uploads.
+pub(super) const FILES_BY_EXPIRY: TableDefinition<(u64, u128), ()> =
+    TableDefinition::new("files_by_expiry");

@@ -1,6 +1,11 @@
 //! Job type `documents`: summarises a long text (up to several MB) by map-reduce.
 //!
-//! Result: `{"summary": string, "key_points": [string], "sections": [{"title", "summary"}]}`.
+//! Input: `{"text": …}`, or `{"file": "<id>"}` naming an upload (`POST /v1/files`) of plain
+//! text, Markdown, HTML, PDF or DOCX, whose text is extracted inside the sandbox (see
+//! [`extract`]); a broken, hostile or oversized file fails only its job, `invalid_input`.
+//!
+//! Result: `{"summary": string, "key_points": [string], "sections": [{"title", "summary"}]}`,
+//! and the same as a Markdown artifact, `summary.md`.
 //!
 //! 1. **Split** the text with [`kiln_plugin::text::split_chunks`] into chunks of about
 //!    6000 bytes, on paragraph, then sentence, then word boundaries.
@@ -17,9 +22,15 @@
 //! text gets chunks of roughly 35-40 KB). The worst case is 150 map calls + 19 + 3 reduce
 //! calls + 1 final call = 173 calls.
 
+use std::borrow::Cow;
+
 use kiln_plugin::prelude::*;
 use kiln_plugin::progress::stage_message;
 use serde::Deserialize;
+
+mod extract;
+
+use extract::{ExtractLimits, Format};
 
 /// Preferred chunk size in bytes (about 1500 tokens of English).
 const CHUNK_BYTES: usize = 6000;
@@ -28,13 +39,68 @@ pub const MAX_CHUNKS: usize = 150;
 /// Most summaries combined by one reduce request.
 const GROUP: usize = 8;
 
-/// The payload: the text, and optionally its title and what the reader cares about.
+/// The payload: the text (or the file holding it), and optionally its title and what the
+/// reader cares about.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Payload {
-    text: String,
+    text: Option<String>,
+    file: Option<String>,
     title: Option<String>,
     instructions: Option<String>,
+}
+
+/// The text of the payload: as given, or extracted from its file.
+fn document_text(payload: &Payload) -> Result<Cow<'_, str>, JobError> {
+    if let Some(text) = &payload.text {
+        return Ok(Cow::Borrowed(text));
+    }
+    let Some(id) = &payload.file else {
+        return Err(JobError::invalid_input("the payload needs `text` or `file`"));
+    };
+    let limits = ExtractLimits::default();
+    let info = files::stat(id)?;
+    let bytes = files::read_all(id, limits.max_input_bytes as u64).map_err(|error| match error {
+        files::FileError::TooLarge(_) => JobError::invalid_input(format!(
+            "the file is {} bytes; documents reads files of at most {} MiB",
+            info.size,
+            limits.max_input_bytes / (1024 * 1024)
+        )),
+        other => other.into(),
+    })?;
+    let head = &bytes[..bytes.len().min(1024)];
+    let format = Format::detect(&info.content_type, head).ok_or_else(|| {
+        JobError::invalid_input(format!(
+            "the file's type ({}) is not one documents reads: plain text, Markdown, HTML, \
+             PDF or DOCX",
+            info.content_type
+        ))
+    })?;
+    progress::report(2, "Reading the file");
+    let text = extract::extract_text(&bytes, format, &limits)
+        .map_err(|error| JobError::invalid_input(error.to_string()))?;
+    log::info(format!(
+        "extracted {} bytes of text from a {} byte {:?} file",
+        text.len(),
+        bytes.len(),
+        format
+    ));
+    Ok(Cow::Owned(text))
+}
+
+/// The summary as Markdown, for the `summary.md` artifact.
+fn markdown(title: Option<&str>, summary: &Summary) -> String {
+    let mut out = format!("# {}\n\n{}\n", title.unwrap_or("Summary"), summary.summary.trim());
+    if !summary.key_points.is_empty() {
+        out.push_str("\n## Key points\n\n");
+        for point in &summary.key_points {
+            out.push_str(&format!("- {}\n", point.trim()));
+        }
+    }
+    for section in &summary.sections {
+        out.push_str(&format!("\n## {}\n\n{}\n", section.title.trim(), section.summary.trim()));
+    }
+    out
 }
 
 /// The job's result.
@@ -67,11 +133,15 @@ impl JobType for Documents {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "title": "documents payload",
                 "type": "object",
-                "required": ["text"],
+                "oneOf": [{"required": ["text"]}, {"required": ["file"]}],
                 "properties": {
                     "text": {
                         "description": "The text to summarise (plain text or Markdown; several MB is fine).",
                         "type": "string", "minLength": 1, "pattern": "\\S"
+                    },
+                    "file": {
+                        "description": "Or: the id of an uploaded file (POST /v1/files) of plain text, Markdown, HTML, PDF or DOCX, up to 16 MiB.",
+                        "type": "string", "format": "kiln-file"
                     },
                     "title": {
                         "description": "The document's title, given to the model as context.",
@@ -90,12 +160,13 @@ impl JobType for Documents {
     fn run(job: Job<Payload>) -> Result<impl Serialize, JobError> {
         let payload = job.payload;
         let context = context(&payload);
-        let chunks = chunk(&payload.text);
+        let text = document_text(&payload)?;
+        let chunks = chunk(&text);
         if chunks.is_empty() {
-            return Err(JobError::invalid_input("text has no content"));
+            return Err(JobError::invalid_input("the document has no text"));
         }
         let n = chunks.len();
-        log::info(format!("{} bytes in {n} chunks", payload.text.len()));
+        log::info(format!("{} bytes in {n} chunks", text.len()));
         let mut progress = Progress::new(n + reduce_calls(n), 1);
 
         // Map: one summary per chunk, all at once.
@@ -145,8 +216,14 @@ impl JobType for Documents {
             return Err(JobError::permanent("cancelled"));
         }
         let response = llm::complete(final_request(&context, &summaries))?;
+        let result = final_result(&response.text, &chunk_summaries);
+        artifacts::write(
+            "summary.md",
+            "text/markdown",
+            markdown(payload.title.as_deref(), &result).as_bytes(),
+        )?;
         progress.advance(1, "Wrote the final summary");
-        Ok(final_result(&response.text, &chunk_summaries))
+        Ok(result)
     }
 }
 
@@ -348,5 +425,45 @@ mod tests {
         let result = final_result(r#"{"synthetic": true, "text": "hello"}"#, &chunks);
         assert_eq!(result.summary, "hello");
         assert_eq!(result.key_points.len(), 2);
+    }
+
+    #[test]
+    fn a_file_is_extracted_summarised_and_kept_as_markdown() {
+        let html = b"<html><body><h1>Report</h1><p>The harbour flooded twice.</p>\
+                     <script>secret()</script></body></html>";
+        let run = kiln_plugin::testing::Harness::new(json!({"file": "f1", "title": "Harbour"}))
+            .file("f1", "text/html", html)
+            .answer(|request| {
+                Ok(Response::text(if request.is_json() {
+                    r#"{"summary": "Floods.", "key_points": ["Two floods"], "sections": []}"#
+                } else {
+                    "The harbour flooded."
+                }))
+            })
+            .run::<Documents>();
+        let result = run.result.expect("completed");
+        assert_eq!(result["summary"], "Floods.");
+        let map = run.requests[0].last_user_message().unwrap();
+        assert!(map.contains("The harbour flooded twice."), "{map}");
+        assert!(!map.contains("secret"), "scripts are not text: {map}");
+        let (name, content_type, bytes) = &run.artifacts[0];
+        assert_eq!((name.as_str(), content_type.as_str()), ("summary.md", "text/markdown"));
+        let markdown = String::from_utf8(bytes.clone()).unwrap();
+        assert!(markdown.starts_with("# Harbour\n\nFloods."), "{markdown}");
+        assert!(markdown.contains("- Two floods"), "{markdown}");
+    }
+
+    #[test]
+    fn a_broken_file_is_invalid_input() {
+        let run = kiln_plugin::testing::Harness::new(json!({"file": "f1"}))
+            .file("f1", "application/pdf", b"%PDF-1.7 this is not a PDF")
+            .run::<Documents>();
+        match run.result {
+            Err(JobError::InvalidInput(message)) => {
+                assert!(message.contains("invalid document"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(run.requests.is_empty(), "nothing was paid for");
     }
 }

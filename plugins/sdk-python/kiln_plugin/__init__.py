@@ -1,6 +1,6 @@
 """kiln_plugin: write a Kiln job type in Python.
 
-A Kiln job type is a WebAssembly component built against the `kiln:plugin@0.1.0` contract
+A Kiln job type is a WebAssembly component built against the `kiln:plugin@0.2.0` contract
 (`wit/plugin.wit`). This package hides the contract's plumbing: declare a payload
 dataclass and one run function in `app.py`, then `kiln plugin build` turns the project
 into `NAME.wasm` with componentize-py.
@@ -34,25 +34,32 @@ What the host guarantees, and what it expects:
 * The payload has passed the JSON Schema derived from the payload dataclass before the job
   exists; it is parsed into that dataclass for you.
 * WASI is linked with an empty context: no files, sockets, environment or arguments, and
-  stdout/stderr go nowhere. Talk to the host through `progress`, `llm` and `log`.
+  stdout/stderr go nowhere. Talk to the host through `progress`, `llm`, `files`,
+  `artifacts` and `log`.
 * Raise `InvalidInput`, `Retryable` or `Permanent` to fail on purpose. An uncaught
-  `LlmError` is retried when transient; any other uncaught exception fails the job as
-  `permanent` with the traceback as its message (and in the log at error level).
+  `LlmError` or `FileError` is retried when transient (a missing file is
+  `invalid_input`); any other uncaught exception fails the job as `permanent` with the
+  traceback as its message (and in the log at error level).
 * Each `progress` and `partial` call is an SSE event; the host fails a job that exceeds
   its event rate limit.
 
-Unit tests run natively with `kiln_plugin.testing.FakeHost`.
+Modules: `llm` (completions with JSON Schema output and tools, embeddings), `files`
+(the input files the payload names, as `FileId` fields), `artifacts` (output files stored
+with the job), `log`. Unit tests run natively with `kiln_plugin.testing.FakeHost`.
 """
 
-from . import llm, log
+from . import artifacts, files, llm, log
 from ._events import Progress, cancelled, partial, progress, stage_message, to_json
 from ._job import Definition, Job, job_type
-from ._schema import Description, Length, Pattern, Range
-from .errors import InvalidInput, JobError, LlmError, Permanent, Retryable
+from ._schema import Description, FileId, Format, Length, Pattern, Range
+from .errors import FileError, InvalidInput, JobError, LlmError, Permanent, Retryable
 
 __all__ = [
     "Definition",
     "Description",
+    "FileError",
+    "FileId",
+    "Format",
     "InvalidInput",
     "Job",
     "JobError",
@@ -63,7 +70,9 @@ __all__ = [
     "Progress",
     "Range",
     "Retryable",
+    "artifacts",
     "cancelled",
+    "files",
     "job_type",
     "llm",
     "log",

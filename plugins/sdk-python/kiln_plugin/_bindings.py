@@ -3,7 +3,7 @@
 Inside a component, `componentize-py componentize` provides the `wit_world` package itself,
 and its import functions call the host. Natively (unit tests) it does not exist, so we use
 the copy `kiln plugin build` writes to `<project>/build/bindings`: the same types (Request,
-Message, Response, ...) whose import functions raise `NotImplementedError`, which the fake
+Message, FileInfo, ...) whose import functions raise `NotImplementedError`, which the fake
 host in `kiln_plugin.testing` stands in for. Using the generated types rather than copies
 keeps the SDK and the contract from drifting apart.
 """
@@ -49,6 +49,6 @@ if _missing:  # outside the `except`, so a failure here does not chain the impor
 
 from componentize_py_types import Err, Ok  # noqa: E402
 from wit_world import exports  # noqa: E402
-from wit_world.imports import llm, log, progress, types  # noqa: E402
+from wit_world.imports import artifacts, files, llm, log, progress, types  # noqa: E402
 
-__all__ = ["Err", "Ok", "exports", "llm", "log", "progress", "types"]
+__all__ = ["Err", "Ok", "artifacts", "exports", "files", "llm", "log", "progress", "types"]

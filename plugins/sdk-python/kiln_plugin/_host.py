@@ -1,19 +1,21 @@
 """The one place the SDK reaches the host, so tests can swap it for a fake.
 
 Inside a component the host is the contract's imports (`wit_world.imports.*`). Unit tests
-install a `kiln_plugin.testing.FakeHost`, which implements the same five methods with the
-same generated types, so job code runs unchanged in both.
+install a `kiln_plugin.testing.FakeHost`, which implements the same methods with the same
+generated types, so job code runs unchanged in both.
 """
 
 from __future__ import annotations
 
-from typing import List, Protocol
+from typing import List, Optional, Protocol
 
-from ._bindings import llm, log, progress
+from ._bindings import artifacts, files, llm, log, progress
 
 
 class Host(Protocol):
-    """What the SDK needs from the host: the contract's imports, one method each."""
+    """What the SDK needs from the host: the contract's imports, one method each. A call
+    whose contract returns `result` raises `componentize_py_types.Err(error)` when it
+    fails, as the generated import functions do."""
 
     def report(self, percent: int, message: str) -> None: ...
 
@@ -22,11 +24,27 @@ class Host(Protocol):
     def cancelled(self) -> bool: ...
 
     def complete(self, request: llm.Request) -> llm.Response:
-        """Raises `componentize_py_types.Err(llm.LlmError)` when the call fails."""
+        """Raises `Err(llm.LlmError)` when the call fails."""
         ...
 
     def complete_all(self, requests: List[llm.Request]) -> list:
         """One `Ok(Response)` or `Err(LlmError)` per request, in order."""
+        ...
+
+    def embed(self, model: Optional[str], texts: List[str]) -> llm.Embeddings:
+        """Raises `Err(llm.LlmError)` when the call fails."""
+        ...
+
+    def file_stat(self, id: str) -> files.FileInfo:
+        """Raises `Err(files.FileError)` when the file cannot be read."""
+        ...
+
+    def file_read(self, id: str, offset: int, length: int) -> bytes:
+        """Raises `Err(files.FileError)` when the file cannot be read."""
+        ...
+
+    def artifact_write(self, name: str, content_type: str, data: bytes) -> None:
+        """Raises `Err(str)` when the write is refused."""
         ...
 
     def write(self, level: log.Level, message: str) -> None: ...
@@ -49,6 +67,18 @@ class ComponentHost:
 
     def complete_all(self, requests: List[llm.Request]) -> list:
         return llm.complete_all(requests)
+
+    def embed(self, model: Optional[str], texts: List[str]) -> llm.Embeddings:
+        return llm.embed(model, texts)
+
+    def file_stat(self, id: str) -> files.FileInfo:
+        return files.stat(id)
+
+    def file_read(self, id: str, offset: int, length: int) -> bytes:
+        return files.read(id, offset, length)
+
+    def artifact_write(self, name: str, content_type: str, data: bytes) -> None:
+        artifacts.write(name, content_type, data)
 
     def write(self, level: log.Level, message: str) -> None:
         log.write(level, message)

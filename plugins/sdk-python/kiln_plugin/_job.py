@@ -19,7 +19,7 @@ from . import log
 from ._bindings import types as _types
 from ._events import to_json
 from ._schema import parse_payload, payload_schema
-from .errors import JobError, LlmError, Permanent
+from .errors import FileError, JobError, LlmError, Permanent
 
 P = TypeVar("P")
 
@@ -132,7 +132,8 @@ def declared() -> Definition:
 def run_attempt(definition: Definition, job: _types.Job) -> str:
     """Runs one attempt: parses the payload, calls the function, serialises the result.
     Returns the result JSON, or raises `JobError` (any other failure is turned into one
-    here: uncaught `LlmError` by its kind, anything else `Permanent` with its traceback)."""
+    here: uncaught `LlmError` and `FileError` by their kind, anything else `Permanent`
+    with its traceback)."""
     try:
         payload = parse_payload(definition.payload, job.payload)
         result = definition.function(
@@ -140,7 +141,7 @@ def run_attempt(definition: Definition, job: _types.Job) -> str:
         )
     except JobError:
         raise
-    except LlmError as error:
+    except (LlmError, FileError) as error:
         raise error.to_job_error() from error
     except BaseException as error:  # noqa: BLE001 - everything must reach the client
         try:

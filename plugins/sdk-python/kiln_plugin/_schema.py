@@ -9,7 +9,9 @@ host would refuse.
 Supported field types: `str`, `int`, `float`, `bool`, `list[T]`, `dict[str, T]`,
 `Optional[T]` (null allowed), `Literal[...]`, `typing.Any`, and nested dataclasses. A field
 with a default is not required. Constraints go in `typing.Annotated`:
-`Annotated[str, Length(1, 500), Pattern(r"\\S"), Description("...")]`.
+`Annotated[str, Length(1, 500), Pattern(r"\\S"), Description("...")]`. `FileId` is a `str`
+holding the id of an uploaded file (`format: kiln-file`), which the job may then read
+through `kiln_plugin.files`.
 """
 
 from __future__ import annotations
@@ -61,7 +63,24 @@ class Description:
     text: str
 
 
-Constraint = Union[Range, Length, Pattern, Description]
+@dataclass(frozen=True)
+class Format:
+    """The JSON Schema `format` of a `str` field. The host gives `kiln-file` a meaning: the
+    field holds the id of an uploaded file (`POST /v1/files`), the host refuses a payload
+    naming a file that does not exist or belongs to another tenant, and only such files
+    can be read through `kiln_plugin.files`. Use `FileId` for that case. Other formats
+    are shown in the schema and not checked by the SDK."""
+
+    name: str
+
+
+Constraint = Union[Range, Length, Pattern, Description, Format]
+
+#: A payload field holding the id of an uploaded file the job may read: `Annotated[str,
+#: Format("kiln-file")]`. Add `Description(...)` etc. with another `Annotated` around it.
+FileId = Annotated[str, Format("kiln-file")]
+
+_CONSTRAINTS = (Range, Length, Pattern, Description, Format)
 
 _SCALARS: dict[type, str] = {str: "string", bool: "boolean", int: "integer", float: "number"}
 
@@ -112,7 +131,7 @@ def _unwrap(tp: Any) -> tuple[Any, list[Constraint]]:
     constraints: list[Constraint] = []
     while typing.get_origin(tp) is Annotated:
         base, *extras = typing.get_args(tp)
-        ours = [c for c in extras if isinstance(c, (Range, Length, Pattern, Description))]
+        ours = [c for c in extras if isinstance(c, _CONSTRAINTS)]
         constraints = ours + constraints
         tp = base
     return tp, constraints
@@ -234,6 +253,8 @@ def _apply(constraint: Constraint, schema: dict[str, Any], tp: Any) -> None:
     elif isinstance(constraint, Pattern) and kind == "string":
         re.compile(constraint.regex)  # a bad pattern fails at declaration, not per job
         schema["pattern"] = constraint.regex
+    elif isinstance(constraint, Format) and kind == "string":
+        schema["format"] = constraint.name
     else:
         raise TypeError(f"{constraint!r} does not apply to {tp!r}")
 

@@ -2,7 +2,9 @@
 
 Raise `InvalidInput`, `Retryable` or `Permanent` from your run function: the class decides
 what the host does next (the client sees it as `error.kind`). An `LlmError` you do not catch
-becomes `Retryable` when it is transient and `Permanent` otherwise. Any other exception
+becomes `Retryable` when it is transient and `Permanent` otherwise; a `FileError` becomes
+`InvalidInput` (the payload named a file that is missing or too large) or `Retryable` (the
+host could not read it now). Any other exception
 that escapes becomes `Permanent` with its traceback as the message, so you see the file
 and line.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from ._bindings import files as _files
 from ._bindings import llm as _llm
 from ._bindings import types as _types
 
@@ -98,4 +101,54 @@ class LlmError(Exception):
     def to_wit(self) -> _llm.LlmError:
         """The contract's `llm-error` value (used by the fake host)."""
         case = next(c for c, (k, _) in _LLM_CASES.items() if k == self.kind)
+        return case(self.message)
+
+
+FileErrorKind = Literal["not_found", "unavailable", "too_large"]
+
+# The contract's `file-error` cases, with the kind and the words each one is shown with.
+_FILE_CASES: dict[type, tuple[FileErrorKind, str]] = {
+    _files.FileError_NotFound: ("not_found", "not found"),
+    _files.FileError_Unavailable: ("unavailable", "unavailable"),
+}
+_FILE_WORDS: dict[FileErrorKind, str] = {
+    **{kind: words for kind, words in _FILE_CASES.values()},
+    "too_large": "too large",
+}
+
+
+class FileError(Exception):
+    """An input file cannot be read. `kind` says why: `not_found` (not among the files the
+    payload names, or expired), `unavailable` (the host cannot read it now; transient) or
+    `too_large` (over the bound given to `files.read_all`). Uncaught, `unavailable` makes
+    the job retryable and the other two fail it as `invalid_input`."""
+
+    def __init__(self, kind: FileErrorKind, message: str) -> None:
+        if kind not in get_args(FileErrorKind):
+            raise ValueError(f"unknown file error kind {kind!r}")
+        super().__init__(f"file {_FILE_WORDS[kind]}: {message}")
+        self.kind: FileErrorKind = kind
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """True when retrying the job later may succeed."""
+        return self.kind == "unavailable"
+
+    def to_job_error(self) -> JobError:
+        """What this error becomes when it ends the job."""
+        return Retryable(str(self)) if self.transient else InvalidInput(str(self))
+
+    @classmethod
+    def from_wit(cls, error: _files.FileError) -> "FileError":
+        """Wraps the contract's `file-error` value."""
+        kind, _ = _FILE_CASES[type(error)]
+        return cls(kind, error.value)
+
+    def to_wit(self) -> _files.FileError:
+        """The contract's `file-error` value (used by the fake host). `too_large` is the
+        SDK's own kind and has none."""
+        case = next((c for c, (k, _) in _FILE_CASES.items() if k == self.kind), None)
+        if case is None:
+            raise ValueError(f"file error kind {self.kind!r} is not a contract case")
         return case(self.message)

@@ -1,7 +1,8 @@
 //! # kiln-plugin: write a Kiln job type in a few dozen lines
 //!
-//! A Kiln job type is a WebAssembly component built against the `kiln:plugin@0.1.0`
-//! contract (`wit/v0.1.0/plugin.wit`). This crate hides the contract's plumbing: you
+//! A Kiln job type is a WebAssembly component built against the `kiln:plugin@0.2.0`
+//! contract (`wit/v0.2.0/plugin.wit`; hosts also keep running components built for
+//! 0.1.0). This crate hides the contract's plumbing: you
 //! implement [`JobType`] for a unit struct, call [`export!`] once, and build with
 //! `cargo build --release --target wasm32-wasip2` (a `cdylib` crate; no extra tools).
 //!
@@ -74,7 +75,7 @@
 //!   [`JobError::InvalidInput`] carrying serde's message.
 //! * WASI is linked with an empty context: no files, no sockets, no environment variables,
 //!   no arguments; stdout goes nowhere and stderr only into the message of a trap. Talk
-//!   to the host through [`progress`], [`llm`] and [`log`].
+//!   to the host through [`progress`], [`llm`], [`files`], [`artifacts`] and [`log`].
 //! * A panic is logged through [`log::error`] as `MESSAGE (panicked at FILE:LINE:COLUMN)`
 //!   before the instance traps, and the job's error message starts with it.
 //! * Keep events reasonable: every [`progress::report`] and [`progress::partial`] call is
@@ -84,7 +85,10 @@
 //!
 //! * [`progress`]: percent + message reports, named partial results, cancellation, and the
 //!   [`progress::Progress`] tracker for "items × steps" jobs.
-//! * [`llm`]: the [`llm::Request`] builder, [`llm::complete`] and [`llm::complete_all`].
+//! * [`llm`]: the [`llm::Request`] builder (JSON Schema output, tools), [`llm::complete`],
+//!   [`llm::complete_all`] and [`llm::embed`].
+//! * [`files`]: the input files the payload names, read in chunks.
+//! * [`artifacts`]: output files stored with the job.
 //! * [`log`]: leveled log lines tagged by the host with the job id.
 //! * [`text`]: pure text helpers such as [`text::split_chunks`].
 //! * [`testing`]: unit tests of a job type with `cargo test`, natively, with a fake host
@@ -96,6 +100,8 @@ use std::fmt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod artifacts;
+pub mod files;
 mod host;
 pub mod llm;
 pub mod log;
@@ -113,7 +119,7 @@ pub use serde_json::{Value, json};
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        path: "../../wit/v0.2.0",
         world: "job-plugin",
         pub_export_macro: true,
         default_bindings_module: "kiln_plugin::bindings",
@@ -123,7 +129,8 @@ pub mod bindings {
 
 /// The usual imports of a plugin: `use kiln_plugin::prelude::*;`.
 pub mod prelude {
-    pub use crate::llm::{self, Request, Response};
+    pub use crate::llm::{self, Request, Response, Tool, ToolCall};
+    pub use crate::{artifacts, files};
     pub use crate::progress::{self, Progress};
     pub use crate::{Info, Job, JobError, JobType, Value, json, log, text};
     pub use serde::Serialize;

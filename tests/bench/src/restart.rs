@@ -61,6 +61,7 @@ pub async fn populate(data_dir: &Path, jobs: usize) -> anyhow::Result<()> {
                     last_seq: 0,
                     idempotency_key: None,
                     tenant: None,
+                    artifacts: Vec::new(),
                 };
                 let event = NewEvent::new(
                     event_names::STATUS,

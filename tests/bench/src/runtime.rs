@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use kiln::llm::{OfflineClient, OfflineConfig};
 use kiln::runtime::{
+    DiscardArtifacts, NoFiles,
     CacheOutcome, DiscardEvents, JobInput, Limits, Plugin, RunContext, Runtime, RuntimeConfig,
 };
 use serde::Serialize;
@@ -41,6 +42,8 @@ fn context() -> RunContext {
         cancel: CancellationToken::new(),
         limits: Limits::default(),
         timeout: Duration::from_secs(60),
+        files: Arc::new(NoFiles),
+        artifacts: Arc::new(DiscardArtifacts),
     }
 }
 
