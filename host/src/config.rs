@@ -14,7 +14,7 @@ use crate::api::ApiSettings;
 use crate::auth::AuthConfig;
 use crate::jobs::ServiceSettings;
 use crate::llm::{
-    AdmissionConfig, ApiKey, DEFAULT_MAX_CONCURRENT, EmbedRequest, DEFAULT_TIMEOUT, HttpProvider,
+    AdmissionConfig, ApiKey, DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, EmbedRequest, HttpProvider,
     HttpProviderConfig, LlmClient, ModelRouter, OfflineClient, OfflineConfig, WireFormat,
 };
 use crate::runtime::{Limits, LimitsOverride, RuntimeConfig};
@@ -175,14 +175,17 @@ impl ProviderConfig {
                     anyhow::bail!("provider '{name}': {key} does not apply to kind = \"offline\"");
                 }
                 let defaults = OfflineConfig::default();
-                return Ok(Arc::new(OfflineClient::new(OfflineConfig {
-                    latency_ms: self.latency_ms.unwrap_or(defaults.latency_ms),
-                    words: self.words.unwrap_or(defaults.words),
-                    embedding_dimensions: self
-                        .embedding_dimensions
-                        .unwrap_or(defaults.embedding_dimensions)
-                        .clamp(1, 8192),
-                })));
+                return Ok(Arc::new(OfflineClient::named(
+                    name,
+                    OfflineConfig {
+                        latency_ms: self.latency_ms.unwrap_or(defaults.latency_ms),
+                        words: self.words.unwrap_or(defaults.words),
+                        embedding_dimensions: self
+                            .embedding_dimensions
+                            .unwrap_or(defaults.embedding_dimensions)
+                            .clamp(1, 8192),
+                    },
+                )));
             }
             "openai" => WireFormat::OpenAi,
             "anthropic" => WireFormat::Anthropic,

@@ -53,9 +53,19 @@ async fn a_0_2_0_job_answers_to_a_schema_calls_a_tool_embeds_and_writes_an_artif
     let job = run_toolbox(&kiln, json!({"mode": "all"})).await;
     assert_eq!(job["status"], "completed", "{job:#}");
     let review = &job["result"]["review"];
-    assert!(review["title"].as_str().is_some_and(|t| !t.is_empty()), "{job:#}");
-    assert!((1..=10).contains(&review["score"].as_i64().unwrap()), "{job:#}");
-    assert_eq!(job["result"]["tool_calls"].as_array().unwrap().len(), 1, "{job:#}");
+    assert!(
+        review["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{job:#}"
+    );
+    assert!(
+        (1..=10).contains(&review["score"].as_i64().unwrap()),
+        "{job:#}"
+    );
+    assert_eq!(
+        job["result"]["tool_calls"].as_array().unwrap().len(),
+        1,
+        "{job:#}"
+    );
     assert_eq!(job["result"]["embedded"], 2, "{job:#}");
     // 2 completions (the tool round, the answer) and 1 embedding call.
     assert_eq!(job["usage"]["llm_calls"], 3, "{job:#}");
@@ -70,7 +80,12 @@ async fn a_0_2_0_job_answers_to_a_schema_calls_a_tool_embeds_and_writes_an_artif
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "text/markdown");
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert!(headers["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
     let text = response.text().await.unwrap();
     assert!(text.starts_with("# "), "{text}");
     assert_eq!(text.len() as u64, artifacts[0]["size"].as_u64().unwrap());
@@ -110,7 +125,12 @@ async fn components_of_both_contract_versions_are_served_side_by_side() {
             ("toolbox".to_string(), "0.2.0".to_string())
         ]
     );
-    let id = submit_ok(&kiln.client, &kiln.base, json!({"type": "noop", "payload": {}})).await;
+    let id = submit_ok(
+        &kiln.client,
+        &kiln.base,
+        json!({"type": "noop", "payload": {}}),
+    )
+    .await;
     let job = wait_terminal(&kiln.client, &kiln.base, &id, WAIT).await;
     assert_eq!(job["status"], "completed", "{job:#}");
     assert_eq!(job["artifacts"], json!([]), "{job:#}");
@@ -166,7 +186,10 @@ async fn uploads_are_stored_described_and_read_by_the_job_in_chunks() {
         .unwrap();
     assert_eq!(response.status(), 201);
     let file: Value = response.json().await.unwrap();
-    assert_eq!((file["size"].as_u64(), file["content_type"].as_str()), (Some(11), Some("text/html")));
+    assert_eq!(
+        (file["size"].as_u64(), file["content_type"].as_str()),
+        (Some(11), Some("text/html"))
+    );
     kiln.stop().await;
 }
 
@@ -178,7 +201,12 @@ async fn an_upload_at_the_size_limit_is_stored_and_one_byte_more_is_413() {
     let (status, error) = upload(&kiln, "application/octet-stream", vec![7; 1001]).await;
     assert_eq!(status, 413, "{error}");
     assert_eq!(error["error"]["kind"], "file_too_large", "{error}");
-    assert!(error["error"]["message"].as_str().unwrap().contains("max_file_bytes"));
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_file_bytes")
+    );
     // Nothing of the refused upload is left in the data dir.
     let left: Vec<_> = std::fs::read_dir(kiln.data.path().join("files"))
         .unwrap()
@@ -219,18 +247,36 @@ async fn bad_uploads_and_unknown_files_are_refused_before_a_job_exists() {
 #[tokio::test]
 async fn artifacts_up_to_the_limit_are_kept_and_past_it_fail_the_job() {
     let kiln = toolbox("[limits]\nartifact_limit = 1000").await;
-    let job = run_toolbox(&kiln, json!({"mode": "artifact", "size": 1000, "chunks": 4})).await;
+    let job = run_toolbox(
+        &kiln,
+        json!({"mode": "artifact", "size": 1000, "chunks": 4}),
+    )
+    .await;
     assert_eq!(job["status"], "completed", "{job:#}");
     assert_eq!(job["artifacts"][0]["size"], 1000, "{job:#}");
-    let job = run_toolbox(&kiln, json!({"mode": "artifact", "size": 1001, "chunks": 4})).await;
+    let job = run_toolbox(
+        &kiln,
+        json!({"mode": "artifact", "size": 1001, "chunks": 4}),
+    )
+    .await;
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["kind"], "artifact_limit", "{job:#}");
     assert_eq!(job["artifacts"], json!([]), "{job:#}");
     // A bad name is the plugin's error, not a crash.
-    let job = run_toolbox(&kiln, json!({"mode": "artifact", "size": 3, "name": "../x"})).await;
+    let job = run_toolbox(
+        &kiln,
+        json!({"mode": "artifact", "size": 3, "name": "../x"}),
+    )
+    .await;
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["kind"], "permanent", "{job:#}");
-    assert!(job["error"]["message"].as_str().unwrap().contains("artifact name"), "{job:#}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("artifact name"),
+        "{job:#}"
+    );
     kiln.stop().await;
 }
 
@@ -244,8 +290,14 @@ async fn tool_rounds_up_to_the_limit_run_and_a_loop_past_it_fails_the_job() {
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["kind"], "llm_limit", "{job:#}");
     let message = job["error"]["message"].as_str().unwrap();
-    assert!(message.contains("max_tool_rounds") && message.contains('3'), "{message}");
-    assert_eq!(job["usage"]["llm_calls"], 4, "three rounds, then the fourth answer: {job:#}");
+    assert!(
+        message.contains("max_tool_rounds") && message.contains('3'),
+        "{message}"
+    );
+    assert_eq!(
+        job["usage"]["llm_calls"], 4,
+        "three rounds, then the fourth answer: {job:#}"
+    );
     kiln.stop().await;
 }
 
@@ -254,7 +306,10 @@ async fn offline_embeddings_are_unit_vectors() {
     let kiln = toolbox("").await;
     let job = run_toolbox(&kiln, json!({"mode": "embed", "texts": ["a", "b"]})).await;
     assert_eq!(job["status"], "completed", "{job:#}");
-    assert_eq!(job["result"]["vectors"], json!([{"len": 256, "norm": 1.0}, {"len": 256, "norm": 1.0}]));
+    assert_eq!(
+        job["result"]["vectors"],
+        json!([{"len": 256, "norm": 1.0}, {"len": 256, "norm": 1.0}])
+    );
     kiln.stop().await;
 }
 
@@ -283,7 +338,10 @@ async fn structured_output_is_sent_natively_checked_and_asked_again_once_in_both
         let kiln = toolbox(&fake_config(&fake, kind, "")).await;
         let job = run_toolbox(&kiln, json!({"mode": "schema"})).await;
         assert_eq!(job["status"], "completed", "{kind}: {job:#}");
-        assert_eq!(job["result"]["answer"], serde_json::from_str::<Value>(VALID).unwrap());
+        assert_eq!(
+            job["result"]["answer"],
+            serde_json::from_str::<Value>(VALID).unwrap()
+        );
         let seen = fake.seen();
         assert_eq!(seen.len(), 2, "{kind}: asked once more");
         let native = match kind {
@@ -293,7 +351,10 @@ async fn structured_output_is_sent_natively_checked_and_asked_again_once_in_both
         assert_eq!(native["type"], "json_schema", "{kind}: {:#}", seen[0].body);
         // The second request quotes why the first answer was refused.
         let retry = seen[1].body.to_string();
-        assert!(retry.contains("does not match the schema"), "{kind}: {retry}");
+        assert!(
+            retry.contains("does not match the schema"),
+            "{kind}: {retry}"
+        );
         // Both tries were paid for and are counted.
         assert_eq!(job["usage"]["input_tokens"], 40, "{kind}: {job:#}");
         kiln.stop().await;
@@ -310,7 +371,10 @@ async fn structured_output_is_sent_natively_checked_and_asked_again_once_in_both
         assert_eq!(job["status"], "failed", "{kind}: {job:#}");
         assert_eq!(job["error"]["kind"], "permanent", "{kind}: {job:#}");
         let message = job["error"]["message"].as_str().unwrap();
-        assert!(message.contains("rejected") && message.contains("/score"), "{kind}: {message}");
+        assert!(
+            message.contains("rejected") && message.contains("/score"),
+            "{kind}: {message}"
+        );
         assert_eq!(fake.calls(), 2, "{kind}");
         kiln.stop().await;
     }
@@ -332,7 +396,10 @@ async fn tool_calls_round_trip_in_both_formats_streamed_and_not() {
             let mode = if streamed { "all" } else { "tools" };
             let job = run_toolbox(&kiln, json!({"mode": mode})).await;
             let seen = fake.seen();
-            let completions: Vec<_> = seen.iter().filter(|s| !s.path.ends_with("embeddings")).collect();
+            let completions: Vec<_> = seen
+                .iter()
+                .filter(|s| !s.path.ends_with("embeddings"))
+                .collect();
             if streamed {
                 // `all` asks for a schema too: the fake's text is no review, so the job
                 // fails on it after the tool round; what matters here is the round.
@@ -340,7 +407,12 @@ async fn tool_calls_round_trip_in_both_formats_streamed_and_not() {
             } else {
                 assert_eq!(job["status"], "completed", "{kind}: {job:#}");
                 assert_eq!(job["result"]["calls"][0]["sum"], 5, "{kind}: {job:#}");
-                assert!(job["result"]["text"].as_str().unwrap().contains("The sum is 5."));
+                assert!(
+                    job["result"]["text"]
+                        .as_str()
+                        .unwrap()
+                        .contains("The sum is 5.")
+                );
                 assert_eq!(job["usage"]["cached_input_tokens"], 12, "{kind}: {job:#}");
                 if kind == "openai" {
                     assert_eq!(job["usage"]["reasoning_tokens"], 4, "{job:#}");
@@ -354,7 +426,10 @@ async fn tool_calls_round_trip_in_both_formats_streamed_and_not() {
             assert_eq!(declared, "add", "{kind}: {first:#}");
             // The second request carries the call and its result in the format's shape.
             let second = completions[1].body.to_string();
-            assert!(second.contains("call_1") && second.contains("\\\"sum\\\":5"), "{kind}: {second}");
+            assert!(
+                second.contains("call_1") && second.contains("\\\"sum\\\":5"),
+                "{kind}: {second}"
+            );
             kiln.stop().await;
         }
     }
@@ -381,7 +456,13 @@ async fn embeddings_use_the_openai_endpoint_and_anthropic_says_it_has_none() {
     let kiln = toolbox(&fake_config(&fake, "anthropic", "")).await;
     let job = run_toolbox(&kiln, json!({"mode": "embed", "texts": ["ab"]})).await;
     assert_eq!(job["status"], "failed", "{job:#}");
-    assert!(job["error"]["message"].as_str().unwrap().contains("no embeddings endpoint"), "{job:#}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no embeddings endpoint"),
+        "{job:#}"
+    );
     kiln.stop().await;
 }
 
@@ -455,7 +536,8 @@ const LOOPING_PDF: &[u8] = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >
 #[tokio::test]
 async fn documents_summarise_uploads_and_hostile_files_fail_only_their_own_job() {
     let kiln = InProcess::start_cached(&["documents"], "").await;
-    let documents = |file: &str| json!({"type": "documents", "payload": {"file": file}, "max_attempts": 1});
+    let documents =
+        |file: &str| json!({"type": "documents", "payload": {"file": file}, "max_attempts": 1});
     let run = async |body: Value| {
         let id = submit_ok(&kiln.client, &kiln.base, body).await;
         wait_terminal(&kiln.client, &kiln.base, &id, WAIT).await
@@ -468,16 +550,45 @@ async fn documents_summarise_uploads_and_hostile_files_fail_only_their_own_job()
     let job = run(documents(file["id"].as_str().unwrap())).await;
     assert_eq!(job["status"], "completed", "{job:#}");
     assert!(job["result"]["summary"].is_string(), "{job:#}");
-    let url = job["artifacts"][0]["url"].as_str().expect("summary.md").to_string();
-    let markdown = kiln.client.get(kiln.url(&url)).send().await.unwrap().text().await.unwrap();
+    let url = job["artifacts"][0]["url"]
+        .as_str()
+        .expect("summary.md")
+        .to_string();
+    let markdown = kiln
+        .client
+        .get(kiln.url(&url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(markdown.starts_with("# Summary"), "{markdown}");
+
+    // The PDF the README's curl example uploads.
+    let pdf = std::fs::read(repo_root().join("examples/files/harbour-report.pdf")).unwrap();
+    let (status, file) = upload(&kiln, "application/pdf", pdf).await;
+    assert_eq!(status, 201, "{file}");
+    let job = run(documents(file["id"].as_str().unwrap())).await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    assert_eq!(job["artifacts"][0]["name"], "summary.md", "{job:#}");
 
     let dir = tempfile::tempdir().unwrap();
     let docx = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
     let hostile: [(&str, &str, Vec<u8>, &str); 3] = [
         ("zip bomb", docx, zip_bomb_docx(dir.path()), "too large"),
-        ("looping PDF", "application/pdf", LOOPING_PDF.to_vec(), "invalid document"),
-        ("60 MiB text", "text/plain", vec![b'x'; 60 * 1024 * 1024], "at most 16 MiB"),
+        (
+            "looping PDF",
+            "application/pdf",
+            LOOPING_PDF.to_vec(),
+            "invalid document",
+        ),
+        (
+            "60 MiB text",
+            "text/plain",
+            vec![b'x'; 60 * 1024 * 1024],
+            "at most 16 MiB",
+        ),
     ];
     for (what, content_type, bytes, says) in hostile {
         let (status, file) = upload(&kiln, content_type, bytes).await;

@@ -592,7 +592,11 @@ fn anthropic_events(behavior: &Behavior, model: &str) -> Vec<String> {
             &json!({"type": "content_block_stop", "index": index}),
         ));
     }
-    let stop = if behavior.tool_calls.is_empty() { "end_turn" } else { "tool_use" };
+    let stop = if behavior.tool_calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
     events.push(sse(
         Some("message_delta"),
         &json!({"type": "message_delta", "delta": {"stop_reason": stop},

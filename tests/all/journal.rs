@@ -12,9 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use kiln::llm::{OfflineClient, OfflineConfig};
 use kiln::runtime::{
-    DiscardArtifacts, NoFiles,
-    CallJournal, DiscardEvents, JobInput, JournalEntry, Limits, RunContext, RunOutcome, Runtime,
-    RuntimeConfig,
+    CallJournal, DiscardArtifacts, DiscardEvents, JobInput, JournalEntry, Limits, NoFiles,
+    RunContext, RunOutcome, Runtime, RuntimeConfig,
 };
 
 use crate::fake_provider::{Behavior, FakeProvider};

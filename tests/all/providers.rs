@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use kiln::config::{Config, Overrides};
 use kiln::llm::{
-    ApiKey, HttpProvider, HttpProviderConfig, LLM_CALLER, LlmClient, LlmError, LlmRequest,
-    LlmResponse, MAX_RATE_LIMIT_RETRIES, Message, Role,
+    ApiKey, HttpProvider, HttpProviderConfig, LlmClient, LlmError, LlmRequest, LlmResponse,
+    MAX_RATE_LIMIT_RETRIES, Message, Role,
 };
 
 use crate::fake_provider::{Behavior, FakeProvider};
@@ -65,8 +65,20 @@ fn ask(content: &str) -> LlmRequest {
     }
 }
 
+/// Who the calls of these tests come from, as `kiln plugin run`'s do.
+const ANONYMOUS: &str = kiln::llm::ANONYMOUS_CALLER;
+
 async fn call(llm: &Arc<dyn LlmClient>, request: &LlmRequest) -> Result<LlmResponse, LlmError> {
-    tokio::time::timeout(GUARD, llm.complete(request, None))
+    call_as(llm, ANONYMOUS, request).await
+}
+
+/// A call by `caller` (a job id, for the admission control's fairness).
+async fn call_as(
+    llm: &Arc<dyn LlmClient>,
+    caller: &str,
+    request: &LlmRequest,
+) -> Result<LlmResponse, LlmError> {
+    tokio::time::timeout(GUARD, llm.complete(caller, request, None))
         .await
         .expect("the call finished (hang guard)")
 }
@@ -78,7 +90,7 @@ async fn call_streamed(
 ) -> (Result<LlmResponse, LlmError>, Vec<String>) {
     let deltas = Mutex::new(Vec::new());
     let sink = |delta: &str| deltas.lock().unwrap().push(delta.to_string());
-    let result = tokio::time::timeout(GUARD, llm.complete(request, Some(&sink)))
+    let result = tokio::time::timeout(GUARD, llm.complete(ANONYMOUS, request, Some(&sink)))
         .await
         .expect("the call finished (hang guard)");
     (result, deltas.into_inner().unwrap())
@@ -585,18 +597,16 @@ async fn callers_take_turns() {
     .await;
     let llm = client("openai", &fake, "max_concurrent = 1");
     let llm_a = llm.clone();
-    let a = tokio::spawn(LLM_CALLER.scope("job-a".to_string(), async move {
+    let a = tokio::spawn(async move {
         let requests: Vec<LlmRequest> = (0..20).map(|i| ask(&format!("a{i}"))).collect();
-        join_all(requests.iter().map(|r| call(&llm_a, r))).await
-    }));
+        join_all(requests.iter().map(|r| call_as(&llm_a, "job-a", r))).await
+    });
     // All of A's requests are in line once the first reached the fake.
     let guard = tokio::time::Instant::now() + GUARD;
     while fake.calls() < 1 && tokio::time::Instant::now() < guard {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let b = LLM_CALLER
-        .scope("job-b".to_string(), async { call(&llm, &ask("b0")).await })
-        .await;
+    let b = call_as(&llm, "job-b", &ask("b0")).await;
     b.unwrap();
     assert!(a.await.unwrap().iter().all(Result::is_ok));
     let order: Vec<String> = fake

@@ -15,9 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use kiln::llm::{OfflineClient, OfflineConfig};
 use kiln::runtime::{
-    DiscardArtifacts, NoFiles,
-    CacheOutcome, EventSink, FailureKind, JobFailure, JobInput, Limits, Plugin, PluginEvent,
-    RunContext, RunOutcome, Runtime, RuntimeConfig,
+    CacheOutcome, DiscardArtifacts, EventSink, FailureKind, JobFailure, JobInput, Limits, NoFiles,
+    Plugin, PluginEvent, RunContext, RunOutcome, Runtime, RuntimeConfig,
 };
 
 use crate::support::{fixture_wasm, plugin_wasm};

@@ -109,7 +109,10 @@ pub async fn upload(
             ));
         }
         check_content_type(&content_type)?;
-        let body = request.into_body().into_data_stream().map_err(|e| e.to_string());
+        let body = request
+            .into_body()
+            .into_data_stream()
+            .map_err(|e| e.to_string());
         state
             .service
             .upload(tenant, content_type, Box::pin(body))
@@ -133,7 +136,11 @@ fn check_content_type(content_type: &str) -> Result<(), ApiError> {
 }
 
 /// The caller's file `id`, or `404`.
-fn visible_file(state: &AppState, caller: &crate::auth::Principal, id: &str) -> Result<FileRecord, ApiError> {
+fn visible_file(
+    state: &AppState,
+    caller: &crate::auth::Principal,
+    id: &str,
+) -> Result<FileRecord, ApiError> {
     let not_found = || ApiError::not_found(format!("no file with id {id:?}"));
     let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
     let record = state.service.file(uuid, None)?.ok_or_else(not_found)?;
@@ -230,7 +237,10 @@ async fn download(
         header::CONTENT_DISPOSITION,
         value(&format!("attachment; filename=\"{filename}\"")),
     );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox; default-src 'none'"),

@@ -19,9 +19,9 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Schema};
 
 use super::access::{EventsToken, SessionView};
 use super::error::{ErrorBody, ErrorDetail, Violation};
+use super::files::FileView;
 use super::jobs::{JobPage, SubmitBody, SubmitView};
 use super::system::{Healthz, PluginList, PluginView, QueueList, QueueView, RecentView};
-use super::files::FileView;
 use super::view::{ArtifactView, JobView, Links};
 use crate::llm::Usage;
 use crate::store::{ErrorInfo, JobStatus};

@@ -13,8 +13,7 @@ use super::toolchain;
 use crate::config::{Config, Overrides};
 use crate::llm::{LlmClient, OfflineClient, OfflineConfig};
 use crate::runtime::{
-    EventSink, JobInput, Limits, Plugin, PluginEvent, RunContext, Runtime,
-    RuntimeConfig,
+    EventSink, JobInput, Limits, Plugin, PluginEvent, RunContext, Runtime, RuntimeConfig,
 };
 
 /// `kiln plugin run`.
@@ -77,7 +76,11 @@ impl LocalFiles {
                 .split_once('=')
                 .with_context(|| format!("--file {arg:?}: write it as ID=PATH"))?;
             let path = PathBuf::from(path);
-            anyhow::ensure!(path.is_file(), "--file {arg:?}: {} is not a file", path.display());
+            anyhow::ensure!(
+                path.is_file(),
+                "--file {arg:?}: {} is not a file",
+                path.display()
+            );
             files.insert(id.to_string(), path);
         }
         Ok(Self(files))
@@ -107,9 +110,12 @@ impl crate::runtime::JobFiles for LocalFiles {
         })?;
         let unavailable = |e: std::io::Error| crate::runtime::FileError::Unavailable(e.to_string());
         let mut file = std::fs::File::open(path).map_err(unavailable)?;
-        file.seek(std::io::SeekFrom::Start(offset)).map_err(unavailable)?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(unavailable)?;
         let mut bytes = Vec::new();
-        file.take(u64::from(len)).read_to_end(&mut bytes).map_err(unavailable)?;
+        file.take(u64::from(len))
+            .read_to_end(&mut bytes)
+            .map_err(unavailable)?;
         Ok(bytes)
     }
 }
@@ -138,7 +144,11 @@ impl crate::runtime::ArtifactSink for LocalArtifacts {
         }
         match written.iter_mut().find(|(n, _, _)| n == name) {
             Some(entry) => entry.2 += bytes.len() as u64,
-            None => written.push((name.to_string(), content_type.to_string(), bytes.len() as u64)),
+            None => written.push((
+                name.to_string(),
+                content_type.to_string(),
+                bytes.len() as u64,
+            )),
         }
         Ok(())
     }

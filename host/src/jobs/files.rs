@@ -34,7 +34,8 @@ impl JobService {
         let limit = self.inner.settings.max_file_bytes;
         let store = self.inner.store.clone();
         let id = Uuid::now_v7();
-        let internal = |e: std::io::Error| ServiceError::Internal(format!("storing the upload: {e}"));
+        let internal =
+            |e: std::io::Error| ServiceError::Internal(format!("storing the upload: {e}"));
         let (part, file) = store.blobs.upload_part(id).map_err(internal)?;
         let mut file = tokio::fs::File::from_std(file);
         let mut hasher = Sha256::new();

@@ -11,11 +11,11 @@ mod queues;
 mod runner;
 mod settings;
 
+pub use files::{FILE_FORMAT, file_refs};
 pub use ops::{
     BulkFilter, DoctorReport, FailureGroup, MAX_BULK, PluginSummary, ProviderHealth, StuckJob,
 };
 pub use queues::QueueStats;
-pub use files::{FILE_FORMAT, file_refs};
 pub use settings::ServiceSettings;
 
 use std::collections::HashMap;
@@ -190,7 +190,7 @@ impl JobService {
         llm: Arc<dyn LlmClient>,
         settings: ServiceSettings,
     ) -> Self {
-        let metrics = Arc::new(crate::monitor::Metrics::new(&*llm));
+        let metrics = Arc::new(crate::monitor::Metrics::new());
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -362,7 +362,11 @@ impl JobService {
             tenant: request.tenant,
             artifacts: Vec::new(),
         };
-        self.check_payload_files(&plugin.info.payload_schema, &request.payload, job.tenant.as_deref())?;
+        self.check_payload_files(
+            &plugin.info.payload_schema,
+            &request.payload,
+            job.tenant.as_deref(),
+        )?;
         let payload = request.payload.to_string();
         let event = status_event(&job);
         if self.reserve_slot(&job) {

@@ -15,8 +15,8 @@ use super::{
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::llm::Usage;
 use super::files::{StagedArtifacts, StoreFiles};
+use crate::llm::Usage;
 use crate::runtime::{
     CallJournal, EventSink, FailureKind, JobFailure, JobInput, JournalEntry, PluginEvent,
     RunContext,
@@ -226,7 +226,7 @@ impl JobService {
         // A completing attempt's artifacts are in place before the completion is
         // committed; any other attempt's are dropped.
         let mut published = Vec::new();
-        if let Some(artifacts) = &artifacts {
+        if let Some(artifacts) = artifacts.as_ref().filter(|a| !a.records().is_empty()) {
             if result.is_ok() && !interrupted {
                 let staged = artifacts.clone();
                 match tokio::task::spawn_blocking(move || staged.publish()).await {

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 /// Requests in flight per provider when the config sets no `max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: usize = 8;
 
-/// The caller name used when no [`super::LLM_CALLER`] is set.
+/// The caller name of calls made outside a job.
 pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// The limits of one provider.

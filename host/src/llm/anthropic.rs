@@ -87,7 +87,8 @@ fn content(m: &Message) -> Value {
     }
     for call in &m.tool_calls {
         let input: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}));
-        blocks.push(json!({ "type": "tool_use", "id": call.id, "name": call.name, "input": input }));
+        blocks
+            .push(json!({ "type": "tool_use", "id": call.id, "name": call.name, "input": input }));
     }
     Value::Array(blocks)
 }
@@ -142,7 +143,8 @@ pub(crate) fn body(request: &LlmRequest, stream: bool) -> Value {
         body["temperature"] = json!(temperature);
     }
     if let Some(spec) = &request.json_schema {
-        body["output_config"] = json!({ "format": { "type": "json_schema", "schema": spec.schema } });
+        body["output_config"] =
+            json!({ "format": { "type": "json_schema", "schema": spec.schema } });
     }
     if !request.tools.is_empty() {
         body["tools"] = request
@@ -196,7 +198,11 @@ pub(crate) fn parse(value: &Value) -> Result<Parsed, String> {
         .filter_map(|b| b["text"].as_str())
         .collect();
     let mut tool_calls = Vec::new();
-    for block in blocks.iter().filter(|b| b["type"] == "tool_use").take(MAX_TOOL_CALLS) {
+    for block in blocks
+        .iter()
+        .filter(|b| b["type"] == "tool_use")
+        .take(MAX_TOOL_CALLS)
+    {
         let (Some(id), Some(name)) = (block["id"].as_str(), block["name"].as_str()) else {
             return Err("a tool_use block has no id or name".into());
         };
@@ -429,13 +435,20 @@ mod tests {
         };
         let body = body(&request, false);
         let messages = body["messages"].as_array().unwrap();
-        assert_eq!(messages.len(), 3, "the two results are one user turn: {body}");
+        assert_eq!(
+            messages.len(),
+            3,
+            "the two results are one user turn: {body}"
+        );
         assert_eq!(messages[1]["content"][1]["type"], "tool_use");
         assert_eq!(messages[1]["content"][1]["input"]["city"], "Oslo");
         assert_eq!(messages[2]["content"][1]["tool_use_id"], "t2");
         assert_eq!(body["tools"][0]["input_schema"]["type"], "object");
         assert_eq!(body["output_config"]["format"]["type"], "json_schema");
-        assert!(body.get("system").is_none(), "no JSON instruction with a schema");
+        assert!(
+            body.get("system").is_none(),
+            "no JSON instruction with a schema"
+        );
     }
 
     #[test]

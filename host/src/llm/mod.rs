@@ -26,14 +26,6 @@ pub use router::ModelRouter;
 pub use router::NamedProvider;
 pub use structured::{STRUCTURED_TRIES, check_answer, check_request, complete_checked};
 
-/// The caller set by [`LLM_CALLER`] for the current task, or [`ANONYMOUS_CALLER`] when
-/// none is.
-pub fn current_caller() -> String {
-    LLM_CALLER
-        .try_with(Clone::clone)
-        .unwrap_or_else(|_| ANONYMOUS_CALLER.to_string())
-}
-
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -151,7 +143,9 @@ impl LlmRequest {
                     .iter()
                     .map(|c| estimate_tokens(&c.name).saturating_add(estimate_tokens(&c.arguments)))
                     .fold(0, u32::saturating_add);
-                estimate_tokens(&m.content).saturating_add(calls).saturating_add(4)
+                estimate_tokens(&m.content)
+                    .saturating_add(calls)
+                    .saturating_add(4)
             })
             .fold(0, u32::saturating_add);
         let tools = self
@@ -268,24 +262,20 @@ pub enum LlmError {
     Rejected(String),
 }
 
-tokio::task_local! {
-    /// Who is calling: the job id, set by the runtime around each of a job's LLM calls, so
-    /// a provider's admission control can be fair between jobs. Unset outside a job
-    /// (`kiln plugin run`, tests): read it with `LLM_CALLER.try_with`.
-    pub static LLM_CALLER: String;
-}
-
 /// Receives streamed output text as it arrives.
 pub type TokenSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
 /// Something that answers completion requests: a provider, or a router over several.
 ///
-/// `tokens` is given when the request carries a stream label: the client calls it with
-/// each text delta as it arrives, then still returns the whole text.
+/// `caller` says who is calling (a job's id; [`ANONYMOUS_CALLER`] outside a job), passed
+/// with every call so a provider's admission control can be fair between jobs. `tokens`
+/// is given when the request carries a stream label: the client calls it with each text
+/// delta as it arrives, then still returns the whole text.
 pub trait LlmClient: Send + Sync + 'static {
     /// Run one completion.
     fn complete<'a>(
         &'a self,
+        caller: &'a str,
         request: &'a LlmRequest,
         tokens: Option<TokenSink<'a>>,
     ) -> BoxFuture<'a, Result<LlmResponse, LlmError>>;
@@ -293,6 +283,7 @@ pub trait LlmClient: Send + Sync + 'static {
     /// Embed texts. Default: refused, for providers that serve no embeddings.
     fn embed<'a>(
         &'a self,
+        _caller: &'a str,
         _request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
         Box::pin(async {

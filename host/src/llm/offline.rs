@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    EmbedRequest, EmbedResponse, FinishReason, LlmClient, LlmError, LlmRequest, LlmResponse,
-    Role, TokenSink, ToolCall, estimate_tokens,
+    EmbedRequest, EmbedResponse, FinishReason, LlmClient, LlmError, LlmRequest, LlmResponse, Role,
+    TokenSink, ToolCall, estimate_tokens,
 };
 
 /// Settings of the offline provider.
@@ -58,9 +58,17 @@ impl Default for OfflineConfig {
 }
 
 /// The offline provider. Cheap to clone; holds no connection.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct OfflineClient {
     config: OfflineConfig,
+    /// Its name in the config, which labels its metrics.
+    name: String,
+}
+
+impl Default for OfflineClient {
+    fn default() -> Self {
+        Self::new(OfflineConfig::default())
+    }
 }
 
 /// The model name offline answers carry.
@@ -159,9 +167,17 @@ impl Draw {
 }
 
 impl OfflineClient {
-    /// An offline provider with these settings.
+    /// An offline provider with these settings, called `offline`.
     pub fn new(config: OfflineConfig) -> Self {
-        Self { config }
+        Self::named("offline", config)
+    }
+
+    /// An offline provider called `name` in the config.
+    pub fn named(name: &str, config: OfflineConfig) -> Self {
+        Self {
+            config,
+            name: name.to_string(),
+        }
     }
 
     /// The draws of `request`: seeded by its messages and model.
@@ -202,7 +218,8 @@ impl OfflineClient {
             .find(|t| asked.contains(&t.name))
             .unwrap_or(first);
         let mut draw = Self::draw_for(request);
-        let arguments = match from_schema(&tool.parameters, &mut draw, self.config.words.max(2), 0) {
+        let arguments = match from_schema(&tool.parameters, &mut draw, self.config.words.max(2), 0)
+        {
             Value::Object(object) => Value::Object(object),
             _ => Value::Object(Map::new()),
         };
@@ -375,7 +392,9 @@ pub fn from_schema(schema: &Value, draw: &mut Draw, most: u32, depth: usize) -> 
         "null" => Value::Null,
         _ => {
             let min = bound("minLength").unwrap_or(0) as usize;
-            let max = bound("maxLength").map_or(usize::MAX, |m| m as usize).max(min);
+            let max = bound("maxLength")
+                .map_or(usize::MAX, |m| m as usize)
+                .max(min);
             let mut text = draw.phrase(most.min(6));
             while text.chars().count() < min {
                 text.push_str(" x");
@@ -414,6 +433,7 @@ fn fill_fields(fields: &Map<String, Value>, draw: &mut Draw, most: u32) -> Map<S
 impl LlmClient for OfflineClient {
     fn complete<'a>(
         &'a self,
+        _caller: &'a str,
         request: &'a LlmRequest,
         tokens: Option<TokenSink<'a>>,
     ) -> BoxFuture<'a, Result<LlmResponse, LlmError>> {
@@ -463,7 +483,7 @@ impl LlmClient for OfflineClient {
                 tool_calls: tool_call.into_iter().collect(),
                 ..Default::default()
             });
-            crate::monitor::llm_call(self as *const Self as *const (), "offline", &response);
+            crate::monitor::llm_call(&self.name, &response);
             response
         }
         .boxed()
@@ -471,6 +491,7 @@ impl LlmClient for OfflineClient {
 
     fn embed<'a>(
         &'a self,
+        _caller: &'a str,
         request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
         self.embed_now(request)
@@ -630,7 +651,7 @@ mod tests {
         let req = request("stream me");
         let streamed = std::sync::Mutex::new(String::new());
         let sink = |delta: &str| streamed.lock().unwrap().push_str(delta);
-        let response = client.complete(&req, Some(&sink)).await.unwrap();
+        let response = client.complete("test", &req, Some(&sink)).await.unwrap();
         assert_eq!(*streamed.lock().unwrap(), response.text);
         assert_eq!(response.model, OFFLINE_MODEL);
     }
@@ -639,7 +660,7 @@ mod tests {
     async fn empty_request_is_rejected() {
         let client = OfflineClient::default();
         let err = client
-            .complete(&LlmRequest::default(), None)
+            .complete("test", &LlmRequest::default(), None)
             .await
             .unwrap_err();
         assert!(matches!(err, LlmError::Rejected(_)));
@@ -671,7 +692,10 @@ mod tests {
                 schema: schema.clone(),
             });
             let value: Value = serde_json::from_str(&client.synthesize(&req)).unwrap();
-            let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
             assert!(errors.is_empty(), "{value}: {errors:?}");
         }
     }

@@ -44,18 +44,26 @@ pub(crate) fn embeddings_body(request: &super::EmbedRequest) -> Value {
 }
 
 /// The vectors of an embeddings answer, in the order of the request's texts.
-pub(crate) fn parse_embeddings(value: &Value, expected: usize) -> Result<super::EmbedResponse, String> {
+pub(crate) fn parse_embeddings(
+    value: &Value,
+    expected: usize,
+) -> Result<super::EmbedResponse, String> {
     let Some(data) = value["data"].as_array() else {
         return Err("it has no data list".into());
     };
     if data.len() != expected {
-        return Err(format!("it has {} vectors for {expected} texts", data.len()));
+        return Err(format!(
+            "it has {} vectors for {expected} texts",
+            data.len()
+        ));
     }
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; expected];
     for (position, item) in data.iter().enumerate() {
         let index = item["index"].as_u64().map_or(position, |i| i as usize);
         let Some(numbers) = item["embedding"].as_array() else {
-            return Err(format!("data[{position}].embedding is not a list of numbers"));
+            return Err(format!(
+                "data[{position}].embedding is not a list of numbers"
+            ));
         };
         let vector = numbers
             .iter()
@@ -227,7 +235,8 @@ pub(crate) fn parse(value: &Value) -> Result<Parsed, String> {
         Value::Array(calls) => {
             for call in calls.iter().take(MAX_TOOL_CALLS) {
                 let function = &call["function"];
-                let (Some(id), Some(name)) = (call["id"].as_str(), function["name"].as_str()) else {
+                let (Some(id), Some(name)) = (call["id"].as_str(), function["name"].as_str())
+                else {
                     return Err("a tool call has no id or function name".into());
                 };
                 let arguments = match &function["arguments"] {
@@ -415,7 +424,10 @@ mod tests {
         assert_eq!(body["messages"][3]["role"], "tool");
         assert_eq!(body["messages"][3]["tool_call_id"], "c1");
         assert!(model_matches("o3-mini", &["o3*".to_string()]));
-        assert!(!model_matches("gpt-4o", &["o3*".to_string(), "gpt-5".to_string()]));
+        assert!(!model_matches(
+            "gpt-4o",
+            &["o3*".to_string(), "gpt-5".to_string()]
+        ));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::admission::{Admission, AdmissionConfig};
 use super::wire::{self, Failure, Parsed, SseParser, StreamState};
 use super::{
     EmbedRequest, EmbedResponse, FinishReason, LlmClient, LlmError, LlmRequest, LlmResponse,
-    TokenSink, anthropic, current_caller, estimate_tokens, openai,
+    TokenSink, anthropic, estimate_tokens, openai,
 };
 
 /// Per-request timeout when the config sets no `timeout_s`.
@@ -294,8 +294,13 @@ impl HttpProvider {
         Ok(Self {
             format,
             url: format!("{}/{}", format.versioned_base(base), format.path()),
-            embeddings_url: (format == WireFormat::OpenAi)
-                .then(|| format!("{}/{}", format.versioned_base(base), openai::EMBEDDINGS_PATH)),
+            embeddings_url: (format == WireFormat::OpenAi).then(|| {
+                format!(
+                    "{}/{}",
+                    format.versioned_base(base),
+                    openai::EMBEDDINGS_PATH
+                )
+            }),
             max_completion_tokens_models: config.max_completion_tokens_models,
             name: config.name,
             key: config.api_key.filter(|k| !k.0.is_empty()),
@@ -324,11 +329,11 @@ impl HttpProvider {
 
     async fn call(
         &self,
+        caller: &str,
         ask: Ask<'_>,
         deadline: Instant,
         phase: &Phase,
     ) -> Result<Answer, LlmError> {
-        let caller = current_caller();
         let reservation = ask.reservation();
         let mut rate_limited = 0u32;
         let mut server_errors = 0u32;
@@ -345,7 +350,7 @@ impl HttpProvider {
                     self.timeout.as_secs()
                 )));
             }
-            let mut permit = self.admission.admit(&caller, reservation).await;
+            let mut permit = self.admission.admit(caller, reservation).await;
             phase.admitting.store(false, Ordering::Relaxed);
             let attempt = match ask {
                 Ask::Complete(request, tokens) => self
@@ -420,9 +425,10 @@ impl HttpProvider {
         streamed: &mut bool,
     ) -> Result<LlmResponse, Failure> {
         let stream = tokens.is_some();
-        let completion_tokens = request.model.as_deref().is_some_and(|model| {
-            openai::model_matches(model, &self.max_completion_tokens_models)
-        });
+        let completion_tokens = request
+            .model
+            .as_deref()
+            .is_some_and(|model| openai::model_matches(model, &self.max_completion_tokens_models));
         let body = self.format.body(request, stream, completion_tokens);
         let builder = self.http.post(&self.url).json(&body);
         let builder = self.format.headers(builder, self.key.as_ref());
@@ -431,7 +437,7 @@ impl HttpProvider {
             .as_ref()
             .ok()
             .map(|response| response.status().as_u16());
-        crate::monitor::llm_http_answer(self as *const Self as *const (), &self.name, status);
+        crate::monitor::llm_http_answer(&self.name, status);
         let response = sent.map_err(|e| self.send_failure(e))?;
         let status = response.status();
         if !status.is_success() {
@@ -482,7 +488,7 @@ impl HttpProvider {
         let builder = self.http.post(url).json(&openai::embeddings_body(request));
         let sent = self.format.headers(builder, self.key.as_ref()).send().await;
         let status = sent.as_ref().ok().map(|r| r.status().as_u16());
-        crate::monitor::llm_http_answer(self as *const Self as *const (), &self.name, status);
+        crate::monitor::llm_http_answer(&self.name, status);
         let response = sent.map_err(|e| self.send_failure(e))?;
         if !response.status().is_success() {
             return Err(self.status_failure(response).await);
@@ -562,11 +568,13 @@ impl HttpProvider {
         let output_tokens = parsed
             .output_tokens
             .unwrap_or_else(|| estimate_tokens(&parsed.text));
-        let finish_reason = parsed.finish_reason.unwrap_or(if parsed.tool_calls.is_empty() {
-            FinishReason::Stop
-        } else {
-            FinishReason::ToolCalls
-        });
+        let finish_reason = parsed
+            .finish_reason
+            .unwrap_or(if parsed.tool_calls.is_empty() {
+                FinishReason::Stop
+            } else {
+                FinishReason::ToolCalls
+            });
         LlmResponse {
             model: parsed.model.unwrap_or(model),
             input_tokens,
@@ -733,20 +741,23 @@ fn describe(error: &reqwest::Error) -> String {
 impl HttpProvider {
     /// `ask` within the provider's deadline: a deadline passed while still waiting for this
     /// provider's own limits is `RateLimited`, one passed while answering `Timeout`.
-    async fn within_deadline(&self, ask: Ask<'_>) -> Result<Answer, LlmError> {
+    async fn within_deadline(&self, caller: &str, ask: Ask<'_>) -> Result<Answer, LlmError> {
         let deadline = Instant::now() + self.timeout;
         let phase = Phase {
             admitting: AtomicBool::new(true),
         };
-        let outcome = tokio::time::timeout_at(deadline, self.call(ask, deadline, &phase)).await;
+        let outcome =
+            tokio::time::timeout_at(deadline, self.call(caller, ask, deadline, &phase)).await;
         let result = match outcome {
             Ok(result) => result,
-            Err(_) if phase.admitting.load(Ordering::Relaxed) => Err(LlmError::RateLimited(format!(
-                "provider '{}' had no room for the request within its {}s timeout \
+            Err(_) if phase.admitting.load(Ordering::Relaxed) => {
+                Err(LlmError::RateLimited(format!(
+                    "provider '{}' had no room for the request within its {}s timeout \
                  (its configured limits are in use)",
-                self.name,
-                self.timeout.as_secs()
-            ))),
+                    self.name,
+                    self.timeout.as_secs()
+                )))
+            }
             Err(_) => Err(LlmError::Timeout(format!(
                 "provider '{}' did not finish answering within {}s",
                 self.name,
@@ -760,6 +771,7 @@ impl HttpProvider {
 impl LlmClient for HttpProvider {
     fn complete<'a>(
         &'a self,
+        caller: &'a str,
         request: &'a LlmRequest,
         tokens: Option<TokenSink<'a>>,
     ) -> BoxFuture<'a, Result<LlmResponse, LlmError>> {
@@ -767,12 +779,15 @@ impl LlmClient for HttpProvider {
             if request.messages.is_empty() {
                 return Err(LlmError::Rejected("the request has no messages".into()));
             }
-            let result = match self.within_deadline(Ask::Complete(request, tokens)).await {
+            let result = match self
+                .within_deadline(caller, Ask::Complete(request, tokens))
+                .await
+            {
                 Ok(Answer::Completion(response)) => Ok(response),
                 Ok(Answer::Embeddings(_)) => unreachable!("a completion is answered as one"),
                 Err(error) => Err(error),
             };
-            crate::monitor::llm_call(self as *const Self as *const (), &self.name, &result);
+            crate::monitor::llm_call(&self.name, &result);
             result
         }
         .boxed()
@@ -780,13 +795,14 @@ impl LlmClient for HttpProvider {
 
     fn embed<'a>(
         &'a self,
+        caller: &'a str,
         request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
         async move {
             if request.texts.is_empty() {
                 return Err(LlmError::Rejected("the request has no texts".into()));
             }
-            match self.within_deadline(Ask::Embed(request)).await? {
+            match self.within_deadline(caller, Ask::Embed(request)).await? {
                 Answer::Embeddings(response) => Ok(response),
                 Answer::Completion(_) => unreachable!("embeddings are answered as such"),
             }

@@ -69,6 +69,7 @@ impl ModelRouter {
 impl LlmClient for ModelRouter {
     fn complete<'a>(
         &'a self,
+        caller: &'a str,
         request: &'a LlmRequest,
         tokens: Option<TokenSink<'a>>,
     ) -> BoxFuture<'a, Result<LlmResponse, LlmError>> {
@@ -82,13 +83,14 @@ impl LlmClient for ModelRouter {
             // The provider sees the concrete model name, never the alias.
             let mut concrete = request.clone();
             concrete.model = Some(route.model.clone());
-            route.provider.complete(&concrete, tokens).await
+            route.provider.complete(caller, &concrete, tokens).await
         }
         .boxed()
     }
 
     fn embed<'a>(
         &'a self,
+        caller: &'a str,
         request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
         let alias = request
@@ -106,7 +108,7 @@ impl LlmClient for ModelRouter {
         async move {
             let mut concrete = request.clone();
             concrete.model = Some(route.model.clone());
-            route.provider.embed(&concrete).await
+            route.provider.embed(caller, &concrete).await
         }
         .boxed()
     }

@@ -21,7 +21,10 @@ pub fn check_request(request: &LlmRequest) -> Result<(), LlmError> {
     if let Some(spec) = &request.json_schema {
         check_name("schema", &spec.name)?;
         jsonschema::validator_for(&spec.schema).map_err(|e| {
-            LlmError::Rejected(format!("the request's JSON Schema '{}' is invalid: {e}", spec.name))
+            LlmError::Rejected(format!(
+                "the request's JSON Schema '{}' is invalid: {e}",
+                spec.name
+            ))
         })?;
     }
     let mut seen = std::collections::HashSet::new();
@@ -40,7 +43,10 @@ pub fn check_request(request: &LlmRequest) -> Result<(), LlmError> {
             )));
         }
         jsonschema::validator_for(&tool.parameters).map_err(|e| {
-            LlmError::Rejected(format!("the parameter schema of tool '{}' is invalid: {e}", tool.name))
+            LlmError::Rejected(format!(
+                "the parameter schema of tool '{}' is invalid: {e}",
+                tool.name
+            ))
         })?;
     }
     Ok(())
@@ -115,12 +121,13 @@ pub fn check_answer(request: &LlmRequest, response: &LlmResponse) -> Result<(), 
 /// conform. `on_retry` is called before the second try (to withdraw streamed tokens).
 pub async fn complete_checked(
     client: &dyn LlmClient,
+    caller: &str,
     request: &LlmRequest,
     tokens: Option<TokenSink<'_>>,
     on_retry: &(dyn Fn() + Send + Sync),
 ) -> Result<LlmResponse, LlmError> {
     check_request(request)?;
-    let first = client.complete(request, tokens).await?;
+    let first = client.complete(caller, request, tokens).await?;
     let Err(why) = check_answer(request, &first) else {
         return Ok(first);
     };
@@ -141,14 +148,16 @@ pub async fn complete_checked(
         Role::User,
         format!("{why}. Answer again, following the required format exactly."),
     ));
-    let mut second = client.complete(&again, tokens).await?;
+    let mut second = client.complete(caller, &again, tokens).await?;
     // Both tries were paid for.
     second.input_tokens = second.input_tokens.saturating_add(first.input_tokens);
     second.output_tokens = second.output_tokens.saturating_add(first.output_tokens);
     second.cached_input_tokens = second
         .cached_input_tokens
         .saturating_add(first.cached_input_tokens);
-    second.reasoning_tokens = second.reasoning_tokens.saturating_add(first.reasoning_tokens);
+    second.reasoning_tokens = second
+        .reasoning_tokens
+        .saturating_add(first.reasoning_tokens);
     match check_answer(request, &second) {
         Ok(()) => Ok(second),
         Err(why) => Err(LlmError::Rejected(format!(

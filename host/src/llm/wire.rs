@@ -201,8 +201,16 @@ pub(crate) fn is_spend_limit(body: &[u8]) -> bool {
     let code = [&error["code"], &error["type"]]
         .iter()
         .filter_map(|v| v.as_str())
-        .any(|c| matches!(c, "insufficient_quota" | "billing_error" | "billing_hard_limit_reached"));
-    let message = error["message"].as_str().unwrap_or_default().to_ascii_lowercase();
+        .any(|c| {
+            matches!(
+                c,
+                "insufficient_quota" | "billing_error" | "billing_hard_limit_reached"
+            )
+        });
+    let message = error["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     code || message.contains("exceeded your current quota")
         || message.contains("credit balance is too low")
         || message.contains("spend limit")

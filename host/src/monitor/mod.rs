@@ -47,7 +47,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::llm::{LlmClient, LlmError, LlmResponse};
+use crate::llm::{LlmError, LlmResponse};
 
 /// Labels: `[(name, value); N]`.
 type Labels<const N: usize> = [(&'static str, String); N];
@@ -81,18 +81,17 @@ pub async fn scope<F: Future>(metrics: Arc<Metrics>, future: F) -> F::Output {
     CURRENT.scope(metrics, future).await
 }
 
-/// Counts one LLM call on the current task's metrics (none outside an attempt).
-/// `provider` is the address of the provider answering (matched against the providers
-/// the LLM client lists, for their config names); `fallback` labels it when unlisted.
-pub fn llm_call(provider: *const (), fallback: &str, result: &Result<LlmResponse, LlmError>) {
-    let _ = CURRENT.try_with(|metrics| metrics.record_llm_call(provider, fallback, result));
+/// Counts one LLM call on the current task's metrics (none outside an attempt), labelled
+/// with the config name of the `provider` answering.
+pub fn llm_call(provider: &str, result: &Result<LlmResponse, LlmError>) {
+    let _ = CURRENT.try_with(|metrics| metrics.record_llm_call(provider, result));
 }
 
 /// Counts one HTTP answer of a provider by its status code (`None`: no answer, the
 /// connection failed), including those the provider's retries absorb, so 429s and 5xx a
 /// call survived are visible.
-pub fn llm_http_answer(provider: *const (), fallback: &str, status: Option<u16>) {
-    let _ = CURRENT.try_with(|metrics| metrics.record_llm_http_answer(provider, fallback, status));
+pub fn llm_http_answer(provider: &str, status: Option<u16>) {
+    let _ = CURRENT.try_with(|metrics| metrics.record_llm_http_answer(provider, status));
 }
 
 /// What is read at scrape time.
@@ -149,8 +148,6 @@ pub struct Metrics {
     replays: Family<Labels<1>, Counter>,
     /// Recent figures per queue, for `/v1/queues`.
     windows: Mutex<HashMap<String, RecentWindow>>,
-    /// Provider address -> its config name.
-    providers: HashMap<usize, String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,14 +156,15 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    /// Metrics whose LLM calls are labelled with the provider names `llm` lists.
-    pub fn new(llm: &dyn LlmClient) -> Self {
-        let providers = llm
-            .providers()
-            .into_iter()
-            .map(|p| (Arc::as_ptr(&p.client) as *const () as usize, p.name))
-            .collect();
+    /// Empty metrics.
+    pub fn new() -> Self {
         let mut registry = Registry::default();
         let metrics = Self {
             scrape: Mutex::new(()),
@@ -188,7 +186,6 @@ impl Metrics {
             llm_http_answers: Family::default(),
             replays: Family::default(),
             windows: Mutex::new(HashMap::new()),
-            providers,
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -337,31 +334,15 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    fn record_llm_http_answer(&self, provider: *const (), fallback: &str, status: Option<u16>) {
+    fn record_llm_http_answer(&self, provider: &str, status: Option<u16>) {
         let status = status.map_or_else(|| "none".to_string(), |code| code.to_string());
         self.llm_http_answers
-            .get_or_create(&[
-                ("provider", self.provider_name(provider, fallback)),
-                ("status", status),
-            ])
+            .get_or_create(&[("provider", provider.to_string()), ("status", status)])
             .inc();
     }
 
-    /// The config name of the provider at `provider`, else `fallback`.
-    fn provider_name(&self, provider: *const (), fallback: &str) -> String {
-        self.providers
-            .get(&(provider as usize))
-            .map_or(fallback, String::as_str)
-            .to_string()
-    }
-
-    fn record_llm_call(
-        &self,
-        provider: *const (),
-        fallback: &str,
-        result: &Result<LlmResponse, LlmError>,
-    ) {
-        let label = [("provider", self.provider_name(provider, fallback))];
+    fn record_llm_call(&self, provider: &str, result: &Result<LlmResponse, LlmError>) {
+        let label = [("provider", provider.to_string())];
         self.llm_calls.get_or_create(&label).inc();
         match result {
             Ok(response) => {
@@ -436,11 +417,10 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::{OfflineClient, OfflineConfig};
 
     #[test]
     fn renders_recorded_figures() {
-        let metrics = Metrics::new(&OfflineClient::new(OfflineConfig::default()));
+        let metrics = Metrics::new();
         metrics.attempt_started("q", 1_500, 1_700_000_000_000);
         metrics.attempt_finished(("q", "t"), Outcome::Completed, 250, 2, 1_700_000_000_000);
         let ok = Ok(LlmResponse {
@@ -450,8 +430,8 @@ mod tests {
             output_tokens: 3,
             ..Default::default()
         });
-        metrics.record_llm_call(std::ptr::null(), "p", &ok);
-        metrics.record_llm_call(std::ptr::null(), "p", &Err(LlmError::Timeout("t".into())));
+        metrics.record_llm_call("p", &ok);
+        metrics.record_llm_call("p", &Err(LlmError::Timeout("t".into())));
         let text = metrics.render(&Snapshot {
             jobs: vec![("t".into(), "completed".into(), 1)],
             queues: vec![QueueSnapshot {

@@ -44,7 +44,9 @@ pub struct NoFiles;
 
 impl JobFiles for NoFiles {
     fn stat(&self, id: &str) -> Result<FileInfo, FileError> {
-        Err(FileError::NotFound(format!("no file '{id}' is given to this job")))
+        Err(FileError::NotFound(format!(
+            "no file '{id}' is given to this job"
+        )))
     }
 
     fn read(&self, id: &str, _offset: u64, _len: u32) -> Result<Vec<u8>, FileError> {
@@ -120,7 +122,9 @@ impl ArtifactLedger {
             ));
         }
         if !valid_content_type(content_type) {
-            return Err(format!("{content_type:?} is not a content type like text/markdown"));
+            return Err(format!(
+                "{content_type:?} is not a content type like text/markdown"
+            ));
         }
         match self.written.get(name) {
             Some((earlier, _)) if earlier != content_type => {
@@ -130,7 +134,9 @@ impl ArtifactLedger {
                 ));
             }
             None if self.written.len() >= MAX_ARTIFACTS => {
-                return Err(format!("an attempt may write at most {MAX_ARTIFACTS} artifacts"));
+                return Err(format!(
+                    "an attempt may write at most {MAX_ARTIFACTS} artifacts"
+                ));
             }
             _ => {}
         }
@@ -164,7 +170,11 @@ mod tests {
 
     #[test]
     fn content_types_are_media_types() {
-        for good in ["text/markdown", "application/json; charset=utf-8", "image/svg+xml"] {
+        for good in [
+            "text/markdown",
+            "application/json; charset=utf-8",
+            "image/svg+xml",
+        ] {
             assert!(valid_content_type(good), "{good}");
         }
         for bad in ["", "text", "text/", "/x", "text/plain\r\nX: y"] {

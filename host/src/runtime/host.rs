@@ -18,9 +18,7 @@ use super::stderr::StderrTail;
 
 use super::events::{EventSink, PluginEvent};
 use super::failure::{FailureKind, HostStop};
-use super::files::{
-    ArtifactLedger, ArtifactSink, FileError, FileInfo, JobFiles, MAX_READ_CHUNK,
-};
+use super::files::{ArtifactLedger, ArtifactSink, FileError, FileInfo, JobFiles, MAX_READ_CHUNK};
 use super::journal::{CallJournal, JournalEntry, Replay, embed_hash, request_hash};
 use super::limits::Limits;
 use crate::llm::{
@@ -294,12 +292,10 @@ impl HostState {
                             });
                         }
                     };
-                    let outcome = crate::llm::LLM_CALLER
-                        .scope(
-                            job_id.clone(),
-                            crate::llm::complete_checked(&*client, request, tokens, &withdraw),
-                        )
-                        .await;
+                    let outcome = crate::llm::complete_checked(
+                        &*client, &job_id, request, tokens, &withdraw,
+                    )
+                    .await;
                     match (&outcome, &journal, slot) {
                         (Ok(response), Some(journal), Some(index)) => {
                             let entry = JournalEntry::completion(hash, response.clone());
@@ -389,9 +385,7 @@ impl HostState {
         };
         self.admit_llm_calls(&[&as_completion])?;
         let index = self.replay.claim_index();
-        let outcome = crate::llm::LLM_CALLER
-            .scope(self.job_id.clone(), self.llm.embed(&request))
-            .await;
+        let outcome = self.llm.embed(&self.job_id, &request).await;
         let embeddings = match outcome {
             Ok(embeddings) => embeddings,
             Err(error) => return Ok(Err(error)),

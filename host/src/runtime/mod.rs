@@ -24,8 +24,8 @@ mod plugin;
 mod relay;
 mod stderr;
 
-pub use contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, ContractVersion};
 pub use cache::{CacheOutcome, ComponentCache};
+pub use contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, ContractVersion};
 pub use events::{DiscardEvents, EventSink, PluginEvent};
 pub use failure::{FailureKind, JobFailure};
 pub use files::{
@@ -590,6 +590,7 @@ struct NoLlm;
 impl LlmClient for NoLlm {
     fn complete<'a>(
         &'a self,
+        _caller: &'a str,
         _request: &'a LlmRequest,
         _tokens: Option<TokenSink<'a>>,
     ) -> BoxFuture<'a, Result<LlmResponse, LlmError>> {

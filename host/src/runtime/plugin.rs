@@ -12,8 +12,8 @@ use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 
-use super::contract::{CONTRACT_PACKAGE, ContractPre, ContractVersion, Described as DescribedInfo};
 use super::cache::CacheOutcome;
+use super::contract::{CONTRACT_PACKAGE, ContractPre, ContractVersion, Described as DescribedInfo};
 use super::failure::{FailureKind, HostStop};
 use super::host::HostState;
 

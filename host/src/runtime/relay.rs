@@ -17,13 +17,12 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::llm::{
-    EmbedRequest, EmbedResponse, LLM_CALLER, LlmClient, LlmError, LlmRequest, LlmResponse,
-    TokenSink,
+    EmbedRequest, EmbedResponse, LlmClient, LlmError, LlmRequest, LlmResponse, TokenSink,
 };
 
 /// A call on its way from the guest to the job's task.
 struct Call {
-    /// The [`LLM_CALLER`] of the guest's call, for the provider's fairness between jobs.
+    /// Who made the guest's call (its job), for the provider's fairness between jobs.
     caller: String,
     work: Work,
 }
@@ -62,6 +61,7 @@ pub(crate) fn relay(client: Arc<dyn LlmClient>) -> (Arc<dyn LlmClient>, impl Fut
 impl LlmClient for GuestSide {
     fn complete<'a>(
         &'a self,
+        caller: &'a str,
         request: &'a LlmRequest,
         tokens: Option<TokenSink<'a>>,
     ) -> BoxFuture<'a, Result<LlmResponse, LlmError>> {
@@ -69,7 +69,7 @@ impl LlmClient for GuestSide {
             let (token_tx, mut token_rx) = mpsc::unbounded_channel();
             let (answer, answered) = oneshot::channel();
             let call = Call {
-                caller: crate::llm::current_caller(),
+                caller: caller.to_string(),
                 work: Work::Complete {
                     request: request.clone(),
                     tokens: tokens.is_some().then_some(token_tx),
@@ -90,12 +90,13 @@ impl LlmClient for GuestSide {
 
     fn embed<'a>(
         &'a self,
+        caller: &'a str,
         request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, LlmError>> {
         async move {
             let (answer, answered) = oneshot::channel();
             let call = Call {
-                caller: crate::llm::current_caller(),
+                caller: caller.to_string(),
                 work: Work::Embed {
                     request: request.clone(),
                     answer,
@@ -137,7 +138,7 @@ async fn answer(client: Arc<dyn LlmClient>, call: Call) {
             };
             let sink = tokens.as_ref().map(|_| &forward as TokenSink<'_>);
             tokio::select! {
-                outcome = LLM_CALLER.scope(caller, client.complete(&request, sink)) => {
+                outcome = client.complete(&caller, &request, sink) => {
                     let _ = answer.send(outcome);
                 }
                 // The guest stopped waiting (it was cancelled or timed out): stop the
@@ -150,7 +151,7 @@ async fn answer(client: Arc<dyn LlmClient>, call: Call) {
             mut answer,
         } => {
             tokio::select! {
-                outcome = LLM_CALLER.scope(caller, client.embed(&request)) => {
+                outcome = client.embed(&caller, &request) => {
                     let _ = answer.send(outcome);
                 }
                 () = answer.closed() => {}

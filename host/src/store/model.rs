@@ -6,7 +6,6 @@ use uuid::Uuid;
 
 use crate::llm::Usage;
 
-
 /// Where a job is in its life. `queued -> running -> completed | failed | cancelled`; a job
 /// waiting out a retry backoff is `queued` with a later `run_at`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -56,18 +56,21 @@ fn document_text(payload: &Payload) -> Result<Cow<'_, str>, JobError> {
         return Ok(Cow::Borrowed(text));
     }
     let Some(id) = &payload.file else {
-        return Err(JobError::invalid_input("the payload needs `text` or `file`"));
+        return Err(JobError::invalid_input(
+            "the payload needs `text` or `file`",
+        ));
     };
     let limits = ExtractLimits::default();
     let info = files::stat(id)?;
-    let bytes = files::read_all(id, limits.max_input_bytes as u64).map_err(|error| match error {
-        files::FileError::TooLarge(_) => JobError::invalid_input(format!(
-            "the file is {} bytes; documents reads files of at most {} MiB",
-            info.size,
-            limits.max_input_bytes / (1024 * 1024)
-        )),
-        other => other.into(),
-    })?;
+    let bytes =
+        files::read_all(id, limits.max_input_bytes as u64).map_err(|error| match error {
+            files::FileError::TooLarge(_) => JobError::invalid_input(format!(
+                "the file is {} bytes; documents reads files of at most {} MiB",
+                info.size,
+                limits.max_input_bytes / (1024 * 1024)
+            )),
+            other => other.into(),
+        })?;
     let head = &bytes[..bytes.len().min(1024)];
     let format = Format::detect(&info.content_type, head).ok_or_else(|| {
         JobError::invalid_input(format!(
@@ -90,7 +93,11 @@ fn document_text(payload: &Payload) -> Result<Cow<'_, str>, JobError> {
 
 /// The summary as Markdown, for the `summary.md` artifact.
 fn markdown(title: Option<&str>, summary: &Summary) -> String {
-    let mut out = format!("# {}\n\n{}\n", title.unwrap_or("Summary"), summary.summary.trim());
+    let mut out = format!(
+        "# {}\n\n{}\n",
+        title.unwrap_or("Summary"),
+        summary.summary.trim()
+    );
     if !summary.key_points.is_empty() {
         out.push_str("\n## Key points\n\n");
         for point in &summary.key_points {
@@ -98,7 +105,11 @@ fn markdown(title: Option<&str>, summary: &Summary) -> String {
         }
     }
     for section in &summary.sections {
-        out.push_str(&format!("\n## {}\n\n{}\n", section.title.trim(), section.summary.trim()));
+        out.push_str(&format!(
+            "\n## {}\n\n{}\n",
+            section.title.trim(),
+            section.summary.trim()
+        ));
     }
     out
 }
@@ -447,7 +458,10 @@ mod tests {
         assert!(map.contains("The harbour flooded twice."), "{map}");
         assert!(!map.contains("secret"), "scripts are not text: {map}");
         let (name, content_type, bytes) = &run.artifacts[0];
-        assert_eq!((name.as_str(), content_type.as_str()), ("summary.md", "text/markdown"));
+        assert_eq!(
+            (name.as_str(), content_type.as_str()),
+            ("summary.md", "text/markdown")
+        );
         let markdown = String::from_utf8(bytes.clone()).unwrap();
         assert!(markdown.starts_with("# Harbour\n\nFloods."), "{markdown}");
         assert!(markdown.contains("- Two floods"), "{markdown}");

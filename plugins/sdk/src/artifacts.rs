@@ -38,7 +38,10 @@ pub struct Writer {
 
 impl Writer {
     /// Creates (empty) artifact `name` of `content_type`.
-    pub fn create(name: impl Into<String>, content_type: impl Into<String>) -> Result<Self, JobError> {
+    pub fn create(
+        name: impl Into<String>,
+        content_type: impl Into<String>,
+    ) -> Result<Self, JobError> {
         let writer = Self {
             name: name.into(),
             content_type: content_type.into(),

@@ -130,9 +130,9 @@ pub mod bindings {
 /// The usual imports of a plugin: `use kiln_plugin::prelude::*;`.
 pub mod prelude {
     pub use crate::llm::{self, Request, Response, Tool, ToolCall};
-    pub use crate::{artifacts, files};
     pub use crate::progress::{self, Progress};
     pub use crate::{Info, Job, JobError, JobType, Value, json, log, text};
+    pub use crate::{artifacts, files};
     pub use serde::Serialize;
 }
 

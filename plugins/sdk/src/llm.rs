@@ -608,11 +608,18 @@ mod tests {
         }]);
         let request = Request::new()
             .user("find x")
-            .tool(Tool::new("lookup", "finds", serde_json::json!({"type": "object"})))
+            .tool(Tool::new(
+                "lookup",
+                "finds",
+                serde_json::json!({"type": "object"}),
+            ))
             .json_schema("answer", serde_json::json!({"type": "object"}))
             .with_tool_calls(&first)
             .tool_result("c1", "42");
-        assert_eq!(request.schema(), Some(serde_json::json!({"type": "object"})));
+        assert_eq!(
+            request.schema(),
+            Some(serde_json::json!({"type": "object"}))
+        );
         assert_eq!(request.tool_names().collect::<Vec<_>>(), ["lookup"]);
         let roles: Vec<_> = request.messages().map(|(role, _)| role).collect();
         assert_eq!(roles, ["user", "assistant", "tool"]);

@@ -236,11 +236,13 @@ impl FakeHost {
         })
     }
 
-    pub(crate) fn file_stat(&mut self, id: &str) -> Result<raw_files::FileInfo, raw_files::FileError> {
-        let (content_type, bytes) = self
-            .files
-            .get(id)
-            .ok_or_else(|| raw_files::FileError::NotFound(format!("no file '{id}' in this test")))?;
+    pub(crate) fn file_stat(
+        &mut self,
+        id: &str,
+    ) -> Result<raw_files::FileInfo, raw_files::FileError> {
+        let (content_type, bytes) = self.files.get(id).ok_or_else(|| {
+            raw_files::FileError::NotFound(format!("no file '{id}' in this test"))
+        })?;
         Ok(raw_files::FileInfo {
             id: id.to_string(),
             size: bytes.len() as u64,
@@ -255,12 +257,15 @@ impl FakeHost {
         offset: u64,
         len: u32,
     ) -> Result<Vec<u8>, raw_files::FileError> {
-        let (_, bytes) = self
-            .files
-            .get(id)
-            .ok_or_else(|| raw_files::FileError::NotFound(format!("no file '{id}' in this test")))?;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
-        let end = start.saturating_add(len.min(crate::files::CHUNK) as usize).min(bytes.len());
+        let (_, bytes) = self.files.get(id).ok_or_else(|| {
+            raw_files::FileError::NotFound(format!("no file '{id}' in this test"))
+        })?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let end = start
+            .saturating_add(len.min(crate::files::CHUNK) as usize)
+            .min(bytes.len());
         Ok(bytes[start..end].to_vec())
     }
 
@@ -288,9 +293,11 @@ impl FakeHost {
                 Ok(())
             }
             None => {
-                self.record
-                    .artifacts
-                    .push((name.to_string(), content_type.to_string(), bytes.to_vec()));
+                self.record.artifacts.push((
+                    name.to_string(),
+                    content_type.to_string(),
+                    bytes.to_vec(),
+                ));
                 Ok(())
             }
         }
@@ -312,10 +319,9 @@ use crate::llm::tokens;
 
 /// A deterministic unit vector of 8 numbers for `text`: equal texts, equal vectors.
 fn unit_vector(text: &str) -> Vec<f32> {
-    let mut state = text
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-        | 1;
+    let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
     let raw: Vec<f32> = (0..8)
         .map(|_| {
             state ^= state << 13;
@@ -324,6 +330,11 @@ fn unit_vector(text: &str) -> Vec<f32> {
             (state % 2001) as f32 / 1000.0 - 1.0
         })
         .collect();
-    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
     raw.into_iter().map(|x| x / norm).collect()
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use kiln::llm::{OfflineClient, OfflineConfig};
 use kiln::runtime::{
-    DiscardArtifacts, NoFiles,
-    CacheOutcome, DiscardEvents, JobInput, Limits, Plugin, RunContext, Runtime, RuntimeConfig,
+    CacheOutcome, DiscardArtifacts, DiscardEvents, JobInput, Limits, NoFiles, Plugin, RunContext,
+    Runtime, RuntimeConfig,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;

@@ -117,12 +117,8 @@ impl ContractPre {
         instance_pre: InstancePre<HostState>,
     ) -> anyhow::Result<Self> {
         let pre = match version {
-            ContractVersion::V0_1_0 => {
-                v0_1_0::JobPluginPre::new(instance_pre).map(Self::V0_1_0)
-            }
-            ContractVersion::V0_2_0 => {
-                v0_2_0::JobPluginPre::new(instance_pre).map(Self::V0_2_0)
-            }
+            ContractVersion::V0_1_0 => v0_1_0::JobPluginPre::new(instance_pre).map(Self::V0_1_0),
+            ContractVersion::V0_2_0 => v0_2_0::JobPluginPre::new(instance_pre).map(Self::V0_2_0),
         };
         pre.map_err(|e| {
             anyhow::anyhow!(

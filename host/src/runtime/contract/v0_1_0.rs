@@ -48,7 +48,10 @@ pub(super) async fn run(
         payload: job.payload,
         attempt: job.attempt,
     };
-    let outcome = bindings.kiln_plugin_job_type().call_run(store, &job).await?;
+    let outcome = bindings
+        .kiln_plugin_job_type()
+        .call_run(store, &job)
+        .await?;
     Ok(outcome.map_err(|error| match error {
         job_type::JobError::InvalidInput(m) => plugin_failure(PluginErrorKind::InvalidInput, m),
         job_type::JobError::Retryable(m) => plugin_failure(PluginErrorKind::Retryable, m),

@@ -53,7 +53,10 @@ pub(super) async fn run(
         payload: job.payload,
         attempt: job.attempt,
     };
-    let outcome = bindings.kiln_plugin_job_type().call_run(store, &job).await?;
+    let outcome = bindings
+        .kiln_plugin_job_type()
+        .call_run(store, &job)
+        .await?;
     Ok(outcome.map_err(|error| match error {
         job_type::JobError::InvalidInput(m) => plugin_failure(PluginErrorKind::InvalidInput, m),
         job_type::JobError::Retryable(m) => plugin_failure(PluginErrorKind::Retryable, m),
@@ -193,8 +196,10 @@ fn to_host(request: llm::Request) -> Result<LlmRequest, LlmError> {
         .tools
         .into_iter()
         .map(|tool| {
-            let parameters =
-                schema_json(&tool.parameters, &format!("parameter schema of tool '{}'", tool.name))?;
+            let parameters = schema_json(
+                &tool.parameters,
+                &format!("parameter schema of tool '{}'", tool.name),
+            )?;
             Ok(ToolSpec {
                 name: tool.name,
                 description: tool.description,
