@@ -362,11 +362,13 @@ impl JobService {
             tenant: request.tenant,
             artifacts: Vec::new(),
         };
-        self.check_payload_files(
-            &plugin.info.payload_schema,
-            &request.payload,
-            job.tenant.as_deref(),
-        )?;
+        if plugin.reads_files() {
+            self.check_payload_files(
+                &plugin.info.payload_schema,
+                &request.payload,
+                job.tenant.as_deref(),
+            )?;
+        }
         let payload = request.payload.to_string();
         let event = status_event(&job);
         if self.reserve_slot(&job) {

@@ -184,11 +184,15 @@ impl JobService {
             cancel: running.cancel.clone(),
             limits,
             timeout,
-            files: Arc::new(StoreFiles::of(
-                store.clone(),
-                &plugin.info.payload_schema,
-                &serde_json::from_str(&payload).unwrap_or_default(),
-            )),
+            files: if plugin.reads_files() {
+                Arc::new(StoreFiles::of(
+                    store.clone(),
+                    &plugin.info.payload_schema,
+                    &serde_json::from_str(&payload).unwrap_or_default(),
+                ))
+            } else {
+                Arc::new(crate::runtime::NoFiles)
+            },
             artifacts: artifacts.clone(),
         };
         let input = JobInput {

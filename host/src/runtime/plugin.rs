@@ -77,6 +77,9 @@ pub struct Plugin {
     pub file: Option<PathBuf>,
     pub(crate) pre: ContractPre,
     validator: jsonschema::Validator,
+    /// Whether the payload schema declares a `"format": "kiln-file"` property, computed
+    /// once so submits and attempts of the other job types skip the file-id walk.
+    reads_files: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -97,6 +100,7 @@ impl Plugin {
         imports: Vec<String>,
         pre: ContractPre,
     ) -> anyhow::Result<Self> {
+        let reads_files = has_file_format(&info.payload_schema);
         let validator = jsonschema::validator_for(&info.payload_schema).map_err(|e| {
             anyhow::anyhow!(
                 "plugin '{}' publishes an invalid payload schema: {e}",
@@ -112,7 +116,13 @@ impl Plugin {
             file: None,
             pre,
             validator,
+            reads_files,
         })
+    }
+
+    /// Whether its payload can name uploaded files (a `kiln-file` property).
+    pub fn reads_files(&self) -> bool {
+        self.reads_files
     }
 
     /// The contract version the component was built for.
@@ -224,6 +234,18 @@ pub(crate) fn refuse_kiln_imports(
         }
     }
     Ok(())
+}
+
+/// Whether `schema` has a `"format": "kiln-file"` keyword anywhere.
+fn has_file_format(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => {
+            map.get("format").and_then(Value::as_str) == Some("kiln-file")
+                || map.values().any(has_file_format)
+        }
+        Value::Array(items) => items.iter().any(has_file_format),
+        _ => false,
+    }
 }
 
 /// The loaded job types, by name.
