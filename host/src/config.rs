@@ -80,6 +80,9 @@ pub struct Config {
     pub health: crate::monitor::HealthThresholds,
     /// API keys, tokens and open mode (`[auth]`).
     pub auth: AuthConfig,
+    /// Where jobs are stored (`[store]`): the redb file in the data dir unless `url`
+    /// names a PostgreSQL database.
+    pub store: StoreConfig,
     /// Browser origins allowed to call the API (CORS), e.g. `["https://app.example.com"]`.
     /// Default none: only same-origin pages and non-browser clients.
     pub cors_origins: Vec<String>,
@@ -87,6 +90,46 @@ pub struct Config {
     /// in the file are relative to it, so `kiln serve --config` works from any directory.
     #[serde(skip)]
     source_dir: Option<PathBuf>,
+}
+
+/// `[store]`.
+///
+/// ```toml
+/// [store]
+/// url = "postgres://kiln:secret@db.internal/kiln"   # none: redb in data_dir
+/// pool_size = 16
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// A PostgreSQL URL (`postgres://…` or `host=… dbname=…`). `--database-url` and
+    /// `KILN_DATABASE_URL` take precedence.
+    pub url: Option<String>,
+    /// Connections kept for reads. Default 16.
+    pub pool_size: Option<usize>,
+    /// How long connecting may take, seconds. Default 5.
+    pub connect_timeout_secs: Option<u64>,
+}
+
+/// Where the jobs are stored, resolved.
+#[derive(Clone, Debug)]
+pub enum StoreChoice {
+    /// The redb file at this path (the default: `data_dir/kiln.redb`).
+    Redb(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(crate::store::PostgresOptions),
+}
+
+impl StoreChoice {
+    /// For logs and `kiln doctor`: the file, or the URL with its password masked.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Redb(path) => format!("redb {}", path.display()),
+            Self::Postgres(options) => {
+                format!("postgres {}", crate::store::redact_url(&options.url))
+            }
+        }
+    }
 }
 
 /// `[types.NAME]`.
@@ -251,6 +294,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--plugins-dir` / `KILN_PLUGINS_DIR`.
     pub plugins_dir: Option<PathBuf>,
+    /// `--database-url` / `KILN_DATABASE_URL`.
+    pub database_url: Option<String>,
 }
 
 /// Everything `kiln serve` needs, resolved.
@@ -261,6 +306,8 @@ pub struct Resolved {
     pub data_dir: PathBuf,
     /// Plugins dir.
     pub plugins_dir: PathBuf,
+    /// Where jobs are stored.
+    pub store: StoreChoice,
     /// Runtime sizing.
     pub runtime: RuntimeConfig,
     /// Scheduler settings.
@@ -330,11 +377,30 @@ impl Config {
                 .or_else(|| self.plugins_dir.as_deref().map(|p| self.file_path(p)))
                 .unwrap_or_else(|| "plugins/dist".into()),
         );
+        let store = match overrides
+            .database_url
+            .filter(|url| !url.trim().is_empty())
+            .or_else(|| self.store.url.clone())
+        {
+            Some(url) => {
+                let mut options = crate::store::PostgresOptions::new(url);
+                if let Some(size) = self.store.pool_size {
+                    anyhow::ensure!(size >= 1, "[store] pool_size must be at least 1");
+                    options.pool_size = size;
+                }
+                if let Some(secs) = self.store.connect_timeout_secs {
+                    options.connect_timeout = Duration::from_secs(secs.max(1));
+                }
+                StoreChoice::Postgres(options)
+            }
+            None => StoreChoice::Redb(data_dir.join(crate::server::DB_FILE)),
+        };
 
         let defaults = ServiceSettings::default();
         let secs = Duration::from_secs;
         let ms = Duration::from_millis;
         let service = ServiceSettings {
+            storage: store.describe(),
             limits: self.limits.clone(),
             type_limits: self
                 .types
@@ -409,6 +475,7 @@ impl Config {
             addr,
             data_dir,
             plugins_dir,
+            store,
             runtime,
             service,
             api,
@@ -691,5 +758,49 @@ mod tests {
         let message = Config::from_toml("addr = 1").err().unwrap().to_string();
         assert!(!message.contains("did you mean"), "{message}");
         assert!(message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn the_store_is_redb_unless_a_database_url_is_given_and_the_flag_wins() {
+        let cwd = std::env::current_dir().unwrap();
+        let redb = Config::default().resolve(Overrides::default()).unwrap();
+        assert!(
+            matches!(&redb.store, StoreChoice::Redb(path) if *path == cwd.join("kiln-data/kiln.redb")),
+            "{:?}",
+            redb.store
+        );
+        let file =
+            Config::from_toml("[store]\nurl = \"postgres://kiln:pw@file/kiln\"\npool_size = 4\n")
+                .unwrap();
+        let from_file = file.clone().resolve(Overrides::default()).unwrap();
+        match &from_file.store {
+            StoreChoice::Postgres(options) => {
+                assert_eq!(options.url, "postgres://kiln:pw@file/kiln");
+                assert_eq!(options.pool_size, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            from_file.store.describe(),
+            "postgres postgres://kiln:***@file/kiln"
+        );
+        assert_eq!(
+            from_file.service.storage,
+            "postgres postgres://kiln:***@file/kiln"
+        );
+        let flagged = file
+            .resolve(Overrides {
+                database_url: Some("postgres://kiln@flag/kiln".into()),
+                ..Overrides::default()
+            })
+            .unwrap();
+        assert!(
+            matches!(&flagged.store, StoreChoice::Postgres(o) if o.url == "postgres://kiln@flag/kiln")
+        );
+        let zero = Config::from_toml("[store]\nurl = \"postgres://x/y\"\npool_size = 0\n")
+            .unwrap()
+            .resolve(Overrides::default());
+        assert!(zero.is_err());
+        assert!(Config::from_toml("[store]\nurll = \"x\"\n").is_err());
     }
 }

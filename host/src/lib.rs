@@ -5,10 +5,14 @@
 //! Each folder owns one concern; dependencies point one way, downwards in this list:
 //!
 //! - `cli/`: the `kiln` command line (`serve`, `plugin check`, `plugin run`, …). Thin.
-//! - `api/`: the HTTP API (axum routes, SSE, the error shape). Talks to `jobs/`.
+//! - `api/`: the HTTP API (axum routes, SSE framing, the error shape). Talks to `jobs/`
+//!   only (it uses the store's record types through `jobs/`'s re-exports).
 //! - `jobs/`: the scheduler: queues, limits, retries, timeouts, cancellation, recovery,
-//!   expiry. Uses `store/` for state and `runtime/` to run attempts.
-//! - `store/`: redb tables and the only module that opens transactions (group commit).
+//!   expiry; the job lifecycle's transitions (`jobs/lifecycle.rs`) and following an event
+//!   log (`jobs/events.rs`). Uses `store/` for state and `runtime/` to run attempts.
+//! - `store/`: the storage contract over two backends (`redb/`, the embedded default, and
+//!   `postgres/`), the only module that opens transactions (group commit, `batch.rs`),
+//!   and the live event bus.
 //! - `runtime/`: the wasmtime sandbox that runs job types; reaches `llm/` only through the
 //!   host imports it implements.
 //! - `llm/`: LLM providers behind the [`llm::LlmClient`] trait, including `offline`.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::Auth;
-use crate::config::Resolved;
+use crate::config::{Resolved, StoreChoice};
 use crate::jobs::JobService;
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -64,11 +64,23 @@ impl Server {
                 plugins_dir.display()
             );
         }
-        let store = Arc::new(Store::open(
-            &config.data_dir.join(DB_FILE),
-            config.api.sse_buffer_events,
-            config.api.feed_retention,
-        )?);
+        let store = Arc::new(match &config.store {
+            StoreChoice::Redb(path) => Store::open(
+                path,
+                config.api.sse_buffer_events,
+                config.api.feed_retention,
+            )?,
+            StoreChoice::Postgres(options) => {
+                Store::open_postgres(
+                    options.clone(),
+                    &config.data_dir,
+                    config.api.sse_buffer_events,
+                    config.api.feed_retention,
+                )
+                .await?
+            }
+        });
+        tracing::info!(store = %config.store.describe(), "storage opened");
         let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
         let service = JobService::new(
             store,

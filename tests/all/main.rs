@@ -2,6 +2,7 @@
 //! components built from `plugins/` (run `scripts/build-plugins` first), a real redb file
 //! in a temp dir, a real HTTP server on 127.0.0.1:0, real HTTP and SSE clients.
 
+mod pg;
 mod support;
 
 mod api;
@@ -26,9 +27,11 @@ mod ops;
 mod plugin_cli;
 mod plugin_limits;
 mod plugin_new;
+mod postgres;
 mod providers;
 mod providers_e2e;
 mod runtime;
 mod sandbox;
 mod sse;
 mod startup;
+mod storage;

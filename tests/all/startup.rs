@@ -30,12 +30,14 @@ fn slow_plugins(loops: usize) -> tempfile::TempDir {
 
 /// Kiln's config for an in-process server on port 0 over `data` and `plugins`.
 fn resolved(data: &Path, plugins: &Path, extra: &str) -> kiln::config::Resolved {
-    let config: Config = toml::from_str(&test_config(extra)).expect("test config parses");
+    let text = test_config(extra) + &crate::pg::store_config(data, extra);
+    let config: Config = toml::from_str(&text).expect("test config parses");
     config
         .resolve(Overrides {
             addr: Some("127.0.0.1:0".into()),
             data_dir: Some(data.to_path_buf()),
             plugins_dir: Some(plugins.to_path_buf()),
+            database_url: None,
         })
         .unwrap()
 }

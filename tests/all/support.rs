@@ -109,13 +109,14 @@ impl InProcess {
         plugins: tempfile::TempDir,
         extra_config: &str,
     ) -> Self {
-        let config: Config =
-            toml::from_str(&test_config(extra_config)).expect("test config parses");
+        let text = test_config(extra_config) + &crate::pg::store_config(data.path(), extra_config);
+        let config: Config = toml::from_str(&text).expect("test config parses");
         let resolved = config
             .resolve(Overrides {
                 addr: Some("127.0.0.1:0".into()),
                 data_dir: Some(data.path().to_path_buf()),
                 plugins_dir: Some(plugins.path().to_path_buf()),
+                database_url: None,
             })
             .unwrap();
         let server = Server::start(resolved).await.expect("kiln starts");
@@ -168,6 +169,24 @@ impl KilnProcess {
             plugins_dir,
             extra_config,
             log_filter,
+            &[],
+        )
+    }
+
+    /// [`KilnProcess::start`] with more environment variables (e.g. `KILN_DATABASE_URL`).
+    pub fn start_with_env(
+        data_dir: &Path,
+        plugins_dir: &Path,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn(
+            "127.0.0.1:0",
+            data_dir,
+            plugins_dir,
+            extra_config,
+            "info",
+            env,
         )
     }
 
@@ -178,9 +197,11 @@ impl KilnProcess {
         plugins_dir: &Path,
         extra_config: &str,
         log_filter: &str,
+        env: &[(&str, &str)],
     ) -> Self {
         let config = data_dir.with_extension("toml");
-        std::fs::write(&config, test_config(extra_config)).unwrap();
+        let text = test_config(extra_config) + &crate::pg::store_config(data_dir, extra_config);
+        std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
             .args(["serve", "--addr", addr, "--config"])
             .arg(&config)
@@ -189,6 +210,7 @@ impl KilnProcess {
             .arg("--plugins-dir")
             .arg(plugins_dir)
             .env("KILN_LOG", log_filter)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -339,7 +361,11 @@ pub async fn all_events(
     timeout: Duration,
 ) -> Vec<SseEvent> {
     let response = open_sse(client, &format!("{base}/v1/jobs/{id}/events"), None).await;
-    assert_eq!(response.status(), 200, "SSE status");
+    let status = response.status();
+    if status != 200 {
+        let body = response.text().await.unwrap_or_default();
+        panic!("SSE of job {id}: status {status}, body {body}");
+    }
     read_sse(response, None, timeout).await
 }
 
@@ -714,7 +740,7 @@ impl KilnProcess {
     /// the shared compiled-component cache.
     pub fn start_on(addr: &str, data_dir: &Path, plugins_dir: &Path, extra_config: &str) -> Self {
         seed_cache(data_dir);
-        Self::spawn(addr, data_dir, plugins_dir, extra_config, "info")
+        Self::spawn(addr, data_dir, plugins_dir, extra_config, "info", &[])
     }
 }
 

@@ -20,7 +20,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::JobId;
 use crate::auth::{KEY_PREFIX, Principal, Refusal};
 use crate::jobs::ServiceError;
-use crate::store::{JobRecord, rfc3339};
+use crate::jobs::{JobRecord, rfc3339};
 
 /// The dashboard's session cookie.
 pub const SESSION_COOKIE: &str = "kiln_session";
@@ -101,8 +101,12 @@ pub fn authenticate_events(
 
 /// The job `id` if `caller` may see it; otherwise the very answer an unknown id gets, so a
 /// client cannot learn that another tenant's job exists.
-pub fn visible_job(state: &AppState, caller: &Principal, id: Uuid) -> Result<JobRecord, ApiError> {
-    let job = state.service.get(id)?;
+pub async fn visible_job(
+    state: &AppState,
+    caller: &Principal,
+    id: Uuid,
+) -> Result<JobRecord, ApiError> {
+    let job = state.service.get(id).await?;
     if caller.sees(&job) {
         Ok(job)
     } else {
@@ -144,7 +148,7 @@ pub async fn job_token(
     Caller(caller): Caller,
     JobId(id): JobId,
 ) -> Result<Json<EventsToken>, ApiError> {
-    let job = visible_job(&state, &caller, id)?;
+    let job = visible_job(&state, &caller, id).await?;
     Ok(Json(EventsToken::issue(&state, job.id)))
 }
 

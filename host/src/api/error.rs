@@ -71,6 +71,14 @@ impl From<ServiceError> for ApiError {
             ServiceError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
+            ServiceError::StorageUnavailable(_) => {
+                tracing::warn!(%message, "refused: the job store is unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    message,
+                )
+            }
             ServiceError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Self::new(
@@ -96,7 +104,7 @@ pub struct ErrorDetail {
     /// Machine-readable: `malformed_json`, `invalid_request`, `invalid_payload`,
     /// `unknown_type`, `unsupported_media_type`, `body_too_large`, `invalid_query`,
     /// `invalid_cursor`, `invalid_last_event_id`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `queue_full`, `too_many_streams`, `shutting_down`, `unauthorized`,
+    /// `conflict`, `queue_full`, `too_many_streams`, `shutting_down`, `storage_unavailable`, `unauthorized`,
     /// `forbidden`, `key_in_url`, `open_mode`, `internal`.
     #[schema(example = "not_found")]
     pub kind: String,

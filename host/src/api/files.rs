@@ -20,8 +20,8 @@ use super::AppState;
 use super::access::{Caller, visible_job};
 use super::error::{ApiError, ErrorBody};
 use super::extract::job_id;
+use crate::jobs::{FileRecord, rfc3339};
 use crate::runtime::{valid_artifact_name, valid_content_type};
-use crate::store::{FileRecord, rfc3339};
 
 /// An upload, as `POST /v1/files` and `GET /v1/files/{id}` describe it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -136,14 +136,18 @@ fn check_content_type(content_type: &str) -> Result<(), ApiError> {
 }
 
 /// The caller's file `id`, or `404`.
-fn visible_file(
+async fn visible_file(
     state: &AppState,
     caller: &crate::auth::Principal,
     id: &str,
 ) -> Result<FileRecord, ApiError> {
     let not_found = || ApiError::not_found(format!("no file with id {id:?}"));
     let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
-    let record = state.service.file(uuid, None)?.ok_or_else(not_found)?;
+    let record = state
+        .service
+        .file(uuid, None)
+        .await?
+        .ok_or_else(not_found)?;
     if caller.sees_tenant(record.tenant.as_deref()) {
         Ok(record)
     } else {
@@ -163,7 +167,7 @@ pub async fn metadata(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<FileView>, ApiError> {
-    Ok(Json(visible_file(&state, &caller, &id)?.into()))
+    Ok(Json(visible_file(&state, &caller, &id).await?.into()))
 }
 
 /// `GET /v1/files/{id}/content`: an upload's bytes.
@@ -178,8 +182,8 @@ pub async fn content(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let record = visible_file(&state, &caller, &id)?;
-    let path = state.service.store().blobs.file_path(record.id);
+    let record = visible_file(&state, &caller, &id).await?;
+    let path = state.service.file_path(record.id);
     download(&path, &record.content_type, &record.id.to_string()).await
 }
 
@@ -196,7 +200,7 @@ pub async fn artifact(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    let job = visible_job(&state, &caller, id)?;
+    let job = visible_job(&state, &caller, id).await?;
     let not_found = || ApiError::not_found(format!("job {id} has no artifact {name:?}"));
     if !valid_artifact_name(&name) {
         return Err(not_found());
@@ -206,7 +210,7 @@ pub async fn artifact(
         .iter()
         .find(|a| a.name == name)
         .ok_or_else(not_found)?;
-    let path = state.service.store().blobs.artifact_path(id, &name);
+    let path = state.service.artifact_path(id, &name);
     download(&path, &record.content_type, &name).await
 }
 

@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, JobId, JsonBody};
 use super::view::JobView;
 use crate::jobs::SubmitRequest;
-use crate::store::{JobStatus, ListQuery};
+use crate::jobs::{JobStatus, ListQuery};
 
 /// The body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -136,7 +136,7 @@ pub async fn submit(
     let location = format!("/v1/jobs/{}", job.id);
     let view = SubmitView {
         token: EventsToken::issue(&state, job.id),
-        job: JobView::of(job, state.service.store()),
+        job: JobView::of(job, &state.service).await?,
     };
     let mut response = (status, Json(view)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -179,8 +179,8 @@ pub async fn get(
     Caller(caller): Caller,
     JobId(id): JobId,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = visible_job(&state, &caller, id)?;
-    Ok(Json(JobView::of(job, state.service.store())))
+    let job = visible_job(&state, &caller, id).await?;
+    Ok(Json(JobView::of(job, &state.service).await?))
 }
 
 /// Query of `GET /v1/jobs`.
@@ -248,19 +248,20 @@ pub async fn list(
         })?),
         None => None,
     };
-    let page = state.service.list(&ListQuery {
-        status,
-        job_type: params.job_type,
-        tenant: caller.tenant_filter().map(str::to_string),
-        limit,
-        before,
-    })?;
-    let store = state.service.store();
-    let jobs: Vec<JobView> = page
-        .jobs
-        .into_iter()
-        .map(|job| JobView::of(job, store))
-        .collect();
+    let page = state
+        .service
+        .list(&ListQuery {
+            status,
+            job_type: params.job_type,
+            tenant: caller.tenant_filter().map(str::to_string),
+            limit,
+            before,
+        })
+        .await?;
+    let mut jobs = Vec::with_capacity(page.jobs.len());
+    for job in page.jobs {
+        jobs.push(JobView::of(job, &state.service).await?);
+    }
     Ok(Json(JobPage {
         jobs,
         next_cursor: page.next,
@@ -281,9 +282,9 @@ pub async fn cancel(
     Caller(caller): Caller,
     JobId(id): JobId,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = visible_job(&state, &caller, id)?;
+    let job = visible_job(&state, &caller, id).await?;
     let job = state.service.cancel(job.id, Duration::from_secs(5)).await?;
-    Ok(Json(JobView::of(job, state.service.store())))
+    Ok(Json(JobView::of(job, &state.service).await?))
 }
 
 /// `POST /v1/jobs/{id}/retry`.
@@ -300,10 +301,10 @@ pub async fn retry(
     Caller(caller): Caller,
     JobId(id): JobId,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let job = visible_job(&state, &caller, id)?;
+    let job = visible_job(&state, &caller, id).await?;
     let job = state.service.retry(job.id).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(JobView::of(job, state.service.store())),
+        Json(JobView::of(job, &state.service).await?),
     ))
 }

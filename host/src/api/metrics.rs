@@ -9,7 +9,6 @@ use super::AppState;
 use super::access::require_admin;
 use super::error::ApiError;
 use super::system::queue_views;
-use crate::jobs::ServiceError;
 use crate::monitor::{QueueSnapshot, Snapshot};
 
 /// The content type of the Prometheus text format.
@@ -31,12 +30,7 @@ pub async fn metrics(
     if !state.auth.public_metrics {
         require_admin(&state, &headers)?;
     }
-    let store = state.service.store().clone();
-    // A read of the two index tables: off the async workers.
-    let jobs = tokio::task::spawn_blocking(move || store.count_by_type_and_status())
-        .await
-        .map_err(|e| ServiceError::Internal(format!("counting jobs: {e}")))?
-        .map_err(ServiceError::from)?;
+    let jobs = state.service.job_counts().await?;
     let queues = queue_views(&state)
         .into_iter()
         .map(|q| QueueSnapshot {

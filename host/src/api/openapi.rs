@@ -23,8 +23,8 @@ use super::files::FileView;
 use super::jobs::{JobPage, SubmitBody, SubmitView};
 use super::system::{Healthz, PluginList, PluginView, QueueList, QueueView, RecentView};
 use super::view::{ArtifactView, JobView, Links};
+use crate::jobs::{ErrorInfo, JobStatus};
 use crate::llm::Usage;
-use crate::store::{ErrorInfo, JobStatus};
 
 /// The generated part of the document.
 #[derive(OpenApi)]
@@ -86,7 +86,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
 /// schema (and tools such as Schemathesis read it in 3.1 too): `{event, data, id}` with
 /// `data` JSON text, not the whole stream as one string.
 fn describe_event_streams(doc: &mut utoipa::openapi::OpenApi) {
-    use crate::store::event_names::*;
+    use crate::jobs::event_names::*;
     let names = [
         STATUS, PROGRESS, PARTIAL, TOKEN, REPLAYED, COMPLETED, FAILED, CANCELLED,
     ];

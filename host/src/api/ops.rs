@@ -15,8 +15,8 @@ use super::AppState;
 use super::access::Admin;
 use super::error::ApiError;
 use super::extract::{ApiQuery, RawBody, parse_json, require_json};
+use crate::jobs::JobStatus;
 use crate::jobs::{BulkFilter, DoctorReport, MAX_BULK};
-use crate::store::JobStatus;
 
 /// How long a bulk cancel waits for running jobs to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);

@@ -1,17 +1,13 @@
 //! Server-Sent Events: one job's events (`/v1/jobs/{id}/events`) and every job's events
 //! (`/v1/events`).
 //!
-//! Both are the same [`LogStream`] over a different log: a job's own log (positions are the
-//! job's event sequence numbers) or the feed of every job's events (positions are feed
-//! positions, durable and monotonic across jobs). A stream subscribes to live events
-//! *first*, then replays the log after the client's `Last-Event-ID`, then goes live,
-//! dropping live events it already replayed: nothing committed in between can fall through
-//! the gap, and nothing comes twice. A subscriber that lags past its buffer is closed; it
-//! reconnects and replays.
+//! Both follow a log through the job service (`JobService::follow_job`, `follow_feed`),
+//! which replays after the client's `Last-Event-ID` and then goes live without gap or
+//! duplicate; this module owns only the HTTP side: positions from `Last-Event-ID`, the
+//! event names and encodings on the wire, stream limits, and shutdown. A subscriber that
+//! lags past its buffer is closed; it reconnects and replays.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -20,19 +16,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, broadcast};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use super::AppState;
-use super::access::{Caller, authenticate_events, visible_job};
+use super::access::{Caller, authenticate_events};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, JobId};
-use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, StoreError, event_names};
-
-/// Events replayed from the log per read.
-const REPLAY_PAGE: usize = 512;
+use crate::jobs::{FeedFilter, FeedRefusal, JobEvent, JobStatus, ServiceError};
 
 /// Query of `/v1/jobs/{id}/events`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -70,14 +61,11 @@ pub async fn job_events(
     // No position: the job's whole log, from its first event.
     let after = last_event_id(&headers, query.last_event_id.as_deref())?.unwrap_or(0);
     let permit = stream_permit(&state)?;
-    let store = state.service.store().clone();
-    // Subscribed before the job is read, so no event committed in between is missed.
-    let live = store.bus.subscribe_job(id);
-    let release = ReleaseJobChannel {
-        bus: store.bus.clone(),
-        id,
-    };
-    let job = visible_job(&state, &caller, id)?;
+    let follow = state.service.follow_job(id, Some(after)).await?;
+    let job = &follow.job;
+    if !caller.sees(job) {
+        return Err(ServiceError::NotFound(id).into());
+    }
     if job.status.is_terminal() && after >= job.last_seq {
         // Nothing will ever follow: 204 tells EventSource to stop reconnecting.
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -94,16 +82,37 @@ pub async fn job_events(
             ),
         ));
     }
-    let log = JobLog {
-        store,
-        job,
-        _release: release,
-    };
-    let stream = LogStream::new(log, live, after, state.shutdown.clone(), permit);
-    Ok(sse_response(
-        stream.into_events(),
-        state.settings.keep_alive,
-    ))
+    let frames = follow.events.map(|event| job_frame(&event));
+    Ok(sse_response(frames, &state, permit))
+}
+
+/// A job-stream event on the wire: `id:` its sequence number, `event:` its name, `data:`
+/// its JSON (encoded once for every subscriber).
+fn job_frame(event: &JobEvent) -> Event {
+    let data = event.encodings.slots[0].get_or_init(|| event.data.to_string());
+    Event::default()
+        .id(event.seq.to_string())
+        .event(event.name.as_str())
+        .data(data)
+}
+
+/// A feed event on the wire: `id:` its feed position, the data wrapped as
+/// `{job_id, type, status, seq, data}` (encoded once for every subscriber).
+fn feed_frame(event: &JobEvent) -> Event {
+    let data = event.encodings.slots[1].get_or_init(|| {
+        serde_json::json!({
+            "job_id": event.job_id,
+            "type": event.job_type,
+            "status": event.status,
+            "seq": event.seq,
+            "data": event.data,
+        })
+        .to_string()
+    });
+    Event::default()
+        .id(event.feed_seq.to_string())
+        .event(event.name.as_str())
+        .data(data)
 }
 
 /// Query of `/v1/events`.
@@ -149,39 +158,27 @@ pub async fn all_events(
     };
     let position = last_event_id(&headers, query.last_event_id.as_deref())?;
     let permit = stream_permit(&state)?;
-    let store = state.service.store().clone();
-    // Subscribed before the feed is read, so no event committed in between is missed.
-    let live = store.bus.subscribe_all();
-    let (first, newest) = store
-        .feed_bounds()
-        .map_err(crate::jobs::ServiceError::from)?
-        .unwrap_or((1, 0));
-    // No position (a new client, e.g. a dashboard that loads the job list next): the
-    // events from now on, not the whole retained feed (and never a 410).
-    let after = position.unwrap_or(newest);
-    if after > newest {
-        return Err(ApiError::bad_request(
-            "invalid_last_event_id",
-            format!(
-                "Last-Event-ID {after} is beyond the newest event ({newest}); resume from an \
-                 id this stream sent"
-            ),
-        ));
-    }
-    if after.saturating_add(1) < first {
-        return Err(feed_expired(after, first));
-    }
-    let log = FeedLog {
-        store,
+    let filter = FeedFilter {
         job_type: query.job_type,
         status,
-        caller,
+        sees_tenant: Box::new(move |tenant| caller.sees_tenant(tenant)),
     };
-    let stream = LogStream::new(log, live, after, state.shutdown.clone(), permit);
-    Ok(sse_response(
-        stream.into_events(),
-        state.settings.keep_alive,
-    ))
+    let events = match state.service.follow_feed(position, filter).await {
+        Ok(events) => events,
+        Err(FeedRefusal::Beyond { after, newest }) => {
+            return Err(ApiError::bad_request(
+                "invalid_last_event_id",
+                format!(
+                    "Last-Event-ID {after} is beyond the newest event ({newest}); resume \
+                     from an id this stream sent"
+                ),
+            ));
+        }
+        Err(FeedRefusal::Expired { after, first }) => return Err(feed_expired(after, first)),
+        Err(FeedRefusal::Store(error)) => return Err(error.into()),
+    };
+    let frames = events.map(|event| feed_frame(&event));
+    Ok(sse_response(frames, &state, permit))
 }
 
 fn feed_expired(after: u64, first: u64) -> ApiError {
@@ -195,14 +192,25 @@ fn feed_expired(after: u64, first: u64) -> ApiError {
     )
 }
 
+/// The SSE response of `frames`: a reconnect hint first, keep-alives, and an end at
+/// shutdown; the stream holds its `permit` while it is open.
 fn sse_response(
-    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
-    keep_alive: Duration,
+    frames: impl Stream<Item = Event> + Send + 'static,
+    state: &AppState,
+    permit: OwnedSemaphorePermit,
 ) -> Response {
     // The first frame tells EventSource how soon to reconnect.
-    let hint = stream::once(async { Ok(Event::default().retry(Duration::from_secs(2))) });
-    let mut response = Sse::new(hint.chain(events))
-        .keep_alive(KeepAlive::new().interval(keep_alive))
+    let hint = stream::once(async { Event::default().retry(Duration::from_secs(2)) });
+    let shutdown = state.shutdown.clone();
+    let frames = hint
+        .chain(frames)
+        .take_until(async move { shutdown.cancelled_owned().await })
+        .map(move |frame| {
+            let _held = &permit;
+            Ok::<_, Infallible>(frame)
+        });
+    let mut response = Sse::new(frames)
+        .keep_alive(KeepAlive::new().interval(state.settings.keep_alive))
         .into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -266,197 +274,4 @@ fn parse_event_id(bytes: &[u8]) -> Result<Option<u64>, ApiError> {
             ),
         )
     })
-}
-
-/// A durable log of events that a [`LogStream`] replays before it goes live.
-trait EventLog: Send + 'static {
-    /// Up to `limit` events after position `after`, in order.
-    fn after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError>;
-    /// An event's position in this log (its SSE `id:`).
-    fn position(event: &JobEvent) -> u64;
-    /// Whether this client is shown the event (filters, tenants).
-    fn shows(&self, event: &JobEvent) -> bool;
-    /// Whether the stream ends after the event.
-    fn ends_after(event: &JobEvent) -> bool;
-    /// The event's SSE frame.
-    fn frame(event: &JobEvent) -> Event;
-}
-
-/// One job's own log.
-struct JobLog {
-    store: Arc<Store>,
-    job: JobRecord,
-    _release: ReleaseJobChannel,
-}
-
-impl EventLog for JobLog {
-    fn after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError> {
-        self.store.events_after(&self.job, after, limit)
-    }
-
-    fn position(event: &JobEvent) -> u64 {
-        event.seq
-    }
-
-    fn shows(&self, _event: &JobEvent) -> bool {
-        true
-    }
-
-    fn ends_after(event: &JobEvent) -> bool {
-        event_names::is_terminal(&event.name)
-    }
-
-    fn frame(event: &JobEvent) -> Event {
-        Event::default()
-            .id(event.seq.to_string())
-            .event(event.name.as_str())
-            .data(event.data_text())
-    }
-}
-
-/// The feed of every job's events, filtered for one client.
-struct FeedLog {
-    store: Arc<Store>,
-    job_type: Option<String>,
-    status: Option<JobStatus>,
-    caller: crate::auth::Principal,
-}
-
-impl EventLog for FeedLog {
-    fn after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError> {
-        let page = self.store.feed_after(after, limit)?;
-        // Trimmed while this client replayed: it cannot have every event; end the stream
-        // so its reconnect is told (`410`) instead of silently skipping some.
-        if let Some((first, _)) = self.store.feed_bounds()?
-            && after.saturating_add(1) < first
-        {
-            return Err(StoreError::Conflict(format!(
-                "the feed was trimmed past position {after} while the client replayed"
-            )));
-        }
-        Ok(page)
-    }
-
-    fn position(event: &JobEvent) -> u64 {
-        event.feed_seq
-    }
-
-    fn shows(&self, event: &JobEvent) -> bool {
-        self.job_type.as_ref().is_none_or(|t| *t == event.job_type)
-            && self.status.is_none_or(|s| s == event.status)
-            && self.caller.sees_tenant(event.tenant.as_deref())
-    }
-
-    fn ends_after(_event: &JobEvent) -> bool {
-        false
-    }
-
-    fn frame(event: &JobEvent) -> Event {
-        Event::default()
-            .id(event.feed_seq.to_string())
-            .event(event.name.as_str())
-            .data(event.dashboard_data_text())
-    }
-}
-
-/// Forgets a job's bus channel once its last subscriber is gone.
-struct ReleaseJobChannel {
-    bus: Arc<Bus>,
-    id: Uuid,
-}
-
-impl Drop for ReleaseJobChannel {
-    fn drop(&mut self) {
-        self.bus.release_job(self.id);
-    }
-}
-
-/// Replay after a position, then live, without gap or duplicate: the one implementation
-/// of that rule, for every event stream.
-struct LogStream<L: EventLog> {
-    /// Declared before `log`, so it is dropped first: a job log's channel is released
-    /// only once this receiver is gone.
-    live: broadcast::Receiver<Arc<JobEvent>>,
-    log: L,
-    /// The position of the last event this stream passed (shown or filtered out).
-    last: u64,
-    replaying: bool,
-    /// Shared with every other subscriber: never copied per subscriber.
-    buffer: VecDeque<Arc<JobEvent>>,
-    done: bool,
-    shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl<L: EventLog> LogStream<L> {
-    fn new(
-        log: L,
-        live: broadcast::Receiver<Arc<JobEvent>>,
-        after: u64,
-        shutdown: CancellationToken,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Self {
-            live,
-            log,
-            last: after,
-            replaying: true,
-            buffer: VecDeque::new(),
-            done: false,
-            shutdown,
-            _permit: permit,
-        }
-    }
-
-    fn into_events(self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-        stream::unfold(self, Self::next).map(Ok::<_, Infallible>)
-    }
-
-    async fn next(mut self) -> Option<(Event, Self)> {
-        loop {
-            if self.done {
-                return None;
-            }
-            if let Some(event) = self.buffer.pop_front() {
-                let position = L::position(&event);
-                if position <= self.last {
-                    continue;
-                }
-                self.last = position;
-                if !self.log.shows(&event) {
-                    continue;
-                }
-                self.done = L::ends_after(&event);
-                return Some((L::frame(&event), self));
-            }
-            if self.replaying {
-                match self.log.after(self.last, REPLAY_PAGE) {
-                    Ok(page) if page.is_empty() => self.replaying = false,
-                    Ok(page) => self.buffer.extend(page.into_iter().map(Arc::new)),
-                    Err(error) => {
-                        tracing::warn!(%error, "event replay ended the stream");
-                        return None;
-                    }
-                }
-                continue;
-            }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return None,
-                received = self.live.recv() => match received {
-                    Ok(event) => {
-                        let position = L::position(&event);
-                        if position == self.last + 1 {
-                            self.buffer.push_back(event);
-                        } else if position > self.last {
-                            // A gap (should not happen): read what is missing from the log.
-                            self.replaying = true;
-                        }
-                    }
-                    // Too slow, or the bus went away: close; the client resumes from its
-                    // last id.
-                    Err(_) => return None,
-                },
-            }
-        }
-    }
 }

@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::access::{Admin, Caller};
+use crate::jobs::now_ms;
 use crate::monitor::{Health, HealthInput, WINDOW_MS};
-use crate::store::now_ms;
 
 /// The answer of `GET /healthz`.
 #[derive(Debug, Serialize, ToSchema)]

@@ -4,8 +4,8 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::jobs::{ErrorInfo, JobRecord, JobService, JobStatus, ServiceError, rfc3339};
 use crate::llm::Usage;
-use crate::store::{ErrorInfo, JobRecord, JobStatus, Store, rfc3339};
 
 /// A job as clients see it. Field names are fixed by the design.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -73,19 +73,11 @@ pub struct Links {
 }
 
 impl JobView {
-    /// The view of `job`, with its result read from `store` when completed.
-    pub fn of(job: JobRecord, store: &Store) -> Self {
-        let result = if job.status == JobStatus::Completed {
-            store
-                .result(job.id)
-                .ok()
-                .flatten()
-                .and_then(|text| serde_json::from_str(&text).ok())
-        } else {
-            None
-        };
+    /// The view of `job`, with its result read when it is completed.
+    pub async fn of(job: JobRecord, service: &JobService) -> Result<Self, ServiceError> {
+        let result = service.result_of(&job).await?;
         let this = format!("/v1/jobs/{}", job.id);
-        Self {
+        Ok(Self {
             links: Links {
                 events: format!("{this}/events"),
                 this,
@@ -116,6 +108,6 @@ impl JobView {
                     content_type: a.content_type,
                 })
                 .collect(),
-        }
+        })
     }
 }

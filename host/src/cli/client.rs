@@ -180,6 +180,6 @@ pub fn short_duration(ms: u64) -> String {
 /// How long ago `time` (RFC 3339) was, in short form; `-` when unknown.
 pub fn age(time: Option<&str>) -> String {
     time.and_then(parse_time_ms)
-        .map(|ms| short_duration(crate::store::now_ms().saturating_sub(ms)))
+        .map(|ms| short_duration(crate::jobs::now_ms().saturating_sub(ms)))
         .unwrap_or_else(|| "-".into())
 }

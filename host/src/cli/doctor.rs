@@ -65,6 +65,9 @@ pub(super) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
 
 fn print_report(report: &Value, stuck_after_s: u64) {
     let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
+    if let Some(storage) = report["storage"].as_str() {
+        println!("storage: {storage}");
+    }
     let stuck = list("stuck");
     println!(
         "stuck jobs (running over {stuck_after_s}s, or queued that long past their start): {}",

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Folder of *.wasm job types [default: plugins/dist].
     #[arg(long, env = "KILN_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
+    /// Store jobs in this PostgreSQL database (postgres://user:password@host/dbname)
+    /// instead of the redb file in the data dir. Uploads and artifacts stay in the data
+    /// dir.
+    #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 /// `kiln plugin …`.

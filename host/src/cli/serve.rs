@@ -15,6 +15,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         addr: args.addr,
         data_dir: args.data_dir,
         plugins_dir: args.plugins_dir,
+        database_url: args.database_url,
     })?;
     // It listens (answering `starting`) while the plugins load; the line below, which
     // scripts wait for, comes once it serves jobs.

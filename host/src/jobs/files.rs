@@ -4,7 +4,7 @@
 //! published with the completion.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use futures::{Stream, StreamExt};
 use serde_json::Value;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{JobService, ServiceError, bad_request};
 use crate::runtime::{ArtifactSink, FileError, FileInfo, JobFiles};
-use crate::store::{ArtifactRecord, BlobDir, FileRecord, Store, now_ms};
+use crate::store::{ArtifactRecord, BlobDir, FileRecord, Store, StoreError, now_ms};
 
 /// The `format` that marks a payload property as a file id.
 pub const FILE_FORMAT: &str = "kiln-file";
@@ -81,13 +81,7 @@ impl JobService {
             created_at_ms,
             expires_at_ms: created_at_ms.saturating_add(ttl_ms),
         };
-        let inserted = {
-            let (store, record) = (store.clone(), record.clone());
-            tokio::task::spawn_blocking(move || store.insert_file(&record))
-                .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?
-        };
-        if let Err(error) = inserted {
+        if let Err(error) = store.insert_file(&record).await {
             store.blobs.remove_file(id);
             return Err(error.into());
         }
@@ -96,8 +90,12 @@ impl JobService {
 
     /// An upload that has not expired, if `tenant` may use it (`None` sees all: an admin
     /// or open mode).
-    pub fn file(&self, id: Uuid, tenant: Option<&str>) -> Result<Option<FileRecord>, ServiceError> {
-        let Some(record) = self.inner.store.file(id)? else {
+    pub async fn file(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+    ) -> Result<Option<FileRecord>, ServiceError> {
+        let Some(record) = self.inner.store.file(id).await? else {
             return Ok(None);
         };
         let visible = tenant.is_none_or(|t| record.tenant.as_deref() == Some(t));
@@ -106,18 +104,18 @@ impl JobService {
 
     /// Refuses a payload naming a file that does not exist, has expired or belongs to
     /// another tenant than the job's, before the job exists.
-    pub(super) fn check_payload_files(
+    pub(super) async fn check_payload_files(
         &self,
         schema: &Value,
         payload: &Value,
         tenant: Option<&str>,
     ) -> Result<(), ServiceError> {
         for id in file_refs(schema, payload) {
-            let known = Uuid::parse_str(&id)
-                .ok()
-                .map(|uuid| self.inner.store.file(uuid))
-                .transpose()?
-                .flatten()
+            let record = match Uuid::parse_str(&id) {
+                Ok(uuid) => self.inner.store.file(uuid).await?,
+                Err(_) => None,
+            };
+            let known = record
                 .filter(|f| f.expires_at_ms > now_ms())
                 .filter(|f| f.tenant.as_deref() == tenant);
             if known.is_none() {
@@ -134,10 +132,10 @@ impl JobService {
     }
 
     /// Deletes expired uploads with their bytes.
-    pub(super) fn sweep_files(&self) {
+    pub(super) async fn sweep_files(&self) {
         let store = &self.inner.store;
         loop {
-            match store.delete_expired_files(now_ms(), 1000) {
+            match store.delete_expired_files(now_ms(), 1000).await {
                 Ok(ids) if ids.is_empty() => return,
                 Ok(ids) => {
                     tracing::info!(deleted = ids.len(), "expired uploaded files");
@@ -216,34 +214,41 @@ fn collect(schema: &Value, value: &Value, depth: usize, found: &mut Vec<String>)
     }
 }
 
-/// The files one job may read: those its payload names, as checked at submit.
+/// The files one job may read: those its payload names, as checked at submit, with
+/// their records read when the attempt starts (a record never changes; only its expiry
+/// is checked again at each access).
 pub(super) struct StoreFiles {
-    store: Arc<Store>,
-    granted: HashMap<String, Uuid>,
+    blobs: BlobDir,
+    granted: HashMap<String, FileRecord>,
 }
 
 impl StoreFiles {
     /// The files `payload` names under `schema`.
-    pub fn of(store: Arc<Store>, schema: &Value, payload: &Value) -> Self {
-        let granted = file_refs(schema, payload)
-            .into_iter()
-            .filter_map(|id| Some((id.clone(), Uuid::parse_str(&id).ok()?)))
-            .collect();
-        Self { store, granted }
+    pub async fn load(store: &Store, schema: &Value, payload: &Value) -> Result<Self, StoreError> {
+        let mut granted = HashMap::new();
+        for id in file_refs(schema, payload) {
+            let Ok(uuid) = Uuid::parse_str(&id) else {
+                continue;
+            };
+            if let Some(record) = store.file(uuid).await? {
+                granted.insert(id, record);
+            }
+        }
+        Ok(Self {
+            blobs: store.blobs.clone(),
+            granted,
+        })
     }
 
-    fn record(&self, id: &str) -> Result<FileRecord, FileError> {
-        let not_found = || {
-            FileError::NotFound(format!(
-                "'{id}' is not a file this job's payload names (or it has expired)"
-            ))
-        };
-        let uuid = self.granted.get(id).ok_or_else(not_found)?;
-        match self.store.file(*uuid) {
-            Ok(Some(record)) => Ok(record),
-            Ok(None) => Err(not_found()),
-            Err(error) => Err(FileError::Unavailable(error.to_string())),
-        }
+    fn record(&self, id: &str) -> Result<&FileRecord, FileError> {
+        self.granted
+            .get(id)
+            .filter(|record| record.expires_at_ms > now_ms())
+            .ok_or_else(|| {
+                FileError::NotFound(format!(
+                    "'{id}' is not a file this job's payload names (or it has expired)"
+                ))
+            })
     }
 }
 
@@ -253,8 +258,8 @@ impl JobFiles for StoreFiles {
         Ok(FileInfo {
             id: id.to_string(),
             size: record.size,
-            content_type: record.content_type,
-            sha256: record.sha256,
+            content_type: record.content_type.clone(),
+            sha256: record.sha256.clone(),
         })
     }
 
@@ -263,8 +268,7 @@ impl JobFiles for StoreFiles {
         if offset >= record.size {
             return Ok(Vec::new());
         }
-        self.store
-            .blobs
+        self.blobs
             .read_file(record.id, offset, len)
             .map_err(|e| FileError::Unavailable(format!("reading '{id}': {e}")))
     }

@@ -2,21 +2,30 @@
 //!
 //! Every state change is a [`Store::update`] mutation that checks the job's current state
 //! inside the write transaction, so racing changes (a cancel against a completion) are
-//! settled by the store, and each is durable before it is acknowledged. The in-memory
+//! settled by the store, and each is durable before it is acknowledged. The mutations are
+//! the transitions of [`lifecycle`], the job state machine. The in-memory
 //! [`queues`] only decide what runs next; they are rebuilt from the store at start.
 
+mod events;
 mod files;
+mod lifecycle;
 mod ops;
 mod queues;
 mod runner;
 mod settings;
 
+pub use events::{FeedFilter, FeedRefusal, JobEvents, event_names};
 pub use files::{FILE_FORMAT, file_refs};
 pub use ops::{
     BulkFilter, DoctorReport, FailureGroup, MAX_BULK, PluginSummary, ProviderHealth, StuckJob,
 };
 pub use queues::QueueStats;
 pub use settings::ServiceSettings;
+// The records the API shows, as the store keeps them.
+pub use crate::store::{
+    ArtifactRecord, ErrorInfo, FileRecord, JobEvent, JobRecord, JobStatus, ListQuery, Page, now_ms,
+    rfc3339,
+};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,18 +33,15 @@ use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::llm::LlmClient;
-use crate::runtime::{FailureKind, PluginRegistry, Runtime, SchemaViolation};
-use crate::store::{
-    Change, ErrorInfo, Inserted, JobRecord, JobStatus, ListQuery, NewEvent, Page, Store,
-    StoreError, event_names, now_ms,
-};
+use crate::runtime::{PluginRegistry, Runtime, SchemaViolation};
+use crate::store::{Change, Inserted, NewEvent, Store, StoreError};
 use queues::Queues;
 
 /// What a client asks for when it submits a job.
@@ -87,6 +93,9 @@ pub enum ServiceError {
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The database cannot be reached; nothing was saved. Worth retrying shortly.
+    #[error("the job store is unavailable, nothing was saved; retry shortly ({0})")]
+    StorageUnavailable(String),
     /// The store failed.
     #[error("{0}")]
     Internal(String),
@@ -99,6 +108,7 @@ impl From<StoreError> for ServiceError {
             StoreError::Conflict(message) => ServiceError::Conflict(message),
             StoreError::Closed => ServiceError::ShuttingDown,
             StoreError::Storage(message) => ServiceError::Internal(message),
+            StoreError::Unavailable(message) => ServiceError::StorageUnavailable(message),
         }
     }
 }
@@ -209,9 +219,33 @@ impl JobService {
         }
     }
 
-    /// The store (for reads and SSE).
-    pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
+    /// Which storage backend the service runs on (`redb` or `postgres`).
+    pub fn storage_backend(&self) -> &'static str {
+        self.inner.store.backend_name()
+    }
+
+    /// A completed job's result (`None` for any other job, or a result that is not JSON).
+    pub async fn result_of(&self, job: &JobRecord) -> Result<Option<Value>, ServiceError> {
+        if job.status != JobStatus::Completed {
+            return Ok(None);
+        }
+        let text = self.inner.store.result(job.id).await?;
+        Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// How many jobs are stored, by type and status (for `/metrics`).
+    pub async fn job_counts(&self) -> Result<Vec<(String, JobStatus, u64)>, ServiceError> {
+        Ok(self.inner.store.count_by_type_and_status().await?)
+    }
+
+    /// Where an upload's bytes are.
+    pub fn file_path(&self, id: Uuid) -> std::path::PathBuf {
+        self.inner.store.blobs.file_path(id)
+    }
+
+    /// Where a completed job's artifact is.
+    pub fn artifact_path(&self, job: Uuid, name: &str) -> std::path::PathBuf {
+        self.inner.store.blobs.artifact_path(job, name)
     }
 
     /// The loaded job types (none before [`JobService::start`]).
@@ -367,10 +401,11 @@ impl JobService {
                 &plugin.info.payload_schema,
                 &request.payload,
                 job.tenant.as_deref(),
-            )?;
+            )
+            .await?;
         }
         let payload = request.payload.to_string();
-        let event = status_event(&job);
+        let event = lifecycle::status_event(&job);
         if self.reserve_slot(&job) {
             return self.submit_and_start(job, payload, event).await;
         }
@@ -427,34 +462,28 @@ impl JobService {
     }
 
     /// One job.
-    pub fn get(&self, id: Uuid) -> Result<JobRecord, ServiceError> {
-        self.inner.store.get(id)?.ok_or(ServiceError::NotFound(id))
+    pub async fn get(&self, id: Uuid) -> Result<JobRecord, ServiceError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(ServiceError::NotFound(id))
     }
 
     /// A page of jobs, newest first.
-    pub fn list(&self, query: &ListQuery) -> Result<Page, ServiceError> {
-        Ok(self.inner.store.list(query)?)
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, ServiceError> {
+        Ok(self.inner.store.list(query).await?)
     }
 
     /// Cancels a job. A queued job never starts; a running one is stopped (even inside a
     /// CPU loop) and this waits up to `wait` for it to end `cancelled`.
     pub async fn cancel(&self, id: Uuid, wait: Duration) -> Result<JobRecord, ServiceError> {
-        let live = self.inner.store.bus.subscribe_job(id);
+        // Followed before the cancel is committed, so the ending cannot slip past.
+        let follow = self.follow_job(id, None).await?;
         let result = self
             .inner
             .store
-            .update(id, |job| match job.status {
-                JobStatus::Queued => {
-                    job.status = JobStatus::Cancelled;
-                    job.finished_at_ms = Some(now_ms());
-                    Ok(Change::events(vec![cancelled_event()]))
-                }
-                JobStatus::Running => Ok(Change::default()),
-                status => Err(StoreError::Conflict(format!(
-                    "the job is {}; only queued or running jobs can be cancelled",
-                    status.as_str()
-                ))),
-            })
+            .update(id, |job| lifecycle::cancel(job, now_ms()))
             .await;
         let job = self.found(id, result)?;
         if job.status == JobStatus::Cancelled {
@@ -476,80 +505,17 @@ impl JobService {
             if let Some(running) = running {
                 running.cancel.cancel();
             }
-            self.await_terminal(id, live, wait).await;
-        } else {
-            self.await_terminal(id, live, Duration::ZERO).await;
+            self.until_terminal(follow, wait).await;
         }
-        self.get(id)
+        self.get(id).await
     }
 
     /// Runs a failed or cancelled job again: same id, next attempt, its event log goes on.
     pub async fn retry(&self, id: Uuid) -> Result<JobRecord, ServiceError> {
-        let result = self
-            .inner
-            .store
-            .update(id, |job| match job.status {
-                JobStatus::Failed | JobStatus::Cancelled => {
-                    job.status = JobStatus::Queued;
-                    job.attempt += 1;
-                    job.max_attempts = job.max_attempts.max(job.attempt);
-                    job.progress = 0;
-                    job.message = None;
-                    job.error = None;
-                    job.run_at_ms = None;
-                    job.started_at_ms = None;
-                    job.finished_at_ms = None;
-                    Ok(Change {
-                        events: vec![status_event(job)],
-                        clear_result: true,
-                        ..Change::default()
-                    })
-                }
-                status => Err(StoreError::Conflict(format!(
-                    "the job is {}; only failed or cancelled jobs can be retried",
-                    status.as_str()
-                ))),
-            })
-            .await;
+        let result = self.inner.store.update(id, lifecycle::retry).await;
         let job = self.found(id, result)?;
         self.enqueue(&job);
         Ok(job)
-    }
-
-    /// Waits up to `wait` for the job to end; returns it as it is then.
-    pub async fn wait_for_end(&self, id: Uuid, wait: Duration) -> Result<JobRecord, ServiceError> {
-        let live = self.inner.store.bus.subscribe_job(id);
-        let job = self.get(id)?;
-        let wait = if job.status.is_terminal() {
-            Duration::ZERO
-        } else {
-            wait
-        };
-        self.await_terminal(id, live, wait).await;
-        self.get(id)
-    }
-
-    /// Waits up to `wait` for a terminal event of job `id` on `live` (subscribed before
-    /// the job's state was read, so the event cannot slip past), then lets the bus forget
-    /// the subscription.
-    async fn await_terminal(
-        &self,
-        id: Uuid,
-        mut live: tokio::sync::broadcast::Receiver<Arc<crate::store::JobEvent>>,
-        wait: Duration,
-    ) {
-        if !wait.is_zero() {
-            let _ = tokio::time::timeout(wait, async {
-                while let Ok(event) = live.recv().await {
-                    if event_names::is_terminal(&event.name) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
-        drop(live);
-        self.inner.store.bus.release_job(id);
     }
 
     /// Figures per queue.
@@ -604,6 +570,49 @@ impl JobService {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         let _ = self.inner.store.flush().await;
+    }
+
+    /// Commits `mutate` (see [`Store::update`]), again and again while the database is
+    /// unreachable: a running job's start or end must not be lost to a PostgreSQL restart.
+    /// `mutate` runs on the current record each time.
+    pub(super) async fn update_durably(
+        &self,
+        id: Uuid,
+        mutate: impl Fn(&mut JobRecord) -> Result<Change, StoreError> + Send + Sync + 'static,
+    ) -> Result<JobRecord, StoreError> {
+        let mutate = Arc::new(mutate);
+        let store = &self.inner.store;
+        self.while_unavailable(|| {
+            let mutate = mutate.clone();
+            store.update(id, move |job| mutate(job))
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it ends otherwise than with [`StoreError::Unavailable`],
+    /// backing off up to 2 s between tries, or until the service stops.
+    pub(super) async fn while_unavailable<T, F>(
+        &self,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut warned = false;
+        loop {
+            match attempt().await {
+                Err(StoreError::Unavailable(error)) if !self.inner.stopping.is_cancelled() => {
+                    if !warned {
+                        tracing::warn!(%error, "the job store is unreachable; retrying until it is back");
+                        warned = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     fn found(
@@ -675,7 +684,7 @@ impl JobService {
         let cutoff = now_ms().saturating_sub(ttl_ms);
         let mut deleted = 0;
         loop {
-            let ids = match self.inner.store.finished_before(cutoff, 1000) {
+            let ids = match self.inner.store.finished_before(cutoff, 1000).await {
                 Ok(ids) if !ids.is_empty() => ids,
                 Ok(_) => break,
                 Err(error) => {
@@ -700,7 +709,7 @@ impl JobService {
         if deleted > 0 {
             tracing::info!(deleted, "expired finished jobs");
         }
-        self.sweep_files();
+        self.sweep_files().await;
         deleted
     }
 
@@ -708,13 +717,11 @@ impl JobService {
     /// attempts are spent; queued jobs go back into their queues.
     async fn recover(&self) -> Result<RecoveryReport, ServiceError> {
         let mut report = RecoveryReport::default();
-        for id in self.inner.store.ids_with_status(JobStatus::Running)? {
+        for id in self.inner.store.ids_with_status(JobStatus::Running).await? {
             let job = self
                 .inner
                 .store
-                .update(id, |job| {
-                    Ok(interrupt(job, "the server stopped during attempt"))
-                })
+                .update(id, |job| Ok(lifecycle::recover(job, now_ms())))
                 .await?;
             if job.status == JobStatus::Queued {
                 report.requeued += 1;
@@ -722,8 +729,8 @@ impl JobService {
                 report.failed += 1;
             }
         }
-        for id in self.inner.store.ids_with_status(JobStatus::Queued)? {
-            if let Some(job) = self.inner.store.get(id)? {
+        for id in self.inner.store.ids_with_status(JobStatus::Queued).await? {
+            if let Some(job) = self.inner.store.get(id).await? {
                 self.enqueue(&job);
                 report.queued += 1;
             }
@@ -741,58 +748,4 @@ pub struct RecoveryReport {
     pub failed: usize,
     /// Jobs waiting in queues (including the re-queued).
     pub queued: usize,
-}
-
-/// An interrupted attempt (the server died or shut down during it): the next attempt is
-/// queued at once, or the job fails when its attempts are spent.
-fn interrupt(job: &mut JobRecord, why: &str) -> Change {
-    let error = ErrorInfo {
-        kind: FailureKind::Interrupted.as_str().into(),
-        message: format!("{why} {}", job.attempt),
-    };
-    retry_or_fail(job, error, Duration::ZERO)
-}
-
-/// Queues the job's next attempt `delay` from now while attempts remain, else fails it.
-/// `error` says why this attempt ended either way.
-fn retry_or_fail(job: &mut JobRecord, error: ErrorInfo, delay: Duration) -> Change {
-    if job.attempt >= job.max_attempts {
-        return fail(job, error);
-    }
-    job.status = JobStatus::Queued;
-    job.attempt += 1;
-    job.progress = 0;
-    job.message = None;
-    job.run_at_ms = (!delay.is_zero())
-        .then(|| now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
-    job.error = Some(error);
-    Change::events(vec![status_event(job)])
-}
-
-/// Ends the job as failed with `error`.
-fn fail(job: &mut JobRecord, error: ErrorInfo) -> Change {
-    job.status = JobStatus::Failed;
-    job.finished_at_ms = Some(now_ms());
-    job.error = Some(error.clone());
-    Change::events(vec![failed_event(&error)])
-}
-
-/// The `status` event of a job's current state.
-fn status_event(job: &JobRecord) -> NewEvent {
-    let mut data = json!({ "status": job.status.as_str(), "attempt": job.attempt });
-    if let Some(at) = job.run_at_ms {
-        data["run_at"] = json!(crate::store::rfc3339(at));
-    }
-    if let Some(error) = &job.error {
-        data["error"] = json!(error);
-    }
-    NewEvent::new(event_names::STATUS, data)
-}
-
-fn failed_event(error: &ErrorInfo) -> NewEvent {
-    NewEvent::new(event_names::FAILED, json!({ "error": error }))
-}
-
-fn cancelled_event() -> NewEvent {
-    NewEvent::new(event_names::CANCELLED, json!({ "status": "cancelled" }))
 }

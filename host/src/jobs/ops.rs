@@ -103,6 +103,8 @@ pub struct ProviderHealth {
 /// What `GET /v1/doctor` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct DoctorReport {
+    /// Where jobs are stored: `redb <file>` or `postgres <URL, password masked>`.
+    pub storage: String,
     /// The threshold used, seconds.
     pub stuck_after_s: u64,
     /// Jobs running longer than the threshold, or queued past their start by more.
@@ -128,7 +130,7 @@ impl JobService {
         }
         check_limit(filter.limit)?;
         let now = now_ms();
-        let targets = self.matching(filter, now)?;
+        let targets = self.matching(filter, now).await?;
         let mut retried = Vec::with_capacity(targets.len());
         for id in targets {
             match self.retry(id).await {
@@ -155,7 +157,7 @@ impl JobService {
         }
         check_limit(filter.limit)?;
         let now = now_ms();
-        let targets = self.matching(filter, now)?;
+        let targets = self.matching(filter, now).await?;
         let outcomes =
             futures::future::join_all(targets.iter().map(|&id| self.cancel(id, wait))).await;
         let mut cancelled = Vec::new();
@@ -171,7 +173,7 @@ impl JobService {
 
     /// Ids of jobs matching `filter` at `now`, at most `filter.limit`. Failed and cancelled
     /// jobs are taken newest first; running and queued ones oldest first (the stuck ones).
-    fn matching(&self, filter: &BulkFilter, now: u64) -> Result<Vec<Uuid>, ServiceError> {
+    async fn matching(&self, filter: &BulkFilter, now: u64) -> Result<Vec<Uuid>, ServiceError> {
         let older_than_ms = filter
             .older_than
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -190,13 +192,15 @@ impl JobService {
         if filter.status.is_terminal() {
             let mut before = None;
             loop {
-                let page = self.list(&ListQuery {
-                    tenant: None,
-                    status: Some(filter.status),
-                    job_type: filter.job_type.clone(),
-                    limit: PAGE,
-                    before,
-                })?;
+                let page = self
+                    .list(&ListQuery {
+                        tenant: None,
+                        status: Some(filter.status),
+                        job_type: filter.job_type.clone(),
+                        limit: PAGE,
+                        before,
+                    })
+                    .await?;
                 for job in &page.jobs {
                     if fits(job) {
                         ids.push(job.id);
@@ -211,9 +215,9 @@ impl JobService {
                 }
             }
         }
-        let store = self.store();
-        for id in store.ids_with_status(filter.status)? {
-            if let Some(job) = store.get(id)?
+        let store = &self.inner.store;
+        for id in store.ids_with_status(filter.status).await? {
+            if let Some(job) = store.get(id).await?
                 && fits(&job)
             {
                 ids.push(id);
@@ -231,10 +235,10 @@ impl JobService {
     pub async fn doctor(&self, stuck_after: Duration) -> Result<DoctorReport, ServiceError> {
         let now = now_ms();
         let threshold = u64::try_from(stuck_after.as_millis()).unwrap_or(u64::MAX);
-        let store = self.store();
+        let store = &self.inner.store;
         let mut stuck = Vec::new();
-        for id in store.ids_with_status(JobStatus::Running)? {
-            if let Some(job) = store.get(id)?
+        for id in store.ids_with_status(JobStatus::Running).await? {
+            if let Some(job) = store.get(id).await?
                 && job.status == JobStatus::Running
             {
                 let since = job.started_at_ms.unwrap_or(job.created_at_ms);
@@ -244,11 +248,12 @@ impl JobService {
             }
         }
         for id in store
-            .ids_with_status(JobStatus::Queued)?
+            .ids_with_status(JobStatus::Queued)
+            .await?
             .into_iter()
             .take(QUEUED_SCAN)
         {
-            if let Some(job) = store.get(id)?
+            if let Some(job) = store.get(id).await?
                 && job.status == JobStatus::Queued
             {
                 let due = job.run_at_ms.unwrap_or(job.created_at_ms);
@@ -266,13 +271,15 @@ impl JobService {
         let mut scanned = 0;
         let mut before = None;
         'pages: loop {
-            let page = self.list(&ListQuery {
-                tenant: None,
-                status: Some(JobStatus::Failed),
-                job_type: None,
-                limit: PAGE,
-                before,
-            })?;
+            let page = self
+                .list(&ListQuery {
+                    tenant: None,
+                    status: Some(JobStatus::Failed),
+                    job_type: None,
+                    limit: PAGE,
+                    before,
+                })
+                .await?;
             for job in page.jobs {
                 scanned += 1;
                 if job.finished_at_ms.unwrap_or(job.created_at_ms) >= since {
@@ -338,6 +345,7 @@ impl JobService {
             .collect();
 
         Ok(DoctorReport {
+            storage: self.inner.settings.storage.clone(),
             stuck_after_s: stuck_after.as_secs(),
             stuck,
             failures: groups,

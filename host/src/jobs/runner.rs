@@ -4,14 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::{
-    JobService, RunningJob, cancelled_event, fail, interrupt, retry_or_fail, status_event,
-};
+use super::{JobService, RunningJob, lifecycle};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -21,9 +18,7 @@ use crate::runtime::{
     CallJournal, EventSink, FailureKind, JobFailure, JobInput, JournalEntry, PluginEvent,
     RunContext,
 };
-use crate::store::{
-    Change, ErrorInfo, JobRecord, JobStatus, NewEvent, Store, StoreError, event_names, now_ms,
-};
+use crate::store::{JobRecord, JobStatus, Store, StoreError, now_ms};
 
 impl JobService {
     /// Runs one attempt of job `id`, whose slot in `queue` the dispatcher took.
@@ -54,22 +49,10 @@ impl JobService {
         &self,
         id: Uuid,
     ) -> impl std::future::Future<Output = Result<JobRecord, StoreError>> + Send + 'static {
-        let store = self.inner.store.clone();
+        let service = self.clone();
         async move {
-            store
-                .update(id, |job| {
-                    if job.status != JobStatus::Queued {
-                        return Err(StoreError::Conflict(format!(
-                            "job is {}",
-                            job.status.as_str()
-                        )));
-                    }
-                    job.status = JobStatus::Running;
-                    job.started_at_ms = Some(now_ms());
-                    job.progress = 0;
-                    job.message = None;
-                    Ok(Change::events(vec![status_event(job)]))
-                })
+            service
+                .update_durably(id, |job| lifecycle::start(job, now_ms()))
                 .await
         }
     }
@@ -155,7 +138,7 @@ impl JobService {
                 None,
             );
         };
-        let payload = match store.payload(id) {
+        let payload = match store.payload(id).await {
             Ok(Some(payload)) => payload,
             other => {
                 let failure = JobFailure::new(
@@ -185,11 +168,24 @@ impl JobService {
             limits,
             timeout,
             files: if plugin.reads_files() {
-                Arc::new(StoreFiles::of(
-                    store.clone(),
-                    &plugin.info.payload_schema,
-                    &serde_json::from_str(&payload).unwrap_or_default(),
-                ))
+                let payload = serde_json::from_str(&payload).unwrap_or_default();
+                match StoreFiles::load(store, &plugin.info.payload_schema, &payload).await {
+                    Ok(files) => Arc::new(files),
+                    Err(error) => {
+                        let failure = JobFailure::new(
+                            FailureKind::Retryable,
+                            format!("the job's files could not be read: {error}"),
+                        );
+                        return (
+                            job,
+                            crate::runtime::RunOutcome {
+                                result: Err(failure),
+                                usage: Default::default(),
+                            },
+                            None,
+                        );
+                    }
+                }
             } else {
                 Arc::new(crate::runtime::NoFiles)
             },
@@ -201,9 +197,20 @@ impl JobService {
             payload,
             attempt: job.attempt,
         };
+        let recorded = match store.journal(id).await {
+            Ok(entries) => entries
+                .into_iter()
+                .filter_map(|(index, bytes)| Some((index, serde_json::from_slice(&bytes).ok()?)))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the LLM call journal; no call will be replayed");
+                Vec::new()
+            }
+        };
         let journal = Arc::new(StoreJournal {
-            store: store.clone(),
+            service: self.clone(),
             id,
+            recorded,
         });
         let outcome = self
             .inner
@@ -252,45 +259,9 @@ impl JobService {
             }
         }
         let ended = self
-            .inner
-            .store
-            .update(job.id, move |job| {
-                if job.status != JobStatus::Running {
-                    return Err(StoreError::Conflict(format!(
-                        "job is {}",
-                        job.status.as_str()
-                    )));
-                }
-                // `usage` is already in the record: each paid call was added when it was
-                // journaled, each replayed one with its `replayed` event.
-                Ok(match result {
-                    Ok(value) => {
-                        job.status = JobStatus::Completed;
-                        job.progress = 100;
-                        job.finished_at_ms = Some(now_ms());
-                        job.error = None;
-                        job.artifacts = published;
-                        let text = value.to_string();
-                        Change {
-                            events: vec![NewEvent::new(
-                                event_names::COMPLETED,
-                                json!({ "result": value }),
-                            )],
-                            result: Some(text),
-                            clear_result: false,
-                        }
-                    }
-                    Err(failure) if interrupted => {
-                        tracing::info!(kind = %failure.kind, "attempt interrupted by shutdown");
-                        interrupt(job, "the server shut down during attempt")
-                    }
-                    Err(failure) if failure.kind == FailureKind::Cancelled => {
-                        job.status = JobStatus::Cancelled;
-                        job.finished_at_ms = Some(now_ms());
-                        Change::events(vec![cancelled_event()])
-                    }
-                    Err(failure) => fail_or_retry(job, failure, &settings),
-                })
+            .update_durably(job.id, move |job| {
+                let backoff = settings.backoff(job.attempt + 1);
+                lifecycle::end_attempt(job, &result, &published, interrupted, backoff, now_ms())
             })
             .await;
         match ended {
@@ -351,24 +322,6 @@ fn outcome_of(job: &JobRecord, interrupted: bool) -> crate::monitor::Outcome {
     }
 }
 
-/// A failed attempt: another one after a backoff if the failure is retryable and attempts
-/// remain, else the job fails.
-fn fail_or_retry(
-    job: &mut JobRecord,
-    failure: JobFailure,
-    settings: &super::ServiceSettings,
-) -> Change {
-    let error = ErrorInfo {
-        kind: failure.kind.as_str().into(),
-        message: failure.message,
-    };
-    if failure.kind.is_retryable() {
-        retry_or_fail(job, error, settings.backoff(job.attempt + 1))
-    } else {
-        fail(job, error)
-    }
-}
-
 /// Turns a running plugin's events into the job's log. Emitting never waits for the
 /// commit (the plugin must not stall on disk), but order with the job's later changes is
 /// kept because every change goes through the one writer.
@@ -379,62 +332,22 @@ struct JobSink {
 
 impl EventSink for JobSink {
     fn emit(&self, event: PluginEvent) {
-        self.store.update_detached(self.id, move |job| {
-            if job.status != JobStatus::Running {
-                return Err(StoreError::Conflict("the attempt is over".into()));
-            }
-            let event = match event {
-                PluginEvent::Progress { percent, message } => {
-                    job.progress = percent.max(job.progress);
-                    job.message = Some(message.clone());
-                    NewEvent::new(
-                        event_names::PROGRESS,
-                        json!({ "progress": job.progress, "message": message }),
-                    )
-                }
-                PluginEvent::Partial { name, data } => {
-                    NewEvent::new(event_names::PARTIAL, json!({ "name": name, "data": data }))
-                }
-                PluginEvent::Token { label, delta } => NewEvent::new(
-                    event_names::TOKEN,
-                    json!({ "label": label, "delta": delta }),
-                ),
-                PluginEvent::TokenReset { label } => NewEvent::new(
-                    event_names::TOKEN,
-                    json!({ "label": label, "delta": "", "reset": true }),
-                ),
-                PluginEvent::Replayed { index, label } => {
-                    // Counted with its event, so the count matches the log after a crash.
-                    job.usage.replayed_calls += 1;
-                    NewEvent::new(
-                        event_names::REPLAYED,
-                        json!({ "index": index, "label": label }),
-                    )
-                }
-            };
-            Ok(Change::events(vec![event]))
-        });
+        self.store
+            .update_detached(self.id, move |job| lifecycle::plugin_event(job, &event));
     }
 }
 
-/// A job's LLM call journal in the store.
+/// A job's LLM call journal in the store, with the calls recorded before this attempt
+/// (read when it started).
 struct StoreJournal {
-    store: Arc<Store>,
+    service: JobService,
     id: Uuid,
+    recorded: Vec<(u64, JournalEntry)>,
 }
 
 impl CallJournal for StoreJournal {
     fn recorded(&self) -> Vec<(u64, JournalEntry)> {
-        match self.store.journal(self.id) {
-            Ok(entries) => entries
-                .into_iter()
-                .filter_map(|(index, bytes)| Some((index, serde_json::from_slice(&bytes).ok()?)))
-                .collect(),
-            Err(error) => {
-                tracing::warn!(%error, "could not read the LLM call journal; no call will be replayed");
-                Vec::new()
-            }
-        }
+        self.recorded.clone()
     }
 
     fn record(&self, index: u64, entry: JournalEntry) -> BoxFuture<'_, Result<(), String>> {
@@ -447,8 +360,11 @@ impl CallJournal for StoreJournal {
                 response.reasoning_tokens,
             );
             let bytes = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-            self.store
-                .journal_call(self.id, index, bytes, cost)
+            // The plugin waits for this (its answer is journaled before it sees it), so a
+            // database restart delays the call instead of failing it.
+            let store = &self.service.inner.store;
+            self.service
+                .while_unavailable(|| store.journal_call(self.id, index, bytes.clone(), cost))
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -8,6 +8,9 @@ use crate::runtime::{Limits, LimitsOverride};
 /// How jobs are queued, retried, limited and expired.
 #[derive(Clone, Debug)]
 pub struct ServiceSettings {
+    /// Where jobs are stored, as `kiln doctor` shows it (a database URL with its password
+    /// masked).
+    pub storage: String,
     /// Sandbox limits for every job type.
     pub limits: Limits,
     /// Per-type overrides of `limits`.
@@ -45,6 +48,7 @@ pub struct ServiceSettings {
 impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
+            storage: String::new(),
             limits: Limits::default(),
             type_limits: HashMap::new(),
             type_queues: HashMap::new(),

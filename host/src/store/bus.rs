@@ -61,6 +61,21 @@ impl Bus {
         }
     }
 
+    /// Whether anyone follows job `id` live.
+    pub(crate) fn has_job_subscribers(&self, id: Uuid) -> bool {
+        let jobs = self.jobs.lock().expect("bus lock");
+        jobs.get(&id).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// Sends an event committed by another process to the job's subscribers only: its
+    /// feed position is that process's, not this one's.
+    pub(crate) fn publish_job(&self, event: Arc<JobEvent>) {
+        let jobs = self.jobs.lock().expect("bus lock");
+        if let Some(tx) = jobs.get(&event.job_id) {
+            let _ = tx.send(event);
+        }
+    }
+
     /// Current subscribers: per-job streams and dashboard streams.
     pub fn subscriber_count(&self) -> usize {
         let jobs = self.jobs.lock().expect("bus lock");

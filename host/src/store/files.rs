@@ -1,4 +1,4 @@
-//! Uploaded files and job artifacts: metadata in redb, bytes as plain files in the data
+//! Uploaded files and job artifacts: metadata in the store, bytes as plain files in the data
 //! dir, so a 60 MiB upload never sits in a database page or in memory.
 //!
 //! Layout under the data dir:
@@ -12,12 +12,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use super::tables::{FILES, FILES_BY_EXPIRY};
-use super::{Store, StoreError, storage};
 
 /// An upload, as `POST /v1/files` answers it and the `files` table keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,59 +186,4 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
-}
-
-impl Store {
-    /// Records an upload whose bytes are in place; durable when this returns.
-    pub fn insert_file(&self, record: &FileRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Storage(e.to_string()))?;
-        let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut files = txn.open_table(FILES).map_err(storage)?;
-            files
-                .insert(record.id.as_u128(), bytes.as_slice())
-                .map_err(storage)?;
-            let mut expiry = txn.open_table(FILES_BY_EXPIRY).map_err(storage)?;
-            expiry
-                .insert((record.expires_at_ms, record.id.as_u128()), ())
-                .map_err(storage)?;
-        }
-        txn.commit().map_err(storage)
-    }
-
-    /// An upload's record, expired or not (the caller checks `expires_at_ms`).
-    pub fn file(&self, id: Uuid) -> Result<Option<FileRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let files = txn.open_table(FILES).map_err(storage)?;
-        let Some(value) = files.get(id.as_u128()).map_err(storage)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(value.value())
-            .map(Some)
-            .map_err(|e| StoreError::Storage(format!("file {id}: {e}")))
-    }
-
-    /// Deletes the records of uploads expired at `now_ms`, at most `limit`, and returns
-    /// their ids (whose bytes the caller removes).
-    pub fn delete_expired_files(&self, now_ms: u64, limit: usize) -> Result<Vec<Uuid>, StoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let mut ids = Vec::new();
-        {
-            let mut expiry = txn.open_table(FILES_BY_EXPIRY).map_err(storage)?;
-            let mut files = txn.open_table(FILES).map_err(storage)?;
-            let due: Vec<(u64, u128)> = expiry
-                .range(..(now_ms, u128::MAX))
-                .map_err(storage)?
-                .take(limit)
-                .filter_map(|entry| entry.ok().map(|(key, _)| key.value()))
-                .collect();
-            for (at, id) in due {
-                expiry.remove((at, id)).map_err(storage)?;
-                files.remove(id).map_err(storage)?;
-                ids.push(Uuid::from_u128(id));
-            }
-        }
-        txn.commit().map_err(storage)?;
-        Ok(ids)
-    }
 }

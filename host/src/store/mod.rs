@@ -1,35 +1,35 @@
-//! Durable state in one redb file: jobs, their payloads and results, their event logs, the
-//! listing indexes and the idempotency keys.
+//! Durable state: jobs, their payloads and results, their event logs, the listing indexes,
+//! the idempotency keys, the LLM call journals and the uploads' records.
 //!
-//! This module owns every transaction. Reads open short read transactions (MVCC: they
-//! never wait for the writer); every write goes to the single writer thread in
-//! [`writer`], which commits in groups and publishes committed events on the [`Bus`].
+//! [`Store`] is the storage contract the scheduler uses, over one of two backends: a redb
+//! file in the data dir (the default: nothing else to run) or a PostgreSQL database. Both
+//! run the same group commit ([`batch`]): every write goes to the backend's single writer,
+//! which commits whatever is waiting in one transaction, answers the callers only after the
+//! commit, and then publishes the committed events on the [`Bus`].
 
+mod batch;
 mod bus;
 mod files;
 mod model;
-mod tables;
-mod writer;
+mod postgres;
+mod redb;
 
+pub use batch::{Change, Inserted, Mutation};
 pub use bus::Bus;
 pub use files::{ArtifactRecord, BlobDir, FileRecord};
 pub use model::{
-    ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, event_names, idempotency_slot, now_ms,
+    Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, idempotency_slot, now_ms,
     rfc3339,
 };
-pub use writer::{Change, Inserted, Mutation};
+pub use postgres::{PostgresOptions, redact_url};
 
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use anyhow::Context as _;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use tables::*;
-use writer::{Op, StoredEvent};
+use batch::{Op, StoredEvent};
 
 /// Why a store call failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -40,16 +40,16 @@ pub enum StoreError {
     /// The change is not allowed in the job's current state.
     #[error("{0}")]
     Conflict(String),
-    /// redb failed; the change was not saved.
+    /// The backend failed; the change was not saved.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The database cannot be reached (PostgreSQL down or the connection lost); the change
+    /// was not saved. It may work again later, without a restart.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// The writer has stopped (the process is shutting down).
     #[error("the store is closed")]
     Closed,
-}
-
-pub(crate) fn storage(error: impl Into<redb::Error>) -> StoreError {
-    StoreError::Storage(error.into().to_string())
 }
 
 /// What to list.
@@ -67,6 +67,15 @@ pub struct ListQuery {
     pub before: Option<Uuid>,
 }
 
+impl ListQuery {
+    /// Whether `job` passes every filter.
+    fn matches(&self, job: &JobRecord) -> bool {
+        self.job_type.as_ref().is_none_or(|t| *t == job.job_type)
+            && self.status.is_none_or(|s| s == job.status)
+            && (self.tenant.is_none() || self.tenant == job.tenant)
+    }
+}
+
 /// A page of jobs, newest first.
 #[derive(Clone, Debug)]
 pub struct Page {
@@ -76,72 +85,75 @@ pub struct Page {
     pub next: Option<Uuid>,
 }
 
+impl Page {
+    /// The page of `limit` out of `jobs`, read one past the limit: that one record tells
+    /// whether there is a next page.
+    fn of(mut jobs: Vec<JobRecord>, limit: usize) -> Self {
+        let next = (jobs.len() > limit).then(|| {
+            jobs.truncate(limit);
+            jobs[limit - 1].id
+        });
+        Self { jobs, next }
+    }
+}
+
+/// Which backend a [`Store`] runs on.
+enum Backend {
+    Redb(redb::RedbStore),
+    Postgres(postgres::PgStore),
+}
+
 /// The store. Share it behind an `Arc`.
 pub struct Store {
-    db: Arc<Database>,
+    backend: Backend,
     tx: Option<mpsc::UnboundedSender<Op>>,
-    writer: Option<JoinHandle<()>>,
     /// Committed events, live.
     pub bus: Arc<Bus>,
-    /// Upload and artifact bytes, beside the database file.
+    /// Upload and artifact bytes, in the data dir.
     pub blobs: BlobDir,
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path` and starts the writer.
+    /// Opens (or creates) the redb database at `path` and starts the writer.
     /// `bus_capacity` is how far an SSE subscriber may lag before it is cut off;
     /// `feed_retention` how many of the newest events the all-jobs feed keeps for clients
     /// resuming `/v1/events`.
     pub fn open(path: &Path, bus_capacity: usize, feed_retention: u64) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the data dir {}", dir.display()))?;
-        }
-        let db = Database::create(path)
-            .with_context(|| format!("opening the database {}", path.display()))?;
-        // Create every table up front so readers never meet a missing one.
-        let txn = db.begin_write()?;
-        txn.open_table(JOBS)?;
-        txn.open_table(PAYLOADS)?;
-        txn.open_table(RESULTS)?;
-        txn.open_table(EVENTS)?;
-        txn.open_table(BY_STATUS)?;
-        txn.open_table(BY_TYPE)?;
-        txn.open_table(BY_FINISH)?;
-        txn.open_table(BY_TENANT)?;
-        txn.open_table(IDEMPOTENCY)?;
-        txn.open_table(JOURNAL)?;
-        txn.open_table(FILES)?;
-        txn.open_table(FILES_BY_EXPIRY)?;
-        // Added after 0.1.0's first release: opening an older file creates it empty.
-        let next_feed = {
-            let feed = txn.open_table(FEED)?;
-            feed.last()?.map_or(1, |(key, _)| key.value() + 1)
-        };
-        txn.commit()?;
-        let feed = writer::Feed {
-            next: next_feed,
-            retention: feed_retention.max(1),
-        };
-
-        let db = Arc::new(db);
         let bus = Arc::new(Bus::new(bus_capacity));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = std::thread::Builder::new()
-            .name("kiln-writer".into())
-            .spawn({
-                let db = db.clone();
-                let bus = bus.clone();
-                move || writer::run(db, rx, bus, feed)
-            })
-            .context("starting the writer thread")?;
+        let (backend, tx) = redb::RedbStore::open(path, bus.clone(), feed_retention)?;
         Ok(Self {
-            db,
+            backend: Backend::Redb(backend),
             tx: Some(tx),
-            writer: Some(writer),
             bus,
             blobs: BlobDir::new(path.parent().unwrap_or(Path::new("."))),
         })
+    }
+
+    /// Connects to the PostgreSQL database `options.url`, brings its schema up to date
+    /// and starts the writer and the listener. Upload and artifact bytes stay in
+    /// `data_dir`.
+    pub async fn open_postgres(
+        options: PostgresOptions,
+        data_dir: &Path,
+        bus_capacity: usize,
+        feed_retention: u64,
+    ) -> anyhow::Result<Self> {
+        let bus = Arc::new(Bus::new(bus_capacity));
+        let (backend, tx) = postgres::PgStore::open(options, bus.clone(), feed_retention).await?;
+        Ok(Self {
+            backend: Backend::Postgres(backend),
+            tx: Some(tx),
+            bus,
+            blobs: BlobDir::new(data_dir),
+        })
+    }
+
+    /// `"redb"` or `"postgres"`, for logs and `kiln doctor`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Redb(_) => "redb",
+            Backend::Postgres(_) => "postgres",
+        }
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
@@ -180,22 +192,23 @@ impl Store {
         self.send(Op::Update {
             id,
             mutate: Box::new(mutate),
-            reply: Some(reply),
+            reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Queues `mutate` without waiting for its commit: for progress events, which a
-    /// plugin emits without waiting. Order with later changes of the job is kept.
+    /// plugin emits without waiting. Order with later changes of the job is kept. It may
+    /// run more than once (a commit retried after the database came back), each time on
+    /// the job's current record.
     pub fn update_detached(
         &self,
         id: Uuid,
-        mutate: impl FnOnce(&mut JobRecord) -> Result<Change, StoreError> + Send + 'static,
+        mutate: impl Fn(&mut JobRecord) -> Result<Change, StoreError> + Send + Sync + 'static,
     ) {
-        let _ = self.send(Op::Update {
+        let _ = self.send(Op::Detached {
             id,
-            mutate: Box::new(mutate),
-            reply: None,
+            mutate: Arc::new(mutate),
         });
     }
 
@@ -227,21 +240,6 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// A job's journaled LLM calls, by index, as stored.
-    pub fn journal(&self, job: Uuid) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(JOURNAL).map_err(storage)?;
-        let id = job.as_u128();
-        table
-            .range((id, 0)..=(id, u64::MAX))
-            .map_err(storage)?
-            .map(|entry| {
-                let (key, value) = entry.map_err(storage)?;
-                Ok((key.value().1, value.value().to_vec()))
-            })
-            .collect()
-    }
-
     /// Waits until every change sent before this call is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -249,286 +247,170 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)
     }
 
+    /// A job's journaled LLM calls, by index, as stored.
+    pub async fn journal(&self, job: Uuid) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.journal(job),
+            Backend::Postgres(db) => db.journal(job).await,
+        }
+    }
+
     /// One job.
-    pub fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let jobs = txn.open_table(JOBS).map_err(storage)?;
-        read_job(&jobs, id.as_u128())
+    pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.get(id),
+            Backend::Postgres(db) => db.get(id).await,
+        }
     }
 
     /// A job's payload, JSON text.
-    pub fn payload(&self, id: Uuid) -> Result<Option<String>, StoreError> {
-        self.read_text(PAYLOADS, id)
+    pub async fn payload(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.payload(id),
+            Backend::Postgres(db) => db.payload(id).await,
+        }
     }
 
     /// A completed job's result, JSON text.
-    pub fn result(&self, id: Uuid) -> Result<Option<String>, StoreError> {
-        self.read_text(RESULTS, id)
-    }
-
-    fn read_text(
-        &self,
-        table: redb::TableDefinition<u128, &[u8]>,
-        id: Uuid,
-    ) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(table).map_err(storage)?;
-        let value = table.get(id.as_u128()).map_err(storage)?;
-        Ok(value.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    pub async fn result(&self, id: Uuid) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.result(id),
+            Backend::Postgres(db) => db.result(id).await,
+        }
     }
 
     /// Up to `limit` events of a job with a sequence number above `after`, in order.
-    pub fn events_after(
+    pub async fn events_after(
         &self,
         job: &JobRecord,
         after: u64,
         limit: usize,
     ) -> Result<Vec<JobEvent>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let events = txn.open_table(EVENTS).map_err(storage)?;
-        let id = job.id.as_u128();
-        let start = after.saturating_add(1);
-        let mut out = Vec::new();
-        for entry in events
-            .range((id, start)..=(id, u64::MAX))
-            .map_err(storage)?
-            .take(limit)
-        {
-            let (key, value) = entry.map_err(storage)?;
-            let stored: StoredEvent = serde_json::from_slice(value.value())
-                .map_err(|e| StoreError::Storage(format!("corrupt event: {e}")))?;
-            out.push(JobEvent {
-                job_id: job.id,
-                seq: key.value().1,
-                feed_seq: 0,
-                name: stored.name,
-                data: stored.data,
-                at_ms: stored.at_ms,
-                job_type: job.job_type.clone(),
-                status: job.status,
-                tenant: job.tenant.clone(),
-                text: Default::default(),
-                dashboard_text: Default::default(),
-            });
+        match &self.backend {
+            Backend::Redb(db) => db.events_after(job, after, limit),
+            Backend::Postgres(db) => db.events_after(job, after, limit).await,
         }
-        Ok(out)
     }
 
     /// The first and last position the feed of every job's events still holds (`None`
     /// before the first event).
-    pub fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let feed = txn.open_table(FEED).map_err(storage)?;
-        let first = feed.first().map_err(storage)?.map(|(k, _)| k.value());
-        let last = feed.last().map_err(storage)?.map(|(k, _)| k.value());
-        Ok(first.zip(last))
+    pub async fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.feed_bounds(),
+            Backend::Postgres(db) => db.feed_bounds().await,
+        }
     }
 
     /// Up to `limit` events of the feed with a position above `after`, in order; events
     /// of jobs deleted since are left out.
-    pub fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let feed = txn.open_table(FEED).map_err(storage)?;
-        let events = txn.open_table(EVENTS).map_err(storage)?;
-        let jobs = txn.open_table(JOBS).map_err(storage)?;
-        let mut records: std::collections::HashMap<u128, Option<JobRecord>> = Default::default();
-        let mut out = Vec::new();
-        for entry in feed
-            .range(after.saturating_add(1)..)
-            .map_err(storage)?
-            .take(limit)
-        {
-            let (key, value) = entry.map_err(storage)?;
-            let (job_id, seq, code) = value.value();
-            let job = match records.entry(job_id) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(read_job(&jobs, job_id)?),
-            };
-            let (Some(job), Some(bytes)) =
-                (job.as_ref(), events.get((job_id, seq)).map_err(storage)?)
-            else {
-                continue;
-            };
-            let stored: StoredEvent = serde_json::from_slice(bytes.value())
-                .map_err(|e| StoreError::Storage(format!("corrupt event: {e}")))?;
-            out.push(JobEvent {
-                job_id: job.id,
-                seq,
-                feed_seq: key.value(),
-                name: stored.name,
-                data: stored.data,
-                at_ms: stored.at_ms,
-                job_type: job.job_type.clone(),
-                status: JobStatus::from_code(code).unwrap_or(job.status),
-                tenant: job.tenant.clone(),
-                text: Default::default(),
-                dashboard_text: Default::default(),
-            });
+    pub async fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.feed_after(after, limit),
+            Backend::Postgres(db) => db.feed_after(after, limit).await,
         }
-        Ok(out)
     }
 
     /// A page of jobs, newest first.
-    pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let jobs = txn.open_table(JOBS).map_err(storage)?;
-        let before = query.before.map_or(u128::MAX, |id| id.as_u128());
-        let limit = query.limit.max(1);
-        // Walk the most selective index, newest first, and check the other filter on
-        // the record.
-        let ids: Box<dyn Iterator<Item = Result<u128, StoreError>>> =
-            match (&query.status, &query.job_type) {
-                _ if query.tenant.is_some() => {
-                    let tenant = query.tenant.as_deref().unwrap_or_default();
-                    let index = txn.open_table(BY_TENANT).map_err(storage)?;
-                    let range = index
-                        .range((tenant, 0)..(tenant, before))
-                        .map_err(storage)?;
-                    Box::new(
-                        range
-                            .rev()
-                            .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
-                    )
-                }
-                (Some(status), _) => {
-                    let index = txn.open_table(BY_STATUS).map_err(storage)?;
-                    let code = status.code();
-                    Box::new(
-                        index
-                            .range((code, 0)..(code, before))
-                            .map_err(storage)?
-                            .rev()
-                            .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
-                    )
-                }
-                (None, Some(job_type)) => {
-                    let index = txn.open_table(BY_TYPE).map_err(storage)?;
-                    let range = index
-                        .range((job_type.as_str(), 0)..(job_type.as_str(), before))
-                        .map_err(storage)?;
-                    Box::new(
-                        range
-                            .rev()
-                            .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
-                    )
-                }
-                (None, None) => Box::new(
-                    jobs.range(..before)
-                        .map_err(storage)?
-                        .rev()
-                        .map(|e| e.map(|(k, _)| k.value()).map_err(storage)),
-                ),
-            };
-        let mut page = Vec::new();
-        for id in ids {
-            let Some(job) = read_job(&jobs, id?)? else {
-                continue;
-            };
-            if query.job_type.as_ref().is_some_and(|t| *t != job.job_type)
-                || query.status.is_some_and(|s| s != job.status)
-                || query.tenant.is_some() && query.tenant != job.tenant
-            {
-                continue;
-            }
-            page.push(job);
-            if page.len() > limit {
-                break;
-            }
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.list(query),
+            Backend::Postgres(db) => db.list(query).await,
         }
-        // One record past the page tells whether there is a next page.
-        let next = (page.len() > limit).then(|| {
-            page.truncate(limit);
-            page[limit - 1].id
-        });
-        Ok(Page { jobs: page, next })
     }
 
     /// Ids of every job with `status`, oldest first (used by recovery at start).
-    pub fn ids_with_status(&self, status: JobStatus) -> Result<Vec<Uuid>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let index = txn.open_table(BY_STATUS).map_err(storage)?;
-        let code = status.code();
-        index
-            .range((code, 0)..=(code, u128::MAX))
-            .map_err(storage)?
-            .map(|e| {
-                e.map(|(k, _)| Uuid::from_u128(k.value().1))
-                    .map_err(storage)
-            })
-            .collect()
+    pub async fn ids_with_status(&self, status: JobStatus) -> Result<Vec<Uuid>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.ids_with_status(status),
+            Backend::Postgres(db) => db.ids_with_status(status).await,
+        }
     }
 
     /// Up to `limit` jobs that finished at or before `ms`, oldest first.
-    pub fn finished_before(&self, ms: u64, limit: usize) -> Result<Vec<Uuid>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let index = txn.open_table(BY_FINISH).map_err(storage)?;
-        index
-            .range((0, 0)..=(ms, u128::MAX))
-            .map_err(storage)?
-            .take(limit)
-            .map(|e| {
-                e.map(|(k, _)| Uuid::from_u128(k.value().1))
-                    .map_err(storage)
-            })
-            .collect()
+    pub async fn finished_before(&self, ms: u64, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.finished_before(ms, limit),
+            Backend::Postgres(db) => db.finished_before(ms, limit).await,
+        }
     }
 
-    /// How many jobs are stored, by type and status (for `/metrics`): one pass over the
-    /// keys of the status and type indexes, no job record read.
-    pub fn count_by_type_and_status(&self) -> Result<Vec<(String, JobStatus, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let by_status = txn.open_table(BY_STATUS).map_err(storage)?;
-        let mut status_of = std::collections::HashMap::new();
-        for entry in by_status.iter().map_err(storage)? {
-            let (key, _) = entry.map_err(storage)?;
-            let (code, id) = key.value();
-            status_of.insert(id, code);
+    /// How many jobs are stored, by type and status (for `/metrics`).
+    pub async fn count_by_type_and_status(
+        &self,
+    ) -> Result<Vec<(String, JobStatus, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.count_by_type_and_status(),
+            Backend::Postgres(db) => db.count_by_type_and_status().await,
         }
-        let by_type = txn.open_table(BY_TYPE).map_err(storage)?;
-        let mut counts: std::collections::BTreeMap<(String, u8), u64> = Default::default();
-        for entry in by_type.iter().map_err(storage)? {
-            let (key, _) = entry.map_err(storage)?;
-            let (job_type, id) = key.value();
-            if let Some(code) = status_of.get(&id) {
-                *counts.entry((job_type.to_string(), *code)).or_default() += 1;
-            }
-        }
-        Ok(counts
-            .into_iter()
-            .filter_map(|((job_type, code), n)| {
-                let status = JobStatus::from_code(code)?;
-                Some((job_type, status, n))
-            })
-            .collect())
     }
 
     /// How many jobs are stored.
-    pub fn job_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let jobs = txn.open_table(JOBS).map_err(storage)?;
-        jobs.len().map_err(storage)
+    pub async fn job_count(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.job_count(),
+            Backend::Postgres(db) => db.job_count().await,
+        }
+    }
+
+    /// Records an upload whose bytes are in place; durable when this returns.
+    pub async fn insert_file(&self, record: &FileRecord) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.insert_file(record).await,
+            Backend::Postgres(db) => db.insert_file(record).await,
+        }
+    }
+
+    /// An upload's record, expired or not (the caller checks `expires_at_ms`).
+    pub async fn file(&self, id: Uuid) -> Result<Option<FileRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.file(id),
+            Backend::Postgres(db) => db.file(id).await,
+        }
+    }
+
+    /// Deletes the records of uploads expired at `now_ms`, at most `limit`, and returns
+    /// their ids (whose bytes the caller removes).
+    pub async fn delete_expired_files(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.delete_expired_files(now_ms, limit).await,
+            Backend::Postgres(db) => db.delete_expired_files(now_ms, limit).await,
+        }
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // Closing the channel ends the writer after it commits what it has; joining it
-        // releases the database file for the next open.
+        // Closing the channel ends the writer after it commits what it has.
         self.tx.take();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        match &mut self.backend {
+            Backend::Redb(db) => db.close(),
+            Backend::Postgres(db) => db.close(),
         }
     }
 }
 
-fn read_job(
-    jobs: &impl ReadableTable<u128, &'static [u8]>,
-    id: u128,
-) -> Result<Option<JobRecord>, StoreError> {
-    let Some(bytes) = jobs.get(id).map_err(storage)? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(bytes.value())
-        .map(Some)
-        .map_err(|e| StoreError::Storage(format!("corrupt job record: {e}")))
+/// A stored event as the [`JobEvent`] readers get, with the job's details.
+fn event_of(
+    job: &JobRecord,
+    seq: u64,
+    feed_seq: u64,
+    stored: StoredEvent,
+    status: JobStatus,
+) -> JobEvent {
+    JobEvent {
+        job_id: job.id,
+        seq,
+        feed_seq,
+        name: stored.name,
+        data: stored.data,
+        at_ms: stored.at_ms,
+        job_type: job.job_type.clone(),
+        status,
+        tenant: job.tenant.clone(),
+        encodings: Default::default(),
+    }
 }

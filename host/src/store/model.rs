@@ -12,15 +12,15 @@ use crate::llm::Usage;
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Waiting for its `run_at` and a free slot in its queue.
-    Queued = 0,
+    Queued,
     /// An attempt is running.
-    Running = 1,
+    Running,
     /// Finished with a result.
-    Completed = 2,
+    Completed,
     /// Finished without one, attempts spent or the failure final.
-    Failed = 3,
+    Failed,
     /// Stopped by a client.
-    Cancelled = 4,
+    Cancelled,
 }
 
 impl JobStatus {
@@ -57,7 +57,13 @@ impl JobStatus {
     /// The status's code in the on-disk indexes. Fixed forever: files written by any
     /// Kiln keep these values (a test pins them).
     pub(crate) fn code(self) -> u8 {
-        self as u8
+        match self {
+            Self::Queued => 0,
+            Self::Running => 1,
+            Self::Completed => 2,
+            Self::Failed => 3,
+            Self::Cancelled => 4,
+        }
     }
 
     /// The status of an on-disk code.
@@ -134,36 +140,11 @@ pub fn idempotency_slot(tenant: Option<&str>, key: &str) -> String {
     }
 }
 
-/// The names of SSE events.
-pub mod event_names {
-    /// A status change: `{status, attempt, ...}`.
-    pub const STATUS: &str = "status";
-    /// `{progress, message}`.
-    pub const PROGRESS: &str = "progress";
-    /// `{name, data}`: one finished item.
-    pub const PARTIAL: &str = "partial";
-    /// `{label, delta}`: streamed LLM output.
-    pub const TOKEN: &str = "token";
-    /// `{index, label}`: an LLM call answered from the job's journal (not paid again).
-    pub const REPLAYED: &str = "replayed";
-    /// `{result}`: terminal.
-    pub const COMPLETED: &str = "completed";
-    /// `{error}`: terminal.
-    pub const FAILED: &str = "failed";
-    /// `{status}`: terminal.
-    pub const CANCELLED: &str = "cancelled";
-
-    /// Whether an event of this name ends the job's stream.
-    pub fn is_terminal(name: &str) -> bool {
-        matches!(name, COMPLETED | FAILED | CANCELLED)
-    }
-}
-
 /// An event about to be appended to a job's log (its sequence number is assigned at
 /// commit).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEvent {
-    /// One of [`event_names`].
+    /// Its name, stored as given (the job service's vocabulary, `jobs::event_names`).
     pub name: &'static str,
     /// The event's JSON.
     pub data: Value,
@@ -187,7 +168,7 @@ pub struct JobEvent {
     /// 0 for an event read from the job's own log, where it is not needed.
     #[serde(default)]
     pub feed_seq: u64,
-    /// One of [`event_names`].
+    /// Its name, as it was appended.
     pub name: String,
     /// The event's JSON.
     pub data: Value,
@@ -199,34 +180,19 @@ pub struct JobEvent {
     pub status: JobStatus,
     /// The job's tenant, so `/v1/events` shows a client its tenant's jobs only.
     pub tenant: Option<String>,
-    /// `data` as JSON text, made once however many subscribers send it.
+    /// Encodings of the event its readers make once and share (see [`Encodings`]).
     #[serde(skip)]
-    pub text: std::sync::OnceLock<String>,
-    /// The `/v1/events` form `{job_id, type, status, seq, data}` as JSON text, made once.
-    #[serde(skip)]
-    pub dashboard_text: std::sync::OnceLock<String>,
+    pub encodings: Encodings,
 }
 
-impl JobEvent {
-    /// `data` as JSON text. With ten thousand subscribers, encoding it per subscriber
-    /// was most of an event's fan-out cost; now the first subscriber encodes it.
-    pub fn data_text(&self) -> &str {
-        self.text.get_or_init(|| self.data.to_string())
-    }
-
-    /// The event as `/v1/events` sends it, as JSON text, encoded once.
-    pub fn dashboard_data_text(&self) -> &str {
-        self.dashboard_text.get_or_init(|| {
-            serde_json::json!({
-                "job_id": self.job_id,
-                "type": self.job_type,
-                "status": self.status,
-                "seq": self.seq,
-                "data": self.data,
-            })
-            .to_string()
-        })
-    }
+/// Slots for encodings of one event, filled by its first reader and shared by the rest:
+/// with ten thousand SSE subscribers, encoding an event per subscriber was most of its
+/// fan-out cost. The store only keeps the slots; what goes in them is the reader's (the
+/// API keeps its SSE frames' data here).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Encodings {
+    /// Two independent forms, e.g. one per kind of stream.
+    pub slots: [std::sync::OnceLock<String>; 2],
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -263,5 +229,85 @@ mod tests {
             assert_eq!(JobStatus::from_code(code), Some(status));
         }
         assert_eq!(JobStatus::from_code(5), None);
+    }
+
+    /// The forms of every enum Kiln persists, in either backend: the status codes of the
+    /// indexes (above), and the names written in the JSON of job records, events and
+    /// journal entries. Changing one would strand data written by an older Kiln.
+    #[test]
+    fn persisted_enum_names_never_change() {
+        let names = |values: Vec<serde_json::Value>| -> Vec<String> {
+            values
+                .into_iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let statuses = JobStatus::ALL
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap())
+            .collect();
+        assert_eq!(
+            names(statuses),
+            ["queued", "running", "completed", "failed", "cancelled"]
+        );
+        use crate::llm::{FinishReason, Role};
+        let roles = [Role::System, Role::User, Role::Assistant, Role::Tool]
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect();
+        assert_eq!(names(roles), ["system", "user", "assistant", "tool"]);
+        let reasons = [
+            FinishReason::Stop,
+            FinishReason::Length,
+            FinishReason::ToolCalls,
+            FinishReason::Other,
+        ]
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+        assert_eq!(names(reasons), ["stop", "length", "tool_calls", "other"]);
+        use crate::runtime::FailureKind as K;
+        let kinds: Vec<&str> = [
+            K::InvalidInput,
+            K::Retryable,
+            K::Permanent,
+            K::Trap,
+            K::StackOverflow,
+            K::Timeout,
+            K::MemoryLimit,
+            K::ResultTooLarge,
+            K::InvalidResult,
+            K::EventLimit,
+            K::LlmLimit,
+            K::ArtifactLimit,
+            K::Cancelled,
+            K::UnknownType,
+            K::Interrupted,
+            K::Internal,
+        ]
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+        assert_eq!(
+            kinds,
+            [
+                "invalid_input",
+                "retryable",
+                "permanent",
+                "trap",
+                "stack_overflow",
+                "timeout",
+                "memory_limit",
+                "result_too_large",
+                "invalid_result",
+                "event_limit",
+                "llm_limit",
+                "artifact_limit",
+                "cancelled",
+                "unknown_type",
+                "interrupted",
+                "internal",
+            ]
+        );
     }
 }

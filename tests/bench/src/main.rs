@@ -36,6 +36,14 @@ struct Args {
     /// recovery, fairness, coldstart. Default: all.
     #[arg(long, value_delimiter = ',')]
     sections: Vec<String>,
+    /// The store of the `submit` and `e2e` sections: `redb` (a file in a temp dir) or
+    /// `postgres` (the database of `--database-url`; its `kiln_*` tables are dropped
+    /// before each server starts). The other sections always use redb.
+    #[arg(long, default_value = "redb")]
+    store: String,
+    /// The PostgreSQL database for `--store postgres`.
+    #[arg(long, env = "KILN_BENCH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 impl Args {
@@ -72,18 +80,53 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Where the components are, and how big a run is.
+/// Where the components are, how big a run is, and where its jobs are stored.
 struct Setup {
     quick: bool,
     noop: PathBuf,
     plugins: tempfile::TempDir,
     data: tempfile::TempDir,
+    /// `--store postgres`: the database URL.
+    postgres: Option<String>,
 }
 
 impl Setup {
     fn scale(&self, full: usize, quick: usize) -> usize {
         if self.quick { quick } else { full }
     }
+
+    /// The name of the store of the `submit` and `e2e` sections.
+    fn store_name(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgres"
+        } else {
+            "redb"
+        }
+    }
+
+    /// A server of the `submit` and `e2e` sections on the chosen store, starting empty.
+    async fn store_server(&self, name: &str) -> anyhow::Result<server::KilnServer> {
+        let mut config = SERVER_CONFIG.to_string();
+        if let Some(url) = &self.postgres {
+            empty_kiln_tables(url).await?;
+            config = format!("[store]\nurl = \"{url}\"\n{config}");
+        }
+        server::KilnServer::start(&self.data.path().join(name), self.plugins.path(), &config)
+    }
+}
+
+/// Drops Kiln's tables, so the next server starts on an empty database (its migrations
+/// create them again).
+async fn empty_kiln_tables(url: &str) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS kiln_jobs, kiln_payloads, kiln_results, kiln_events, \
+             kiln_feed, kiln_idempotency, kiln_journal, kiln_files, kiln_schema",
+        )
+        .await?;
+    Ok(())
 }
 
 /// Config of the servers the HTTP sections start.
@@ -99,7 +142,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         noop: component("target/plugins/wasm32-wasip2/release/kiln_fixture_noop.wasm")?,
         plugins: tempfile::tempdir()?,
         data: tempfile::tempdir()?,
+        postgres: match args.store.as_str() {
+            "redb" => None,
+            "postgres" => Some(args.database_url.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--store postgres needs --database-url (or KILN_BENCH_DATABASE_URL)"
+                )
+            })?),
+            other => anyhow::bail!("--store must be redb or postgres, not {other:?}"),
+        },
     };
+    println!(
+        "store of the submit and e2e sections: {}\n",
+        setup.store_name()
+    );
     for (file, source) in [
         ("noop.wasm", setup.noop.clone()),
         (
@@ -240,11 +296,7 @@ async fn sandbox(setup: &Setup) -> anyhow::Result<serde_json::Value> {
 
 /// 2. Durable submits through HTTP (jobs scheduled for 2099: only the enqueue is measured).
 async fn submits(setup: &Setup) -> anyhow::Result<serde_json::Value> {
-    let server = server::KilnServer::start(
-        &setup.data.path().join("submit"),
-        setup.plugins.path(),
-        SERVER_CONFIG,
-    )?;
+    let server = setup.store_server("submit").await?;
     let later = json!({ "type": "noop", "payload": {}, "run_at": "2099-01-01T00:00:00Z" });
     let mut figures = Vec::new();
     for (concurrency, total) in [
@@ -256,7 +308,10 @@ async fn submits(setup: &Setup) -> anyhow::Result<serde_json::Value> {
         figures.push(http::submits(&server.base, later.clone(), concurrency, total).await?);
     }
     server.stop();
-    println!("\nDurable submits, POST /v1/jobs (acknowledged after the commit):");
+    println!(
+        "\nDurable submits, POST /v1/jobs (acknowledged after the commit; {}):",
+        setup.store_name()
+    );
     println!(
         "  {:<12} {:>8} {:>10} {:>10} {:>10}",
         "concurrency", "submits", "per s", "p50 us", "p99 us"
@@ -267,28 +322,21 @@ async fn submits(setup: &Setup) -> anyhow::Result<serde_json::Value> {
             f.concurrency, f.submits, f.per_second, f.latency.p50_us, f.latency.p99_us
         );
     }
-    Ok(json!(figures))
+    Ok(json!({ "store": setup.store_name(), "figures": figures }))
 }
 
 /// Section 3, no-op jobs end to end: saturated (64 clients submitting as fast as they
 /// can), and unloaded (one client, one job at a time) for submit->start without a queue.
 async fn end_to_end(setup: &Setup) -> anyhow::Result<serde_json::Value> {
-    let server = server::KilnServer::start(
-        &setup.data.path().join("e2e"),
-        setup.plugins.path(),
-        SERVER_CONFIG,
-    )?;
+    let server = setup.store_server("e2e").await?;
     let saturated = http::end_to_end(&server.base, "noop", 64, setup.scale(20000, 2000)).await?;
     server.stop();
-    let server = server::KilnServer::start(
-        &setup.data.path().join("e2e-1"),
-        setup.plugins.path(),
-        SERVER_CONFIG,
-    )?;
+    let server = setup.store_server("e2e-1").await?;
     let unloaded = http::end_to_end(&server.base, "noop", 1, setup.scale(2000, 200)).await?;
     server.stop();
     println!(
-        "\nNo-op jobs end to end (submit -> start is send -> `running` event received on /v1/events):"
+        "\nNo-op jobs end to end (submit -> start is send -> `running` event received on /v1/events; {}):",
+        setup.store_name()
     );
     println!(
         "  {:<10} {:>8} {:>10} {:>16} {:>16}",
@@ -304,7 +352,7 @@ async fn end_to_end(setup: &Setup) -> anyhow::Result<serde_json::Value> {
             f.submit_to_start.p99_us
         );
     }
-    Ok(json!({ "saturated": saturated, "unloaded": unloaded }))
+    Ok(json!({ "store": setup.store_name(), "saturated": saturated, "unloaded": unloaded }))
 }
 
 /// 4. SSE fan-out.

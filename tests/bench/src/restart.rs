@@ -8,7 +8,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use kiln::store::{JobRecord, JobStatus, NewEvent, Store, event_names, now_ms};
+use kiln::jobs::event_names;
+use kiln::store::{JobRecord, JobStatus, NewEvent, Store, now_ms};
 
 use crate::server::KilnServer;
 

@@ -3,7 +3,7 @@
 
 use redb::TableDefinition;
 
-/// Job id -> JSON of [`super::JobRecord`] (small: no payload, no result).
+/// Job id -> JSON of [`crate::store::JobRecord`] (small: no payload, no result).
 pub(super) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 /// Job id -> payload JSON text, written once at submit.
 pub(super) const PAYLOADS: TableDefinition<u128, &[u8]> = TableDefinition::new("payloads");
@@ -29,7 +29,7 @@ pub(super) const JOURNAL: TableDefinition<(u128, u64), &[u8]> = TableDefinition:
 /// resumes from. Positions only grow; the oldest are trimmed to keep the newest
 /// `events_feed_retention`. The event itself stays in [`EVENTS`].
 pub(super) const FEED: TableDefinition<u64, (u128, u64, u8)> = TableDefinition::new("feed");
-/// File id -> JSON of an upload's [`super::FileRecord`] (added in 0.2.0; an older file
+/// File id -> JSON of an upload's [`crate::store::FileRecord`] (added in 0.2.0; an older file
 /// gains it empty).
 pub(super) const FILES: TableDefinition<u128, &[u8]> = TableDefinition::new("files");
 /// (expires at ms, file id): the sweeper's index of uploads.

@@ -1,0 +1,472 @@
+//! Group commit, written once for both backends: the writer of each backend takes every
+//! change waiting ([`drain`]), applies them one by one to a [`WriteSet`] (the open
+//! transaction of redb, or the rows PostgreSQL will receive), commits once, and only then
+//! answers the callers and publishes the events on the [`Bus`] ([`settle`]).
+//!
+//! Committing each change alone would cap Kiln at one fsync per change. Batching keeps
+//! every acknowledged change durable (callers get their reply only after the commit) while
+//! thousands of changes share one fsync under load. Publishing after the commit is what
+//! lets SSE replay-then-live be gap-free.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::StoreError;
+use super::bus::Bus;
+use super::model::{JobEvent, JobRecord, NewEvent, now_ms};
+use crate::llm::Usage;
+
+/// Most changes one commit takes; bounds a transaction's size under a flood.
+pub(super) const MAX_BATCH: usize = 4096;
+
+/// What a mutation decided: the events to append and result changes.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Appended to the job's log, in order, each with the next sequence number.
+    pub events: Vec<NewEvent>,
+    /// Stores the job's result (JSON text).
+    pub result: Option<String>,
+    /// Removes a stored result (a completed job being retried).
+    pub clear_result: bool,
+}
+
+impl Change {
+    /// A change that appends `events`.
+    pub fn events(events: Vec<NewEvent>) -> Self {
+        Self {
+            events,
+            ..Self::default()
+        }
+    }
+}
+
+/// A state change, applied to the current record inside the write transaction, so it
+/// always sees the latest state: a cancel and a completion racing each other are
+/// serialised here and the loser is refused.
+pub type Mutation = Box<dyn FnOnce(&mut JobRecord) -> Result<Change, StoreError> + Send>;
+
+/// A change nobody waits for (a plugin's progress): it can be applied again, so a commit
+/// that failed because the database was unreachable is retried once it is back.
+pub type DetachedMutation = Arc<dyn Fn(&mut JobRecord) -> Result<Change, StoreError> + Send + Sync>;
+
+/// How an insert went.
+#[derive(Clone, Debug)]
+pub enum Inserted {
+    /// A new job.
+    Created(JobRecord),
+    /// The idempotency key was already used: the job it created.
+    Existing(JobRecord),
+}
+
+/// One change sent to a writer.
+pub(super) enum Op {
+    Insert {
+        job: Box<JobRecord>,
+        payload: String,
+        event: NewEvent,
+        reply: oneshot::Sender<Result<Inserted, StoreError>>,
+    },
+    Update {
+        id: Uuid,
+        mutate: Mutation,
+        reply: oneshot::Sender<Result<JobRecord, StoreError>>,
+    },
+    Detached {
+        id: Uuid,
+        mutate: DetachedMutation,
+    },
+    Delete {
+        ids: Vec<Uuid>,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// Stores one journaled LLM call (JSON bytes) of a job and adds what it cost to the
+    /// job's `usage`, in one commit.
+    Journal {
+        job: Uuid,
+        index: u64,
+        entry: Vec<u8>,
+        cost: Usage,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Answers once everything sent before it is committed.
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+impl Op {
+    /// The jobs this op reads, so a backend can load them before applying a batch.
+    pub(super) fn jobs(&self) -> Vec<Uuid> {
+        match self {
+            Op::Insert { .. } | Op::Flush { .. } => Vec::new(),
+            Op::Update { id, .. } | Op::Detached { id, .. } => vec![*id],
+            Op::Journal { job, .. } => vec![*job],
+            Op::Delete { ids, .. } => ids.clone(),
+        }
+    }
+
+    /// The op again, for a retry, when it can be applied twice (see [`DetachedMutation`]).
+    pub(super) fn retryable(&self) -> Option<Op> {
+        match self {
+            Op::Detached { id, mutate } => Some(Op::Detached {
+                id: *id,
+                mutate: mutate.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// How an event is kept in a job's log.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredEvent {
+    pub name: String,
+    pub data: Value,
+    pub at_ms: u64,
+}
+
+/// The writes a batch makes, as each backend performs them. Reads see the batch's own
+/// earlier writes.
+pub(super) trait WriteSet {
+    /// A job's current record.
+    fn job(&mut self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
+    /// The job an idempotency slot names.
+    fn idempotent(&mut self, key: &str) -> Result<Option<Uuid>, StoreError>;
+    /// Writes a job's record; `before` is its previous state (`None`: a new job), for
+    /// backends that keep their indexes by hand.
+    fn put_job(&mut self, before: Option<&JobRecord>, job: &JobRecord) -> Result<(), StoreError>;
+    /// A new job's payload and idempotency slot.
+    fn put_payload(&mut self, job: &JobRecord, payload: &str) -> Result<(), StoreError>;
+    /// Stores (`Some`) or removes (`None`) a job's result.
+    fn put_result(&mut self, id: Uuid, result: Option<&str>) -> Result<(), StoreError>;
+    /// Appends event `seq` to a job's log and its place `position` in the feed.
+    fn put_event(
+        &mut self,
+        job: &JobRecord,
+        seq: u64,
+        position: u64,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError>;
+    /// Stores a journaled LLM call.
+    fn put_journal(&mut self, job: Uuid, index: u64, entry: &[u8]) -> Result<(), StoreError>;
+    /// Deletes a job with everything it owns.
+    fn delete_job(&mut self, job: &JobRecord) -> Result<(), StoreError>;
+    /// Drops the feed positions below `keep_from`.
+    fn trim_feed(&mut self, keep_from: u64) -> Result<(), StoreError>;
+}
+
+/// Where the feed of every job's events stands: the position the next event gets, and
+/// how many of the newest positions are kept.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Feed {
+    /// The next event's feed position (1 in a new database).
+    pub next: u64,
+    /// Positions kept; older ones are trimmed at each commit.
+    pub retention: u64,
+}
+
+/// The answer an applied op is owed, sent once its batch is committed (or failed).
+pub(super) enum Reply {
+    Insert(
+        oneshot::Sender<Result<Inserted, StoreError>>,
+        Result<Inserted, StoreError>,
+    ),
+    Update(
+        oneshot::Sender<Result<JobRecord, StoreError>>,
+        Result<JobRecord, StoreError>,
+    ),
+    /// A detached change, kept for a retry should the commit fail.
+    Detached(Option<Op>, Result<(), StoreError>),
+    Journal(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+    Delete(
+        oneshot::Sender<Result<usize, StoreError>>,
+        Result<usize, StoreError>,
+    ),
+    Flush(oneshot::Sender<()>),
+}
+
+impl Reply {
+    /// The reply slot of an op that was never applied.
+    pub(super) fn unapplied(op: Op) -> Reply {
+        // The outcome is replaced by `fail` before it is sent.
+        match op {
+            Op::Insert { reply, .. } => Reply::Insert(reply, Err(StoreError::Closed)),
+            Op::Update { reply, .. } => Reply::Update(reply, Err(StoreError::Closed)),
+            detached @ Op::Detached { .. } => Reply::Detached(Some(detached), Ok(())),
+            Op::Delete { reply, .. } => Reply::Delete(reply, Err(StoreError::Closed)),
+            Op::Journal { reply, .. } => Reply::Journal(reply, Err(StoreError::Closed)),
+            Op::Flush { reply } => Reply::Flush(reply),
+        }
+    }
+
+    /// Answers with `error` (the commit failed), handing back a detached change to retry
+    /// when the failure is the database being out of reach.
+    pub(super) fn fail(self, error: &StoreError) -> Option<Op> {
+        match self {
+            Reply::Insert(tx, _) => drop(tx.send(Err(error.clone()))),
+            Reply::Update(tx, _) => drop(tx.send(Err(error.clone()))),
+            Reply::Delete(tx, _) => drop(tx.send(Err(error.clone()))),
+            Reply::Journal(tx, _) => drop(tx.send(Err(error.clone()))),
+            Reply::Detached(op, _) => {
+                if matches!(error, StoreError::Unavailable(_)) {
+                    return op;
+                }
+                tracing::warn!(%error, "a progress event was not saved");
+            }
+            // A flush answers "everything before me is settled", which it is.
+            Reply::Flush(tx) => drop(tx.send(())),
+        }
+        None
+    }
+
+    fn send(self) {
+        match self {
+            Reply::Insert(tx, r) => drop(tx.send(r)),
+            Reply::Update(tx, r) => drop(tx.send(r)),
+            Reply::Detached(_, Err(error)) => {
+                // Progress of a job that is gone or finished.
+                tracing::debug!(%error, "detached update not applied");
+            }
+            Reply::Detached(_, Ok(())) => {}
+            Reply::Delete(tx, r) => drop(tx.send(r)),
+            Reply::Journal(tx, r) => drop(tx.send(r)),
+            Reply::Flush(tx) => drop(tx.send(())),
+        }
+    }
+}
+
+/// Waits for the first op, then takes whatever else is waiting, up to [`MAX_BATCH`].
+/// `None` once every sender is gone.
+pub(super) async fn next_batch(rx: &mut mpsc::UnboundedReceiver<Op>) -> Option<Vec<Op>> {
+    let first = rx.recv().await?;
+    Some(drain(first, rx))
+}
+
+/// `first` and whatever else is waiting, up to [`MAX_BATCH`].
+pub(super) fn drain(first: Op, rx: &mut mpsc::UnboundedReceiver<Op>) -> Vec<Op> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// One batch being applied: its replies and the events it will publish.
+pub(super) struct Applied {
+    pub replies: Vec<Reply>,
+    pub published: Vec<JobEvent>,
+    /// The feed as it was before the batch, restored if the commit fails.
+    feed_before: Feed,
+}
+
+impl Applied {
+    pub(super) fn new(feed: &Feed) -> Self {
+        Self {
+            replies: Vec::new(),
+            published: Vec::new(),
+            feed_before: *feed,
+        }
+    }
+}
+
+/// Applies `ops` to `set` in order, then trims the feed. `Err` only for storage failures,
+/// which abort the whole batch; refusals (unknown job, conflicting state) are each op's own
+/// outcome. The ops not reached are returned with the error.
+pub(super) fn apply_all(
+    set: &mut impl WriteSet,
+    feed: &mut Feed,
+    ops: Vec<Op>,
+    applied: &mut Applied,
+) -> Result<(), (StoreError, Vec<Op>)> {
+    let mut ops = ops.into_iter();
+    while let Some(op) = ops.next() {
+        let retry = op.retryable();
+        match apply(set, feed, op, &mut applied.published) {
+            Ok(reply) => applied.replies.push(reply),
+            Err(error) => {
+                // The failed op itself: keep a detached one for the retry.
+                if let Some(retry) = retry {
+                    applied.replies.push(Reply::Detached(Some(retry), Ok(())));
+                }
+                return Err((error, ops.collect()));
+            }
+        }
+    }
+    let keep_from = feed.next.saturating_sub(feed.retention.max(1));
+    if keep_from > 1 {
+        set.trim_feed(keep_from).map_err(|e| (e, Vec::new()))?;
+    }
+    Ok(())
+}
+
+/// Answers a batch once its commit is known: on success publishes its events and sends
+/// the replies; on failure fails every op of it (nothing of it was saved), restores the
+/// feed, and returns the detached changes to retry.
+pub(super) fn settle(
+    outcome: Result<(), StoreError>,
+    applied: Applied,
+    unapplied: Vec<Op>,
+    feed: &mut Feed,
+    bus: &Bus,
+) -> Vec<Op> {
+    match outcome {
+        Ok(()) => {
+            for event in applied.published {
+                bus.publish(Arc::new(event));
+            }
+            applied.replies.into_iter().for_each(Reply::send);
+            Vec::new()
+        }
+        Err(error) => {
+            *feed = applied.feed_before;
+            tracing::error!(%error, "a commit failed; its changes were not saved");
+            applied
+                .replies
+                .into_iter()
+                .chain(unapplied.into_iter().map(Reply::unapplied))
+                .filter_map(|reply| reply.fail(&error))
+                .collect()
+        }
+    }
+}
+
+fn apply(
+    set: &mut impl WriteSet,
+    feed: &mut Feed,
+    op: Op,
+    published: &mut Vec<JobEvent>,
+) -> Result<Reply, StoreError> {
+    Ok(match op {
+        Op::Insert {
+            job,
+            payload,
+            event,
+            reply,
+        } => Reply::Insert(
+            reply,
+            Ok(insert(set, feed, *job, &payload, event, published)?),
+        ),
+        Op::Update { id, mutate, reply } => {
+            Reply::Update(reply, update(set, feed, id, mutate, published)?)
+        }
+        Op::Detached { id, mutate } => {
+            let outcome = update(set, feed, id, |job| mutate(job), published)?;
+            Reply::Detached(None, outcome.map(drop))
+        }
+        Op::Delete { ids, reply } => {
+            let mut deleted = 0;
+            for id in ids {
+                if let Some(job) = set.job(id)? {
+                    set.delete_job(&job)?;
+                    deleted += 1;
+                }
+            }
+            Reply::Delete(reply, Ok(deleted))
+        }
+        Op::Journal {
+            job,
+            index,
+            entry,
+            cost,
+            reply,
+        } => {
+            set.put_journal(job, index, &entry)?;
+            if let Some(before) = set.job(job)? {
+                let mut record = before.clone();
+                record.usage.add(&cost);
+                set.put_job(Some(&before), &record)?;
+            }
+            Reply::Journal(reply, Ok(()))
+        }
+        Op::Flush { reply } => Reply::Flush(reply),
+    })
+}
+
+fn insert(
+    set: &mut impl WriteSet,
+    feed: &mut Feed,
+    mut job: JobRecord,
+    payload: &str,
+    event: NewEvent,
+    published: &mut Vec<JobEvent>,
+) -> Result<Inserted, StoreError> {
+    if let Some(key) = &job.idempotency_key
+        && let Some(id) = set.idempotent(key)?
+        && let Some(existing) = set.job(id)?
+    {
+        return Ok(Inserted::Existing(existing));
+    }
+    set.put_payload(&job, payload)?;
+    append(set, feed, &mut job, vec![event], published)?;
+    set.put_job(None, &job)?;
+    Ok(Inserted::Created(job))
+}
+
+fn update(
+    set: &mut impl WriteSet,
+    feed: &mut Feed,
+    id: Uuid,
+    mutate: impl FnOnce(&mut JobRecord) -> Result<Change, StoreError>,
+    published: &mut Vec<JobEvent>,
+) -> Result<Result<JobRecord, StoreError>, StoreError> {
+    let Some(before) = set.job(id)? else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    let mut job = before.clone();
+    let change = match mutate(&mut job) {
+        Ok(change) => change,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if let Some(result) = &change.result {
+        set.put_result(id, Some(result))?;
+    } else if change.clear_result {
+        set.put_result(id, None)?;
+    }
+    append(set, feed, &mut job, change.events, published)?;
+    set.put_job(Some(&before), &job)?;
+    Ok(Ok(job))
+}
+
+fn append(
+    set: &mut impl WriteSet,
+    feed: &mut Feed,
+    job: &mut JobRecord,
+    events: Vec<NewEvent>,
+    published: &mut Vec<JobEvent>,
+) -> Result<(), StoreError> {
+    let at_ms = now_ms();
+    for event in events {
+        job.last_seq += 1;
+        let stored = StoredEvent {
+            name: event.name.to_string(),
+            data: event.data,
+            at_ms,
+        };
+        let position = feed.next;
+        set.put_event(job, job.last_seq, position, &stored)?;
+        feed.next += 1;
+        published.push(JobEvent {
+            job_id: job.id,
+            seq: job.last_seq,
+            feed_seq: position,
+            name: stored.name,
+            data: stored.data,
+            at_ms,
+            job_type: job.job_type.clone(),
+            status: job.status,
+            tenant: job.tenant.clone(),
+            encodings: Default::default(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Follows the writers of other Kiln processes sharing the database: their `NOTIFY`
+//! wake-ups name `job_id:seq`, and the events themselves are read from `kiln_events` and
+//! published to this process's subscribers of those jobs. Events this process wrote are
+//! already published by its own writer, after their commit.
+//!
+//! The wake-up is only a hint: a subscriber that sees a gap re-reads the log, so a
+//! notification lost while the listener reconnects delays an event, never loses it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
+
+use super::super::StoreError;
+use super::super::bus::Bus;
+use super::{NOTIFY_CHANNEL, PgConnector, PgStore, classify};
+
+/// Events read per wake-up and job.
+const READ_LIMIT: usize = 512;
+
+/// Listens until aborted, reconnecting after a lost connection.
+pub(super) async fn run(connector: PgConnector, pool: Pool, bus: Arc<Bus>, node: Uuid) {
+    let reader = PgStore {
+        pool,
+        tasks: Vec::new(),
+    };
+    let mut published: HashMap<Uuid, u64> = HashMap::new();
+    loop {
+        if let Err(error) = listen(&connector, &reader, &bus, node, &mut published).await {
+            tracing::debug!(%error, "the PostgreSQL listener reconnects");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen(
+    connector: &PgConnector,
+    reader: &PgStore,
+    bus: &Bus,
+    node: Uuid,
+    published: &mut HashMap<Uuid, u64>,
+) -> Result<(), StoreError> {
+    let (client, mut connection) = connector.config.connect(NoTls).await.map_err(classify)?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(notice) = message
+                && tx.send(notice.payload().to_string()).is_err()
+            {
+                break;
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .await
+        .map_err(classify)?;
+    let own = node.to_string();
+    while let Some(payload) = rx.recv().await {
+        let mut lines = payload.lines();
+        if lines.next().is_none_or(|from| from == own) {
+            continue;
+        }
+        for line in lines {
+            let Some((id, seq)) = line.split_once(':') else {
+                continue;
+            };
+            let (Ok(id), Ok(seq)) = (id.parse::<Uuid>(), seq.parse::<u64>()) else {
+                continue;
+            };
+            if !bus.has_job_subscribers(id) {
+                published.remove(&id);
+                continue;
+            }
+            let after = published.get(&id).copied().unwrap_or(seq.saturating_sub(1));
+            let Some(job) = reader.get(id).await? else {
+                continue;
+            };
+            for event in reader.events_after(&job, after, READ_LIMIT).await? {
+                published.insert(id, event.seq);
+                bus.publish_job(Arc::new(event));
+            }
+        }
+    }
+    driver.abort();
+    Err(StoreError::Unavailable(
+        "the listener's connection ended".into(),
+    ))
+}

@@ -1,0 +1,393 @@
+//! What only the PostgreSQL backend has: selecting it, its schema migrations, the password
+//! kept out of every output, losing the database under load and getting it back, other
+//! processes following a job's log, and the kill -9 walk-through of the README. Each test
+//! runs its own real PostgreSQL server (see [`crate::pg`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use kiln::jobs::event_names;
+use kiln::store::{Change, NewEvent, PostgresOptions, Store};
+
+use crate::pg::PgServer;
+use crate::support::*;
+
+/// Config for jobs that take a while: each offline LLM call waits 150 ms.
+const SLOW_LLM: &str = "[providers.offline]\nkind = \"offline\"\nlatency_ms = 150\n";
+
+fn store_table(url: &str) -> String {
+    format!("\n[store]\nurl = \"{url}\"\n")
+}
+
+/// The README's walk-through: `kiln serve --database-url …` (here `KILN_DATABASE_URL`),
+/// submit and follow a characters job, kill -9 Kiln mid-job, start it again: the job
+/// finishes and the resumed stream has every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_on_postgres_survives_kill_9_with_every_event_once() {
+    let pg = PgServer::start();
+    let url = pg.database("kiln");
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&["characters"]);
+    let env = [("KILN_DATABASE_URL", url.as_str())];
+    let mut kiln = KilnProcess::start_with_env(data.path(), plugins.path(), SLOW_LLM, &env);
+    assert!(kiln.log().contains("postgres"), "{}", kiln.log());
+    let client = reqwest::Client::new();
+    let id = submit_ok(
+        &client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "harbour pilots", "count": 3 } }),
+    )
+    .await;
+    let response = open_sse(&client, &kiln.url(&format!("/v1/jobs/{id}/events")), None).await;
+    let mut reader = SseReader::new(response);
+    // Up to the first stage's progress: its LLM calls are journaled by then.
+    let mut before: Vec<SseEvent> = Vec::new();
+    while before.last().is_none_or(|e| e.event != "progress") {
+        match reader.next(Duration::from_secs(30)).await {
+            Some(event) => before.push(event),
+            None => panic!("the stream ended early: {before:?}\n{}", kiln.log()),
+        }
+    }
+    kiln.kill9();
+    let last = before.last().unwrap().id.unwrap();
+
+    let kiln = KilnProcess::start_with_env(data.path(), plugins.path(), SLOW_LLM, &env);
+    let response = open_sse(
+        &client,
+        &kiln.url(&format!("/v1/jobs/{id}/events")),
+        Some(last),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let after = read_sse(response, None, Duration::from_secs(120)).await;
+    let ids: Vec<u64> = before.iter().chain(&after).map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "every event once, in order: {after:?}\n{}",
+        kiln.log()
+    );
+    assert_eq!(after.last().unwrap().event, "completed", "{after:?}");
+    let job = wait_terminal(&client, &kiln.base, &id, Duration::from_secs(10)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(
+        job["attempt"], 2,
+        "the interrupted attempt was retried: {job}"
+    );
+    assert!(
+        job["usage"]["replayed_calls"].as_u64().unwrap() > 0,
+        "{job}"
+    );
+    // The jobs are in PostgreSQL, not in a redb file.
+    assert!(!data.path().join("kiln.redb").exists());
+    assert_eq!(
+        pg.psql(
+            "kiln",
+            &format!("SELECT status FROM kiln_jobs WHERE id = '{id}'")
+        ),
+        "2"
+    );
+}
+
+/// The flag beats the variable, which beats `[store] url`; the password of whichever is
+/// used shows nowhere: not in the log, `/metrics`, `kiln doctor`, nor the error of a
+/// database that cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_password_never_shows() {
+    let pg = PgServer::start();
+    pg.database("kiln");
+    // The tests' server trusts loopback, so any password is accepted: it is still in the
+    // URL, which is what must not leak.
+    let secret = "s3cr3t-Pa55word";
+    let url = format!("postgres://kiln:{secret}@127.0.0.1:{}/kiln", pg.port);
+    let data = tempfile::tempdir().unwrap();
+    let plugins = plugins_dir(&["characters"]);
+    let kiln = KilnProcess::start(data.path(), plugins.path(), &store_table(&url));
+    let client = reqwest::Client::new();
+    let id = submit_ok(
+        &client,
+        &kiln.base,
+        json!({ "type": "characters", "payload": { "theme": "x", "count": 1 } }),
+    )
+    .await;
+    wait_terminal(&client, &kiln.base, &id, Duration::from_secs(30)).await;
+    let metrics = client
+        .get(kiln.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
+        .args(["doctor", "--server", &kiln.base])
+        .output()
+        .unwrap();
+    let doctor_out = String::from_utf8_lossy(&doctor.stdout).to_string()
+        + &String::from_utf8_lossy(&doctor.stderr);
+    assert!(doctor.status.success(), "{doctor_out}");
+    assert!(
+        doctor_out.contains(&format!(
+            "storage: postgres postgres://kiln:***@127.0.0.1:{}/kiln",
+            pg.port
+        )),
+        "doctor names the store, password masked:\n{doctor_out}"
+    );
+    let log = kiln.log();
+    for (what, text) in [
+        ("log", &log),
+        ("metrics", &metrics),
+        ("doctor", &doctor_out),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "the password is in the {what}:\n{text}"
+        );
+    }
+    drop(kiln);
+
+    // A database that cannot be reached: Kiln refuses to start, naming it without the
+    // password. KILN_DATABASE_URL beats the file's URL (which points at the live server).
+    let dead = format!("postgres://kiln:{secret}@127.0.0.1:{}/kiln", free_port());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .arg("--plugins-dir")
+        .arg(plugins.path())
+        .env("KILN_DATABASE_URL", &dead)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("connecting to PostgreSQL at postgres://kiln:***@"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+    // And the flag beats the variable.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-test-server"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--database-url",
+            &dead,
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg("--plugins-dir")
+        .arg(plugins.path())
+        .env("KILN_DATABASE_URL", pg.url("kiln"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the flag's dead URL was used: {stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+}
+
+/// Two Kilns starting at once on an empty database apply the schema once; a database
+/// whose schema is newer than this Kiln knows is refused with a clear message, and
+/// nothing is written to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_and_a_newer_schema_is_refused() {
+    let pg = PgServer::start();
+    let url = pg.database("kiln");
+    let data = tempfile::tempdir().unwrap();
+    let open = || Store::open_postgres(PostgresOptions::new(url.clone()), data.path(), 64, 1000);
+    let (a, b) = futures::join!(open(), open());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        pg.psql(
+            "kiln",
+            "SELECT string_agg(version::text, ',') FROM kiln_schema"
+        ),
+        "1"
+    );
+    drop((a, b));
+
+    pg.psql("kiln", "INSERT INTO kiln_schema (version) VALUES (99)");
+    let refused = match open().await {
+        Ok(_) => panic!("a Kiln opened a schema newer than it knows"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        refused.contains("schema is version 99, newer than this Kiln knows (1)"),
+        "{refused}"
+    );
+    assert_eq!(pg.psql("kiln", "SELECT count(*) FROM kiln_jobs"), "0");
+}
+
+/// Stopping PostgreSQL under load: submits answer `503 storage_unavailable` in the error
+/// shape, nothing answered 202 is lost, running jobs keep running, and once PostgreSQL is
+/// back Kiln serves again without a restart: every job ends, each log gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_postgres_under_load_refuses_then_recovers_without_a_restart() {
+    let pg = Arc::new(PgServer::start());
+    let url = pg.database("kiln");
+    let extra = format!("{SLOW_LLM}{}", store_table(&url));
+    let kiln = InProcess::start(&["characters"], &extra).await;
+    let base = kiln.base.clone();
+    let client = kiln.client.clone();
+    let body = json!({ "type": "characters", "payload": { "theme": "storm", "count": 2 } });
+
+    // Submitters that keep going through the outage, recording every answer.
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let other = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut submitters = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (client, base, body) = (client.clone(), base.clone(), body.clone());
+        let (accepted, refused, other, stop) = (
+            accepted.clone(),
+            refused.clone(),
+            other.clone(),
+            stop.clone(),
+        );
+        submitters.spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let (status, answer) = submit(&client, &base, body.clone()).await;
+                match status {
+                    202 => accepted.lock().unwrap().push(id_of(&answer)),
+                    503 if answer["error"]["kind"] == "storage_unavailable" => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => other.lock().unwrap().push(format!("{status} {answer}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_outage = accepted.lock().unwrap().len();
+    assert!(before_outage > 0, "nothing was accepted before the outage");
+
+    pg.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refused.load(Ordering::SeqCst) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "submits were not refused with 503 while the database was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reads are refused the same way.
+    let (status, answer) = get_json(&client, &kiln.url("/v1/jobs?limit=5")).await;
+    assert_eq!(
+        (status, answer["error"]["kind"].as_str()),
+        (503, Some("storage_unavailable")),
+        "{answer}"
+    );
+    let during = accepted.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        accepted.lock().unwrap().len(),
+        during,
+        "a submit was accepted with the database down"
+    );
+
+    pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while accepted.lock().unwrap().len() <= during {
+        assert!(
+            Instant::now() < deadline,
+            "Kiln did not accept submits again after PostgreSQL came back; PostgreSQL's log:\n{}",
+            pg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    while submitters.join_next().await.is_some() {}
+    assert!(
+        other.lock().unwrap().is_empty(),
+        "unexpected answers: {:?}",
+        other.lock().unwrap()
+    );
+
+    // Every accepted job exists and ends; its log is gap-free and ends once.
+    let ids = accepted.lock().unwrap().clone();
+    for id in &ids {
+        let job = wait_terminal(&client, &base, id, Duration::from_secs(120)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        let events = all_events(&client, &base, id, Duration::from_secs(10)).await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{id}: {events:?}"
+        );
+        let endings = events.iter().filter(|e| e.event == "completed").count();
+        assert_eq!(endings, 1, "{id}: {events:?}");
+    }
+    let listed = pg.psql("kiln", "SELECT count(*) FROM kiln_jobs");
+    assert_eq!(
+        listed,
+        ids.len().to_string(),
+        "only accepted jobs are stored"
+    );
+}
+
+/// Events committed by another process on the same database reach this process's live
+/// subscribers, woken by `NOTIFY` and read from the table: the base of the next step, a
+/// cluster of Kiln nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_follows_a_jobs_log_through_notify() {
+    let pg = PgServer::start();
+    let url = pg.database("kiln");
+    let data = tempfile::tempdir().unwrap();
+    let open = || Store::open_postgres(PostgresOptions::new(url.clone()), data.path(), 64, 1000);
+    let writer = Arc::new(open().await.unwrap());
+    let follower = open().await.unwrap();
+    let job = kiln::store::JobRecord {
+        id: uuid::Uuid::now_v7(),
+        job_type: "characters".into(),
+        queue: "characters".into(),
+        status: kiln::store::JobStatus::Running,
+        progress: 0,
+        message: None,
+        error: None,
+        attempt: 1,
+        max_attempts: 1,
+        priority: 0,
+        timeout_s: None,
+        run_at_ms: None,
+        created_at_ms: kiln::store::now_ms(),
+        started_at_ms: None,
+        finished_at_ms: None,
+        usage: Default::default(),
+        last_seq: 0,
+        idempotency_key: None,
+        tenant: None,
+        artifacts: Vec::new(),
+    };
+    let event = |n: u64| NewEvent::new(event_names::PROGRESS, json!({ "progress": n }));
+    writer
+        .insert(job.clone(), "{}".into(), event(0))
+        .await
+        .unwrap();
+    let mut live = follower.bus.subscribe_job(job.id);
+    for n in 1..=5 {
+        writer
+            .update(job.id, move |_| Ok(Change::events(vec![event(n)])))
+            .await
+            .unwrap();
+    }
+    let mut seen: Vec<(u64, Value)> = Vec::new();
+    while seen.last().map(|(seq, _)| *seq) != Some(6) {
+        let next = tokio::time::timeout(Duration::from_secs(10), live.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no event from the other process; got {seen:?}"))
+            .unwrap();
+        seen.push((next.seq, next.data["progress"].clone()));
+    }
+    // Wake-ups may cover several events each; every event is delivered once, in order.
+    let seqs: Vec<u64> = seen.iter().map(|(seq, _)| *seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert_eq!(seen.last().unwrap().1, json!(5));
+}
