@@ -215,15 +215,8 @@ impl PgServer {
         *self.child.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = Command::new(bin_dir().join("pg_isready"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "kiln",
-                ])
+            let ready = self
+                .client("pg_isready")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -259,18 +252,25 @@ impl PgServer {
         text
     }
 
+    /// One of PostgreSQL's client programs, pointed at this server as `kiln`.
+    fn client(&self, program: &str) -> Command {
+        let mut command = Command::new(bin_dir().join(program));
+        command.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "kiln",
+        ]);
+        command
+    }
+
     /// The URL of database `db` (created if missing).
     pub fn database(&self, db: &str) -> String {
-        let output = Command::new(bin_dir().join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "kiln",
-                db,
-            ])
+        let output = self
+            .client("createdb")
+            .arg(db)
             .output()
             .expect("running createdb");
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -289,17 +289,9 @@ impl PgServer {
     /// Runs SQL with `psql` against database `db`; returns what it printed (unaligned,
     /// tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let output = Command::new(bin_dir().join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "kiln",
-                "-d",
-                db,
-            ])
+        let output = self
+            .client("psql")
+            .args(["-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .expect("running psql");

@@ -345,26 +345,8 @@ async fn another_process_follows_a_jobs_log_through_notify() {
     let writer = Arc::new(open().await.unwrap());
     let follower = open().await.unwrap();
     let job = kiln::store::JobRecord {
-        id: uuid::Uuid::now_v7(),
-        job_type: "characters".into(),
-        queue: "characters".into(),
         status: kiln::store::JobStatus::Running,
-        progress: 0,
-        message: None,
-        error: None,
-        attempt: 1,
-        max_attempts: 1,
-        priority: 0,
-        timeout_s: None,
-        run_at_ms: None,
-        created_at_ms: kiln::store::now_ms(),
-        started_at_ms: None,
-        finished_at_ms: None,
-        usage: Default::default(),
-        last_seq: 0,
-        idempotency_key: None,
-        tenant: None,
-        artifacts: Vec::new(),
+        ..kiln::store::JobRecord::queued(uuid::Uuid::now_v7(), "characters", 0)
     };
     let event = |n: u64| NewEvent::new(event_names::PROGRESS, json!({ "progress": n }));
     writer

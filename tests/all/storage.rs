@@ -88,26 +88,9 @@ async fn close(store: Arc<Store>) {
 
 fn job(job_type: &str, tenant: Option<&str>, key: Option<&str>) -> JobRecord {
     JobRecord {
-        id: Uuid::now_v7(),
-        job_type: job_type.into(),
-        queue: job_type.into(),
-        status: JobStatus::Queued,
-        progress: 0,
-        message: None,
-        error: None,
-        attempt: 1,
-        max_attempts: 3,
-        priority: 0,
-        timeout_s: None,
-        run_at_ms: None,
-        created_at_ms: now_ms(),
-        started_at_ms: None,
-        finished_at_ms: None,
-        usage: Default::default(),
-        last_seq: 0,
         idempotency_key: key.map(|k| kiln::store::idempotency_slot(tenant, k)),
         tenant: tenant.map(str::to_string),
-        artifacts: Vec::new(),
+        ..JobRecord::queued(Uuid::now_v7(), job_type, now_ms())
     }
 }
 

@@ -124,14 +124,11 @@ pub(super) fn end_attempt(
     // each replayed one with its `replayed` event.
     match result {
         Ok(value) => complete(job, value, artifacts, now_ms),
-        Err(failure) if interrupted => {
-            tracing::info!(kind = %failure.kind, "attempt interrupted by shutdown");
-            Ok(interrupt(
-                job,
-                "the server shut down during attempt",
-                now_ms,
-            ))
-        }
+        Err(_) if interrupted => Ok(interrupt(
+            job,
+            "the server shut down during attempt",
+            now_ms,
+        )),
         Err(failure) if failure.kind == FailureKind::Cancelled => end_cancelled(job, now_ms),
         Err(failure) => Ok(fail_or_retry(job, failure.clone(), backoff, now_ms)),
     }
@@ -314,26 +311,9 @@ mod tests {
     /// A job in `status`, on attempt 1 of 3, with the fields its status implies.
     fn job(status: JobStatus) -> JobRecord {
         let mut job = JobRecord {
-            id: Uuid::nil(),
-            job_type: "echo".into(),
             queue: "default".into(),
             status,
-            progress: 0,
-            message: None,
-            error: None,
-            attempt: 1,
-            max_attempts: 3,
-            priority: 0,
-            timeout_s: None,
-            run_at_ms: None,
-            created_at_ms: NOW - 60_000,
-            started_at_ms: None,
-            finished_at_ms: None,
-            usage: Default::default(),
-            last_seq: 0,
-            idempotency_key: None,
-            tenant: None,
-            artifacts: Vec::new(),
+            ..JobRecord::queued(Uuid::nil(), "echo", NOW - 60_000)
         };
         if status != JobStatus::Queued {
             job.started_at_ms = Some(NOW - 30_000);

@@ -124,35 +124,28 @@ impl JobService {
         self.record_start(&job.queue, queue_ms);
         tracing::info!(job_type = %job.job_type, attempt = job.attempt, "attempt started");
 
+        // An attempt that fails before its plugin runs.
+        let not_run = |job, kind, message: String| {
+            let outcome = crate::runtime::RunOutcome {
+                result: Err(JobFailure::new(kind, message)),
+                usage: Default::default(),
+            };
+            (job, outcome, None)
+        };
         let Some(plugin) = self.inner.plugins.get(&job.job_type).cloned() else {
-            let failure = JobFailure::new(
-                FailureKind::UnknownType,
-                format!("no plugin for job type '{}' is loaded", job.job_type),
-            );
-            return (
-                job,
-                crate::runtime::RunOutcome {
-                    result: Err(failure),
-                    usage: Default::default(),
-                },
-                None,
-            );
+            let message = format!("no plugin for job type '{}' is loaded", job.job_type);
+            return not_run(job, FailureKind::UnknownType, message);
         };
         let payload = match store.payload(id).await {
             Ok(Some(payload)) => payload,
+            // Unreachable storage is worth another attempt; a missing payload is not.
+            Err(StoreError::Unavailable(error)) => {
+                let message = format!("the job's payload could not be read: {error}");
+                return not_run(job, FailureKind::Retryable, message);
+            }
             other => {
-                let failure = JobFailure::new(
-                    FailureKind::Internal,
-                    format!("the job's payload could not be read: {other:?}"),
-                );
-                return (
-                    job,
-                    crate::runtime::RunOutcome {
-                        result: Err(failure),
-                        usage: Default::default(),
-                    },
-                    None,
-                );
+                let message = format!("the job's payload could not be read: {other:?}");
+                return not_run(job, FailureKind::Internal, message);
             }
         };
         let limits = self.inner.settings.limits_of(&job.job_type);
@@ -172,18 +165,8 @@ impl JobService {
                 match StoreFiles::load(store, &plugin.info.payload_schema, &payload).await {
                     Ok(files) => Arc::new(files),
                     Err(error) => {
-                        let failure = JobFailure::new(
-                            FailureKind::Retryable,
-                            format!("the job's files could not be read: {error}"),
-                        );
-                        return (
-                            job,
-                            crate::runtime::RunOutcome {
-                                result: Err(failure),
-                                usage: Default::default(),
-                            },
-                            None,
-                        );
+                        let message = format!("the job's files could not be read: {error}");
+                        return not_run(job, FailureKind::Retryable, message);
                     }
                 }
             } else {
@@ -257,6 +240,9 @@ impl JobService {
             } else {
                 artifacts.discard();
             }
+        }
+        if let (Err(failure), true) = (&result, interrupted) {
+            tracing::info!(kind = %failure.kind, "attempt interrupted by shutdown");
         }
         let ended = self
             .update_durably(job.id, move |job| {

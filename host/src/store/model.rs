@@ -131,6 +131,36 @@ pub struct JobRecord {
     pub artifacts: Vec<super::ArtifactRecord>,
 }
 
+impl JobRecord {
+    /// A new job of `job_type` with id `id`, queued for its first of three attempts in the
+    /// queue of the same name, every other field empty: the start of a record for tools
+    /// and tests that write to a store directly.
+    pub fn queued(id: Uuid, job_type: &str, created_at_ms: u64) -> Self {
+        Self {
+            id,
+            job_type: job_type.into(),
+            queue: job_type.into(),
+            status: JobStatus::Queued,
+            progress: 0,
+            message: None,
+            error: None,
+            attempt: 1,
+            max_attempts: 3,
+            priority: 0,
+            timeout_s: None,
+            run_at_ms: None,
+            created_at_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+            usage: Usage::default(),
+            last_seq: 0,
+            idempotency_key: None,
+            tenant: None,
+            artifacts: Vec::new(),
+        }
+    }
+}
+
 /// Where an `Idempotency-Key` is stored: per tenant, so two tenants using the same key
 /// never meet. Header values cannot hold a NUL, so the separator is unambiguous.
 pub fn idempotency_slot(tenant: Option<&str>, key: &str) -> String {

@@ -109,7 +109,7 @@ impl Setup {
         let mut config = SERVER_CONFIG.to_string();
         if let Some(url) = &self.postgres {
             empty_kiln_tables(url).await?;
-            config = format!("[store]\nurl = \"{url}\"\n{config}");
+            config.push_str(&format!("\n[store]\nurl = \"{url}\"\n"));
         }
         server::KilnServer::start(&self.data.path().join(name), self.plugins.path(), &config)
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use kiln::jobs::event_names;
-use kiln::store::{JobRecord, JobStatus, NewEvent, Store, now_ms};
+use kiln::store::{JobRecord, NewEvent, Store, now_ms};
 
 use crate::server::KilnServer;
 
@@ -43,26 +43,8 @@ pub async fn populate(data_dir: &Path, jobs: usize) -> anyhow::Result<()> {
             let store = store.clone();
             async move {
                 let job = JobRecord {
-                    id: uuid::Uuid::now_v7(),
-                    job_type: "noop".into(),
-                    queue: "noop".into(),
-                    status: JobStatus::Queued,
-                    progress: 0,
-                    message: None,
-                    error: None,
-                    attempt: 1,
-                    max_attempts: 3,
-                    priority: 0,
-                    timeout_s: None,
                     run_at_ms: Some(4_070_908_800_000),
-                    created_at_ms: now_ms(),
-                    started_at_ms: None,
-                    finished_at_ms: None,
-                    usage: Default::default(),
-                    last_seq: 0,
-                    idempotency_key: None,
-                    tenant: None,
-                    artifacts: Vec::new(),
+                    ..JobRecord::queued(uuid::Uuid::now_v7(), "noop", now_ms())
                 };
                 let event = NewEvent::new(
                     event_names::STATUS,

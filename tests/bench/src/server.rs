@@ -38,6 +38,8 @@ impl KilnServer {
             .context("spawning kiln")?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log = said.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -46,11 +48,15 @@ impl KilnServer {
                 } else if line.contains("ERROR") {
                     eprintln!("kiln: {line}");
                 }
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
             }
         });
-        let base = rx
-            .recv_timeout(Duration::from_secs(300))
-            .context("kiln did not start")?;
+        let base = rx.recv_timeout(Duration::from_secs(300)).with_context(|| {
+            let said = said.lock().unwrap_or_else(|e| e.into_inner());
+            format!("kiln did not start; it said:\n{said}")
+        })?;
         Ok(Self { child, base })
     }
 

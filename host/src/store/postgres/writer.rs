@@ -319,27 +319,28 @@ async fn transact(
         })
         .collect();
     let key_bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    let txn = match connection.client.transaction().await {
-        Ok(txn) => txn,
-        Err(error) => {
-            unapplied.extend(ops);
-            return Err(classify(error));
-        }
-    };
-    // A batch of plain submits reads nothing.
+    let client = &connection.client;
+    // BEGIN goes out with the reads, all pipelined: one round trip. (The transaction is
+    // driven by hand, not with the driver's `Transaction`, so that BEGIN and COMMIT can
+    // share round trips with the statements around them.)
+    let begin = client.batch_execute("BEGIN");
     let lock_params: [&(dyn ToSql + Sync); 2] = [&ids, &key_bytes];
     let key_params: [&(dyn ToSql + Sync); 1] = [&key_bytes];
     let loaded = if ids.is_empty() && keys.is_empty() {
-        Ok((Vec::new(), Vec::new()))
+        // A batch of plain submits reads nothing.
+        begin.await.map(|()| (Vec::new(), Vec::new()))
     } else {
         futures::try_join!(
-            txn.query(&statements.lock_jobs, &lock_params),
-            txn.query(&statements.idempotency, &key_params),
+            begin,
+            client.query(&statements.lock_jobs, &lock_params),
+            client.query(&statements.idempotency, &key_params),
         )
+        .map(|((), jobs, keys)| (jobs, keys))
     };
     let (job_rows, key_rows) = match loaded {
         Ok(rows) => rows,
         Err(error) => {
+            rollback(client).await;
             unapplied.extend(ops);
             return Err(classify(error));
         }
@@ -355,6 +356,7 @@ async fn transact(
                 set.jobs.insert(row.get(0), Some(job));
             }
             Err(error) => {
+                rollback(client).await;
                 unapplied.extend(ops);
                 return Err(error);
             }
@@ -372,11 +374,25 @@ async fn transact(
         set.keys.entry(key).or_insert(None);
     }
     if let Err((error, rest)) = batch::apply_all(&mut set, feed, ops, applied) {
+        rollback(client).await;
         unapplied.extend(rest);
         return Err(error);
     }
-    set.write(&txn, statements, node).await.map_err(classify)?;
-    txn.commit().await.map_err(classify)
+    // The writes and the COMMIT go out together: one round trip. A write the server
+    // refuses aborts the transaction, which turns the COMMIT into a rollback, so the batch
+    // counts as committed only if every write and the COMMIT succeeded.
+    let (written, committed) = futures::join!(
+        set.write(client, statements, node),
+        client.batch_execute("COMMIT"),
+    );
+    written.map_err(classify)?;
+    committed.map_err(classify)
+}
+
+/// Ends a transaction that will not be committed. On a lost connection there is nothing
+/// to end (the server rolled it back), so its error is ignored.
+async fn rollback(client: &Client) {
+    let _ = client.batch_execute("ROLLBACK").await;
 }
 
 /// The rows a batch reads and writes, in memory until [`Rows::write`].
@@ -476,10 +492,11 @@ impl WriteSet for Rows {
 }
 
 impl Rows {
-    /// Sends the batch's rows, every statement pipelined on the connection.
+    /// Sends the batch's rows, every statement pipelined on the connection. Sent in the
+    /// first poll, before any await: a COMMIT polled after this future follows them.
     async fn write(
         self,
-        txn: &tokio_postgres::Transaction<'_>,
+        client: &Client,
         statements: &Statements,
         node: Uuid,
     ) -> Result<(), tokio_postgres::Error> {
@@ -572,7 +589,7 @@ impl Rows {
         }
         let sent = statements_sent
             .iter()
-            .map(|(statement, params)| txn.execute(*statement, params.as_slice()));
+            .map(|(statement, params)| client.execute(*statement, params.as_slice()));
         futures::future::try_join_all(sent).await?;
         Ok(())
     }
