@@ -15,7 +15,7 @@ use crate::auth::AuthConfig;
 use crate::jobs::ServiceSettings;
 use crate::llm::{
     AdmissionConfig, ApiKey, DEFAULT_MAX_CONCURRENT, DEFAULT_TIMEOUT, EmbedRequest, HttpProvider,
-    HttpProviderConfig, LlmClient, ModelRouter, OfflineClient, OfflineConfig, WireFormat,
+    HttpProviderConfig, LlmClient, ModelRouter, Observer, OfflineClient, OfflineConfig, WireFormat,
 };
 use crate::runtime::{Limits, LimitsOverride, RuntimeConfig};
 
@@ -198,8 +198,8 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
-    /// Builds the provider called `name`.
-    fn build(&self, name: &str) -> anyhow::Result<Arc<dyn LlmClient>> {
+    /// Builds the provider called `name`, reporting its calls to `observer`.
+    fn build(&self, name: &str, observer: &Observer) -> anyhow::Result<Arc<dyn LlmClient>> {
         let format = match self.kind.as_str() {
             "offline" => {
                 let http_only = [
@@ -218,7 +218,7 @@ impl ProviderConfig {
                     anyhow::bail!("provider '{name}': {key} does not apply to kind = \"offline\"");
                 }
                 let defaults = OfflineConfig::default();
-                return Ok(Arc::new(OfflineClient::named(
+                let offline = OfflineClient::named(
                     name,
                     OfflineConfig {
                         latency_ms: self.latency_ms.unwrap_or(defaults.latency_ms),
@@ -228,7 +228,8 @@ impl ProviderConfig {
                             .unwrap_or(defaults.embedding_dimensions)
                             .clamp(1, 8192),
                     },
-                )));
+                );
+                return Ok(Arc::new(offline.with_observer(observer.clone())));
             }
             "openai" => WireFormat::OpenAi,
             "anthropic" => WireFormat::Anthropic,
@@ -281,7 +282,7 @@ impl ProviderConfig {
         };
         let provider =
             HttpProvider::new(format, config).with_context(|| format!("provider '{name}'"))?;
-        Ok(Arc::new(provider))
+        Ok(Arc::new(provider.with_observer(observer.clone())))
     }
 }
 
@@ -316,6 +317,8 @@ pub struct Resolved {
     pub api: ApiSettings,
     /// The LLM client plugins get.
     pub llm: Arc<dyn LlmClient>,
+    /// The server's metrics, which `llm`'s providers report their calls to.
+    pub metrics: Arc<crate::monitor::Metrics>,
     /// Model aliases, for the startup log.
     pub model_aliases: Vec<String>,
     /// Access control, built at start (it needs the data dir's token secret).
@@ -470,7 +473,8 @@ impl Config {
             health: self.health.clone(),
             cors_origins: checked_origins(&self.cors_origins)?,
         };
-        let (llm, model_aliases) = self.build_llm()?;
+        let metrics = Arc::new(crate::monitor::Metrics::new());
+        let (llm, model_aliases) = self.build_llm(&metrics)?;
         Ok(Resolved {
             addr,
             data_dir,
@@ -480,6 +484,7 @@ impl Config {
             service,
             api,
             llm,
+            metrics,
             model_aliases,
             auth: self.auth.clone(),
         })
@@ -487,17 +492,19 @@ impl Config {
 
     /// Builds the providers and the alias router. With no providers configured, an
     /// `offline` provider serves every request, so Kiln runs with no key at all.
-    fn build_llm(&self) -> anyhow::Result<(Arc<dyn LlmClient>, Vec<String>)> {
+    fn build_llm(
+        &self,
+        metrics: &Arc<crate::monitor::Metrics>,
+    ) -> anyhow::Result<(Arc<dyn LlmClient>, Vec<String>)> {
+        let observer: Observer = Some(metrics.clone() as Arc<dyn crate::llm::CallObserver>);
         let mut providers: HashMap<String, Arc<dyn LlmClient>> = HashMap::new();
         for (name, provider) in &self.providers {
-            providers.insert(name.clone(), provider.build(name)?);
+            providers.insert(name.clone(), provider.build(name, &observer)?);
         }
         let mut models = self.models.clone();
         if providers.is_empty() {
-            providers.insert(
-                "offline".into(),
-                Arc::new(OfflineClient::new(OfflineConfig::default())),
-            );
+            let offline = OfflineClient::new(OfflineConfig::default()).with_observer(observer);
+            providers.insert("offline".into(), Arc::new(offline));
         }
         // Only an offline provider can answer a model it was not told: a real provider
         // would reject a model named "default", so a missing `default` is an error at
@@ -802,5 +809,33 @@ mod tests {
             .resolve(Overrides::default());
         assert!(zero.is_err());
         assert!(Config::from_toml("[store]\nurll = \"x\"\n").is_err());
+    }
+
+    /// The providers a config builds report to the resolved metrics by an explicit handle:
+    /// a call made outside any job's task is counted too, under the provider's name.
+    #[test]
+    fn providers_report_their_calls_to_the_servers_metrics() {
+        let resolved = Config::from_toml(
+            "[providers.local]\nkind = \"offline\"\nlatency_ms = 0\n[models]\ndefault = \"local/x\"\n",
+        )
+        .unwrap()
+        .resolve(Overrides::default())
+        .unwrap();
+        let request = crate::llm::LlmRequest {
+            messages: vec![crate::llm::Message::new(crate::llm::Role::User, "hello")],
+            ..Default::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(resolved.llm.complete("test", &request, None))
+            .unwrap();
+        let text = resolved.metrics.render(&Default::default());
+        assert!(
+            text.contains("kiln_llm_calls_total{provider=\"local\"} 1"),
+            "{text}"
+        );
     }
 }

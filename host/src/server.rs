@@ -87,6 +87,7 @@ impl Server {
             runtime.clone(),
             config.llm.clone(),
             config.service.clone(),
+            config.metrics.clone(),
         );
         let shutdown = CancellationToken::new();
         if auth.is_open() {

@@ -192,15 +192,16 @@ impl std::ops::Deref for LatePlugins {
 }
 
 impl JobService {
-    /// A service over `store`, running job types in `runtime` with `llm`. It has no job
-    /// types and runs nothing until [`JobService::start`].
+    /// A service over `store`, running job types in `runtime` with `llm`, recording on
+    /// `metrics` (the ones `llm`'s providers report to). It has no job types and runs
+    /// nothing until [`JobService::start`].
     pub fn new(
         store: Arc<Store>,
         runtime: Arc<Runtime>,
         llm: Arc<dyn LlmClient>,
         settings: ServiceSettings,
+        metrics: Arc<crate::monitor::Metrics>,
     ) -> Self {
-        let metrics = Arc::new(crate::monitor::Metrics::new());
         Self {
             inner: Arc::new(Inner {
                 store,

@@ -86,9 +86,7 @@ impl JobService {
                 self.finish(job, outcome, artifacts, &running).await;
             }
         };
-        crate::monitor::scope(self.inner.metrics.clone(), attempt)
-            .instrument(span)
-            .await;
+        attempt.instrument(span).await;
     }
 
     /// Gives a slot of `queue` back and wakes the dispatcher.

@@ -27,7 +27,23 @@ pub use router::NamedProvider;
 pub use structured::{STRUCTURED_TRIES, check_answer, check_request, complete_checked};
 
 use futures::future::BoxFuture;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+/// Watches a provider's calls, for the metrics: given to each provider when it is built
+/// (an explicit handle, not a task-local), so a call is counted wherever it runs.
+/// `monitor::Metrics` implements it.
+pub trait CallObserver: Send + Sync + 'static {
+    /// One call answered or failed, by the provider called `provider` in the config.
+    fn call(&self, provider: &str, result: &Result<LlmResponse, LlmError>);
+    /// One HTTP answer of a provider by its status (`None`: no answer, the connection
+    /// failed), including those its retries absorb, so 429s and 5xx a call survived show.
+    fn http_answer(&self, provider: &str, status: Option<u16>);
+}
+
+/// A provider's observer, if it has one (providers built outside a server have none).
+pub type Observer = Option<Arc<dyn CallObserver>>;
 
 /// Who said a chat message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

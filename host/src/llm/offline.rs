@@ -58,11 +58,22 @@ impl Default for OfflineConfig {
 }
 
 /// The offline provider. Cheap to clone; holds no connection.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OfflineClient {
     config: OfflineConfig,
     /// Its name in the config, which labels its metrics.
     name: String,
+    observer: super::Observer,
+}
+
+impl std::fmt::Debug for OfflineClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfflineClient")
+            .field("config", &self.config)
+            .field("name", &self.name)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
 }
 
 impl Default for OfflineClient {
@@ -177,7 +188,14 @@ impl OfflineClient {
         Self {
             config,
             name: name.to_string(),
+            observer: None,
         }
+    }
+
+    /// Reports its calls to `observer` (the server's metrics).
+    pub fn with_observer(mut self, observer: super::Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The draws of `request`: seeded by its messages and model.
@@ -483,7 +501,9 @@ impl LlmClient for OfflineClient {
                 tool_calls: tool_call.into_iter().collect(),
                 ..Default::default()
             });
-            crate::monitor::llm_call(&self.name, &response);
+            if let Some(observer) = &self.observer {
+                observer.call(&self.name, &response);
+            }
             response
         }
         .boxed()

@@ -213,6 +213,7 @@ pub struct HttpProvider {
     /// `{base}/embeddings` (OpenAI kind only).
     embeddings_url: Option<String>,
     max_completion_tokens_models: Vec<String>,
+    observer: super::Observer,
 }
 
 impl fmt::Debug for HttpProvider {
@@ -271,6 +272,18 @@ impl Answer {
 }
 
 impl HttpProvider {
+    /// Reports its calls and HTTP answers to `observer` (the server's metrics).
+    pub fn with_observer(mut self, observer: super::Observer) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    fn observe_http(&self, status: Option<u16>) {
+        if let Some(observer) = &self.observer {
+            observer.http_answer(&self.name, status);
+        }
+    }
+
     /// A provider speaking `format` with `config`. Fails on a base URL that is not an
     /// http(s) URL or when the HTTP client cannot be built.
     pub fn new(format: WireFormat, config: HttpProviderConfig) -> anyhow::Result<Self> {
@@ -302,6 +315,7 @@ impl HttpProvider {
                 )
             }),
             max_completion_tokens_models: config.max_completion_tokens_models,
+            observer: None,
             name: config.name,
             key: config.api_key.filter(|k| !k.0.is_empty()),
             key_env: config.api_key_env,
@@ -437,7 +451,7 @@ impl HttpProvider {
             .as_ref()
             .ok()
             .map(|response| response.status().as_u16());
-        crate::monitor::llm_http_answer(&self.name, status);
+        self.observe_http(status);
         let response = sent.map_err(|e| self.send_failure(e))?;
         let status = response.status();
         if !status.is_success() {
@@ -488,7 +502,7 @@ impl HttpProvider {
         let builder = self.http.post(url).json(&openai::embeddings_body(request));
         let sent = self.format.headers(builder, self.key.as_ref()).send().await;
         let status = sent.as_ref().ok().map(|r| r.status().as_u16());
-        crate::monitor::llm_http_answer(&self.name, status);
+        self.observe_http(status);
         let response = sent.map_err(|e| self.send_failure(e))?;
         if !response.status().is_success() {
             return Err(self.status_failure(response).await);
@@ -787,7 +801,9 @@ impl LlmClient for HttpProvider {
                 Ok(Answer::Embeddings(_)) => unreachable!("a completion is answered as one"),
                 Err(error) => Err(error),
             };
-            crate::monitor::llm_call(&self.name, &result);
+            if let Some(observer) = &self.observer {
+                observer.call(&self.name, &result);
+            }
             result
         }
         .boxed()

@@ -1,12 +1,11 @@
 //! What operators watch: the Prometheus metrics of `GET /metrics`, the recent-window
 //! figures and the health rule of `GET /v1/queues`.
 //!
-//! One [`Metrics`] per job service. The scheduler records attempts on it directly; LLM
-//! providers record their calls through [`llm_call`], which finds the metrics of the job
-//! whose attempt is running in the current task (set by [`scope`]), so providers need no
-//! handle and calls made outside a job (`kiln plugin run`) are not counted. Figures that
-//! the store or the scheduler already know (jobs by status, queue depth, SSE streams) are
-//! read when scraped, never kept twice.
+//! One [`Metrics`] per server. The scheduler records attempts on it directly; each LLM
+//! provider is given it as its [`crate::llm::CallObserver`] when it is built, so its
+//! calls are counted wherever they run (providers built outside a server, as by `kiln
+//! plugin run`, have none). Figures that the store or the scheduler already know (jobs by
+//! status, queue depth, SSE streams) are read when scraped, never kept twice.
 //!
 //! # Metric names
 //!
@@ -37,9 +36,8 @@ pub use health::{Health, HealthInput, HealthThresholds};
 pub use window::{Outcome, RecentWindow, WINDOW_MS, WindowSummary};
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -70,28 +68,14 @@ fn run_histogram() -> Histogram {
     Histogram::new(RUN_BUCKETS)
 }
 
-tokio::task_local! {
-    /// The metrics of the job service whose attempt runs in this task.
-    static CURRENT: Arc<Metrics>;
-}
+impl crate::llm::CallObserver for Metrics {
+    fn call(&self, provider: &str, result: &Result<LlmResponse, LlmError>) {
+        self.record_llm_call(provider, result);
+    }
 
-/// Runs `future` (one attempt) with `metrics` as the task's current metrics, so the LLM
-/// calls it makes are counted there.
-pub async fn scope<F: Future>(metrics: Arc<Metrics>, future: F) -> F::Output {
-    CURRENT.scope(metrics, future).await
-}
-
-/// Counts one LLM call on the current task's metrics (none outside an attempt), labelled
-/// with the config name of the `provider` answering.
-pub fn llm_call(provider: &str, result: &Result<LlmResponse, LlmError>) {
-    let _ = CURRENT.try_with(|metrics| metrics.record_llm_call(provider, result));
-}
-
-/// Counts one HTTP answer of a provider by its status code (`None`: no answer, the
-/// connection failed), including those the provider's retries absorb, so 429s and 5xx a
-/// call survived are visible.
-pub fn llm_http_answer(provider: &str, status: Option<u16>) {
-    let _ = CURRENT.try_with(|metrics| metrics.record_llm_http_answer(provider, status));
+    fn http_answer(&self, provider: &str, status: Option<u16>) {
+        self.record_llm_http_answer(provider, status);
+    }
 }
 
 /// What is read at scrape time.

@@ -4,8 +4,8 @@
 //! and the provider's admission control: it belongs on the executor that serves HTTP, where
 //! a CPU-bound guest cannot delay it. The guest side of the relay is an [`LlmClient`] that
 //! sends each request over a channel; the job's task, waiting for its guest on that
-//! executor, serves the channel with the real client, inside the job's task-locals
-//! (metrics), and sends back the streamed tokens and the answer.
+//! executor, serves the channel with the real client and sends back the streamed tokens
+//! and the answer.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -53,7 +53,7 @@ impl Writer {
             let live = match connection.take() {
                 Some(Ok(live)) if !live.client.is_closed() => live,
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "the PostgreSQL writer could not prepare its statements");
+                    tracing::warn!(%error, "the PostgreSQL writer cannot reach the database; refusing changes until it can");
                     if !self.refuse_for(backoff, &mut rx, &error).await {
                         return;
                     }
