@@ -36,8 +36,8 @@ pub use health::{Health, HealthInput, HealthThresholds};
 pub use window::{Outcome, RecentWindow, WINDOW_MS, WindowSummary};
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
