@@ -220,11 +220,6 @@ impl JobService {
         }
     }
 
-    /// Which storage backend the service runs on (`redb` or `postgres`).
-    pub fn storage_backend(&self) -> &'static str {
-        self.inner.store.backend_name()
-    }
-
     /// A completed job's result (`None` for any other job, or a result that is not JSON).
     pub async fn result_of(&self, job: &JobRecord) -> Result<Option<Value>, ServiceError> {
         if job.status != JobStatus::Completed {

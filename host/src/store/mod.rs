@@ -148,14 +148,6 @@ impl Store {
         })
     }
 
-    /// `"redb"` or `"postgres"`, for logs and `kiln doctor`.
-    pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Redb(_) => "redb",
-            Backend::Postgres(_) => "postgres",
-        }
-    }
-
     fn send(&self, op: Op) -> Result<(), StoreError> {
         self.tx
             .as_ref()
