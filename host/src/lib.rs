@@ -12,7 +12,7 @@
 //!   log (`jobs/events.rs`). Uses `store/` for state and `runtime/` to run attempts.
 //! - `store/`: the storage contract over two backends (`redb/`, the embedded default, and
 //!   `postgres/`), the only module that opens transactions (group commit, `batch.rs`),
-//!   and the live event bus.
+//!   where upload and artifact bytes are kept (`bytes.rs`), and the live event bus.
 //! - `runtime/`: the wasmtime sandbox that runs job types; reaches `llm/` only through the
 //!   host imports it implements.
 //! - `llm/`: LLM providers behind the [`llm::LlmClient`] trait, including `offline`.

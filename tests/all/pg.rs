@@ -304,6 +304,24 @@ impl PgServer {
     }
 }
 
+impl PgServer {
+    /// Loads a plain-SQL dump (as `pg_dump` writes it) into database `db`.
+    pub fn restore(&self, db: &str, dump: &Path) {
+        let output = self
+            .client("psql")
+            .args(["-d", db, "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+            .arg(dump)
+            .output()
+            .expect("running psql");
+        assert!(
+            output.status.success(),
+            "restoring {} failed: {}",
+            dump.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();

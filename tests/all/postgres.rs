@@ -205,9 +205,9 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
     assert_eq!(
         pg.psql(
             "kiln",
-            "SELECT string_agg(version::text, ',') FROM kiln_schema"
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_schema"
         ),
-        "1"
+        "1,2"
     );
     drop((a, b));
 
@@ -217,7 +217,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
         Err(error) => format!("{error:#}"),
     };
     assert!(
-        refused.contains("schema is version 99, newer than this Kiln knows (1)"),
+        refused.contains("schema is version 99, newer than this Kiln knows (2)"),
         "{refused}"
     );
     assert_eq!(pg.psql("kiln", "SELECT count(*) FROM kiln_jobs"), "0");
@@ -372,4 +372,307 @@ async fn another_process_follows_a_jobs_log_through_notify() {
     let seqs: Vec<u64> = seen.iter().map(|(seq, _)| *seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     assert_eq!(seen.last().unwrap().1, json!(5));
+}
+
+/// Uploads `bytes` to `base` and returns the file's id.
+async fn upload(
+    client: &reqwest::Client,
+    base: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> String {
+    let response = client
+        .post(format!("{base}/v1/files"))
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+/// The bytes at `url`, which must answer 200.
+async fn download(client: &reqwest::Client, url: &str, log: &dyn Fn() -> String) -> Vec<u8> {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap().to_vec();
+    assert_eq!(
+        status,
+        200,
+        "{url}: {}\n{}",
+        String::from_utf8_lossy(&bytes),
+        log()
+    );
+    bytes
+}
+
+/// A cluster needs no shared disk: node A stores an upload and a job's artifact, and node
+/// B, with a data dir of its own that has never seen them, serves both from the database
+/// and runs a job that reads the upload in its sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_artifacts_are_in_the_database_so_another_node_serves_them() {
+    let pg = PgServer::start();
+    let url = pg.database("kiln");
+    let plugins = plugins_dir(&["documents"]);
+    let client = reqwest::Client::new();
+    let pdf = std::fs::read(repo_root().join("examples/files/harbour-report.pdf")).unwrap();
+    // More than one chunk (1 MiB each), ending inside one.
+    let big: Vec<u8> = (0..(2 << 20) + 12_345)
+        .map(|i: u32| (i * 7 % 251) as u8)
+        .collect();
+    let documents =
+        |file: &str| json!({"type": "documents", "payload": {"file": file}, "max_attempts": 1});
+
+    let data_a = tempfile::tempdir().unwrap();
+    let a = KilnProcess::start(data_a.path(), plugins.path(), &store_table(&url));
+    let pdf_id = upload(&client, &a.base, "application/pdf", pdf.clone()).await;
+    let big_id = upload(&client, &a.base, "application/octet-stream", big.clone()).await;
+    let job_id = submit_ok(&client, &a.base, documents(&pdf_id)).await;
+    let job = wait_terminal(&client, &a.base, &job_id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "completed", "{job:#}\n{}", a.log());
+    let artifact_url = job["artifacts"][0]["url"].as_str().unwrap().to_string();
+    let summary = download(&client, &a.url(&artifact_url), &|| a.log()).await;
+    assert!(
+        summary.starts_with(b"# Summary"),
+        "{}",
+        String::from_utf8_lossy(&summary)
+    );
+    drop(a);
+    assert_eq!(
+        pg.psql(
+            "kiln",
+            &format!("SELECT count(*) FROM kiln_file_chunks WHERE file_id = '{big_id}'")
+        ),
+        "3",
+        "2 MiB and a bit are three chunks"
+    );
+
+    let data_b = tempfile::tempdir().unwrap();
+    let b = KilnProcess::start(data_b.path(), plugins.path(), &store_table(&url));
+    let log = || b.log();
+    assert_eq!(
+        download(
+            &client,
+            &b.url(&format!("/v1/files/{pdf_id}/content")),
+            &log
+        )
+        .await,
+        pdf
+    );
+    assert_eq!(
+        download(
+            &client,
+            &b.url(&format!("/v1/files/{big_id}/content")),
+            &log
+        )
+        .await,
+        big
+    );
+    assert_eq!(
+        download(&client, &b.url(&artifact_url), &log).await,
+        summary
+    );
+    let again = submit_ok(&client, &b.base, documents(&pdf_id)).await;
+    let job = wait_terminal(&client, &b.base, &again, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "completed", "{job:#}\n{}", b.log());
+    assert_eq!(
+        job["result"],
+        wait_terminal(&client, &b.base, &job_id, Duration::ZERO).await["result"]
+    );
+    // B read the upload from its own copy, pulled from the database for the sandbox.
+    assert_eq!(
+        std::fs::read(data_b.path().join("files").join(&pdf_id)).unwrap(),
+        pdf
+    );
+
+    // A cut-short copy (a disk that filled up, a hand edit) is never used as the file: B
+    // serves the database's bytes, and pulls a whole copy again for its next job.
+    drop(b);
+    std::fs::write(data_b.path().join("files").join(&pdf_id), &pdf[..100]).unwrap();
+    let b = KilnProcess::start(data_b.path(), plugins.path(), &store_table(&url));
+    let log = || b.log();
+    assert_eq!(
+        download(
+            &client,
+            &b.url(&format!("/v1/files/{pdf_id}/content")),
+            &log
+        )
+        .await,
+        pdf
+    );
+    let third = submit_ok(&client, &b.base, documents(&pdf_id)).await;
+    let job = wait_terminal(&client, &b.base, &third, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "completed", "{job:#}\n{}", b.log());
+    assert_eq!(
+        std::fs::read(data_b.path().join("files").join(&pdf_id)).unwrap(),
+        pdf
+    );
+}
+
+/// A database and data dir written by the Kiln before file bytes moved into PostgreSQL
+/// (`tests/fixtures/store-postgres-v1`, made by commit `5425d6e`): the schema migrates, the
+/// node that has the old bytes serves them and moves them into the database, and then a
+/// node with an empty data dir serves them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
+    let fixture = repo_root().join("tests/fixtures/store-postgres-v1");
+    let ids: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("ids.json")).unwrap()).unwrap();
+    let (file, documents, characters) = (
+        ids["file"].as_str().unwrap(),
+        ids["documents"].as_str().unwrap(),
+        ids["characters"].as_str().unwrap(),
+    );
+    let pg = PgServer::start();
+    let url = pg.database("kiln");
+    pg.restore("kiln", &fixture.join("kiln.sql"));
+    assert_eq!(pg.psql("kiln", "SELECT max(version) FROM kiln_schema"), "1");
+    let data = tempfile::tempdir().unwrap();
+    copy_tree(&fixture.join("data"), data.path());
+    let plugins = plugins_dir(&["characters", "documents"]);
+    let client = reqwest::Client::new();
+    let pdf = std::fs::read(repo_root().join("examples/files/harbour-report.pdf")).unwrap();
+
+    let old = KilnProcess::start(data.path(), plugins.path(), &store_table(&url));
+    let log = || old.log();
+    assert_eq!(pg.psql("kiln", "SELECT max(version) FROM kiln_schema"), "2");
+    let job = wait_terminal(&client, &old.base, characters, Duration::ZERO).await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    let job = wait_terminal(&client, &old.base, documents, Duration::ZERO).await;
+    assert_eq!(job["status"], "completed", "{job:#}");
+    let artifact_url = job["artifacts"][0]["url"].as_str().unwrap().to_string();
+    let summary = std::fs::read(
+        fixture
+            .join("data/artifacts")
+            .join(documents)
+            .join("done/summary.md"),
+    )
+    .unwrap();
+    assert_eq!(
+        download(
+            &client,
+            &old.url(&format!("/v1/files/{file}/content")),
+            &log
+        )
+        .await,
+        pdf
+    );
+    assert_eq!(
+        download(&client, &old.url(&artifact_url), &log).await,
+        summary
+    );
+    // The old bytes move into the database in the background.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let moved = || {
+        pg.psql(
+            "kiln",
+            "SELECT (SELECT count(*) FROM kiln_file_chunks) > 0 \
+                AND (SELECT count(*) FROM kiln_artifact_chunks) > 0",
+        ) == "t"
+    };
+    while !moved() {
+        assert!(
+            Instant::now() < deadline,
+            "the old bytes did not move into the database\n{}",
+            old.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(old);
+
+    let fresh = tempfile::tempdir().unwrap();
+    let other = KilnProcess::start(fresh.path(), plugins.path(), &store_table(&url));
+    let log = || other.log();
+    assert_eq!(
+        download(
+            &client,
+            &other.url(&format!("/v1/files/{file}/content")),
+            &log
+        )
+        .await,
+        pdf
+    );
+    assert_eq!(
+        download(&client, &other.url(&artifact_url), &log).await,
+        summary
+    );
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Each node's sweep drops its copies of uploads that expired, keeps the others, and keeps
+/// the bytes of an upload being stored right now (in place before its record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_copies_of_expired_uploads_are_removed_and_the_rest_kept() {
+    use sha2::Digest as _;
+    let pg = PgServer::start();
+    let url = pg.database("kiln");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let open = |dir: std::path::PathBuf| {
+        let url = url.clone();
+        async move {
+            Store::open_postgres(PostgresOptions::new(url), &dir, 64, 1000)
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (
+        open(dir_a.path().into()).await,
+        open(dir_b.path().into()).await,
+    );
+    let upload = async |bytes: &[u8], expires_at_ms: u64| {
+        let id = uuid::Uuid::now_v7();
+        let (part, mut file) = a.blobs.upload_part(id).unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        a.blobs.finish_upload(id, &part, file).unwrap();
+        let record = kiln::store::FileRecord {
+            id,
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            content_type: "text/plain".into(),
+            tenant: None,
+            created_at_ms: kiln::store::now_ms(),
+            expires_at_ms,
+        };
+        a.insert_file(&record).await.unwrap();
+        record
+    };
+    let now = kiln::store::now_ms();
+    let short = upload(b"short-lived", now + 1500).await;
+    let long = upload(b"long-lived", now + 3_600_000).await;
+    let short_copy = b.local_file(&short).await.unwrap();
+    let long_copy = b.local_file(&long).await.unwrap();
+    assert!(
+        short_copy.starts_with(dir_b.path()),
+        "{}",
+        short_copy.display()
+    );
+    // Bytes with no record yet: an upload to node B in progress.
+    let in_progress = dir_b
+        .path()
+        .join("files")
+        .join(uuid::Uuid::now_v7().to_string());
+    std::fs::write(&in_progress, b"arriving").unwrap();
+
+    b.tidy_local_bytes().await;
+    assert!(short_copy.exists() && long_copy.exists() && in_progress.exists());
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    b.tidy_local_bytes().await;
+    assert!(!short_copy.exists(), "the expired upload's copy is removed");
+    assert!(long_copy.exists(), "a live upload's copy is kept");
+    assert!(in_progress.exists(), "an upload being stored is kept");
 }

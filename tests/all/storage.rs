@@ -75,6 +75,15 @@ impl Harness {
     async fn open(&self) -> Arc<Store> {
         self.open_with(1_000_000).await
     }
+
+    /// With PostgreSQL, a second node's store: the same database, another data dir.
+    async fn open_elsewhere(&self, data_dir: &std::path::Path) -> Option<Arc<Store>> {
+        let url = self.url.clone()?;
+        let store = Store::open_postgres(PostgresOptions::new(url), data_dir, 1024, 1_000_000)
+            .await
+            .unwrap();
+        Some(Arc::new(store))
+    }
 }
 
 /// Closes a store and waits until its writer has finished (the redb file is free again).
@@ -559,22 +568,43 @@ async fn the_feed_keeps_commit_order_and_its_retention(backend: Backend) {
     assert!(store.feed_after(0, 100).await.unwrap().is_empty());
 }
 
-async fn file_records_expire(backend: Backend) {
-    let harness = Harness::new(backend);
-    let store = harness.open().await;
-    let record = |expires_at_ms| FileRecord {
-        id: Uuid::now_v7(),
-        size: 3,
-        sha256: "ab".repeat(32),
-        content_type: "text/plain".into(),
+/// Stores `bytes` as an upload the way `POST /v1/files` does: the bytes in place first,
+/// then the record.
+async fn store_upload(store: &Store, bytes: &[u8], expires_at_ms: u64) -> FileRecord {
+    use sha2::Digest as _;
+    let id = Uuid::now_v7();
+    let (part, mut file) = store.blobs.upload_part(id).unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+    store.blobs.finish_upload(id, &part, file).unwrap();
+    let record = FileRecord {
+        id,
+        size: bytes.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(bytes)),
+        content_type: "application/octet-stream".into(),
         tenant: Some("acme".into()),
         created_at_ms: now_ms(),
         expires_at_ms,
     };
-    let soon = record(now_ms() - 1);
-    let later = record(now_ms() + 3_600_000);
-    store.insert_file(&soon).await.unwrap();
-    store.insert_file(&later).await.unwrap();
+    store.insert_file(&record).await.unwrap();
+    record
+}
+
+async fn collect(stream: kiln::store::ByteStream) -> Vec<u8> {
+    use futures::TryStreamExt as _;
+    stream
+        .try_fold(Vec::new(), |mut all, chunk| async move {
+            all.extend_from_slice(&chunk);
+            Ok(all)
+        })
+        .await
+        .unwrap()
+}
+
+async fn file_records_expire(backend: Backend) {
+    let harness = Harness::new(backend);
+    let store = harness.open().await;
+    let soon = store_upload(&store, b"abc", now_ms() - 1).await;
+    let later = store_upload(&store, b"def", now_ms() + 3_600_000).await;
     assert_eq!(store.file(later.id).await.unwrap(), Some(later.clone()));
     assert_eq!(
         store.delete_expired_files(now_ms(), 10).await.unwrap(),
@@ -589,6 +619,80 @@ async fn file_records_expire(backend: Backend) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Upload and artifact bytes come back whole, from this store and (PostgreSQL) from
+/// another node's store with a data dir of its own; artifacts go with their job.
+async fn upload_and_artifact_bytes_come_back_whole(backend: Backend) {
+    let harness = Harness::new(backend);
+    let store = harness.open().await;
+    // Over two chunks of 1 MiB, ending inside the third; an empty upload; a small one.
+    let big: Vec<u8> = (0..(2 << 20) + 777)
+        .map(|i: u32| (i * 31 % 253) as u8)
+        .collect();
+    let uploads = [
+        store_upload(&store, &big, now_ms() + 3_600_000).await,
+        store_upload(&store, b"", now_ms() + 3_600_000).await,
+        store_upload(&store, b"hello", now_ms() + 3_600_000).await,
+    ];
+    let contents: [&[u8]; 3] = [&big, b"", b"hello"];
+    let job = insert(&store, job("documents", None, None)).await;
+    let artifacts = [
+        ("summary.md", big[..1_500_000].to_vec()),
+        ("empty.txt", Vec::new()),
+    ];
+    for (name, bytes) in &artifacts {
+        for piece in bytes
+            .chunks(400_000)
+            .chain(bytes.is_empty().then_some(&[][..]))
+        {
+            store.blobs.append_artifact(job.id, 1, name, piece).unwrap();
+        }
+    }
+    let names: Vec<String> = artifacts.iter().map(|(name, _)| name.to_string()).collect();
+    store.publish_artifacts(job.id, 1, &names).await.unwrap();
+    let record = |name: &str, size: usize| kiln::store::ArtifactRecord {
+        name: name.into(),
+        size: size as u64,
+        content_type: "text/markdown".into(),
+    };
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = harness.open_elsewhere(other_dir.path()).await;
+    for reader in std::iter::once(&store).chain(other.as_ref()) {
+        for (upload, content) in uploads.iter().zip(contents) {
+            assert_eq!(
+                collect(reader.file_bytes(upload).await.unwrap()).await,
+                content
+            );
+            let local = reader.local_file(upload).await.unwrap();
+            assert_eq!(std::fs::read(local).unwrap(), content);
+        }
+        for (name, bytes) in &artifacts {
+            let stream = reader
+                .artifact_bytes(job.id, &record(name, bytes.len()))
+                .await
+                .unwrap();
+            assert_eq!(&collect(stream).await, bytes, "{name}");
+        }
+    }
+    if let Some(other) = other {
+        // The other node's copy is its own, in its own data dir.
+        assert!(
+            other_dir
+                .path()
+                .join("files")
+                .join(uploads[0].id.to_string())
+                .exists()
+        );
+        close(other).await;
+    }
+    store.delete(vec![job.id]).await.unwrap();
+    store.blobs.remove_job(job.id);
+    let gone = store
+        .artifact_bytes(job.id, &record("summary.md", 1_500_000))
+        .await;
+    assert!(gone.is_err(), "a deleted job's artifact is gone");
 }
 
 /// The live bus gets each committed event once, in order, after its commit.
@@ -689,6 +793,7 @@ both_backends!(
     journal_entries_and_usage_commit_together,
     the_feed_keeps_commit_order_and_its_retention,
     file_records_expire,
+    upload_and_artifact_bytes_come_back_whole,
     committed_events_reach_live_subscribers_in_order,
     acknowledged_changes_survive_kill_9,
 );

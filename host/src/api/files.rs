@@ -20,7 +20,7 @@ use super::AppState;
 use super::access::{Caller, visible_job};
 use super::error::{ApiError, ErrorBody};
 use super::extract::job_id;
-use crate::jobs::{FileRecord, rfc3339};
+use crate::jobs::{ByteStream, FileRecord, rfc3339};
 use crate::runtime::{valid_artifact_name, valid_content_type};
 
 /// An upload, as `POST /v1/files` and `GET /v1/files/{id}` describe it.
@@ -183,8 +183,13 @@ pub async fn content(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = visible_file(&state, &caller, &id).await?;
-    let path = state.service.file_path(record.id);
-    download(&path, &record.content_type, &record.id.to_string()).await
+    let bytes = state.service.file_bytes(&record).await?;
+    Ok(download(
+        bytes,
+        record.size,
+        &record.content_type,
+        &record.id.to_string(),
+    ))
 }
 
 /// `GET /v1/jobs/{id}/artifacts/{name}`: one artifact of a completed job.
@@ -210,33 +215,18 @@ pub async fn artifact(
         .iter()
         .find(|a| a.name == name)
         .ok_or_else(not_found)?;
-    let path = state.service.artifact_path(id, &name);
-    download(&path, &record.content_type, &name).await
+    let bytes = state.service.artifact_bytes(id, record).await?;
+    Ok(download(bytes, record.size, &record.content_type, &name))
 }
 
-/// The file at `path` streamed as an attachment named `filename`.
-async fn download(
-    path: &std::path::Path,
-    content_type: &str,
-    filename: &str,
-) -> Result<Response, ApiError> {
-    let file = tokio::fs::File::open(path).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the stored bytes could not be read: {e}"),
-        )
-    })?;
-    let size = file.metadata().await.map(|m| m.len()).ok();
-    let stream = tokio_util::io::ReaderStream::new(file);
+/// `size` stored bytes streamed as an attachment named `filename`.
+fn download(bytes: ByteStream, size: u64, content_type: &str, filename: &str) -> Response {
     let mut headers = HeaderMap::new();
     let value = |text: &str| {
         HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("application/octet-stream"))
     };
     headers.insert(header::CONTENT_TYPE, value(content_type));
-    if let Some(size) = size {
-        headers.insert(header::CONTENT_LENGTH, size.into());
-    }
+    headers.insert(header::CONTENT_LENGTH, size.into());
     headers.insert(
         header::CONTENT_DISPOSITION,
         value(&format!("attachment; filename=\"{filename}\"")),
@@ -249,5 +239,5 @@ async fn download(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox; default-src 'none'"),
     );
-    Ok((headers, Body::from_stream(stream)).into_response())
+    (headers, Body::from_stream(bytes)).into_response()
 }

@@ -4,7 +4,8 @@
 //! published with the completion.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use serde_json::Value;
@@ -14,7 +15,7 @@ use uuid::Uuid;
 
 use super::{JobService, ServiceError, bad_request};
 use crate::runtime::{ArtifactSink, FileError, FileInfo, JobFiles};
-use crate::store::{ArtifactRecord, BlobDir, FileRecord, Store, StoreError, now_ms};
+use crate::store::{ArtifactRecord, BlobDir, FileRecord, Store, StoreError, now_ms, read_range};
 
 /// The `format` that marks a payload property as a file id.
 pub const FILE_FORMAT: &str = "kiln-file";
@@ -136,7 +137,7 @@ impl JobService {
         let store = &self.inner.store;
         loop {
             match store.delete_expired_files(now_ms(), 1000).await {
-                Ok(ids) if ids.is_empty() => return,
+                Ok(ids) if ids.is_empty() => break,
                 Ok(ids) => {
                     tracing::info!(deleted = ids.len(), "expired uploaded files");
                     for id in ids {
@@ -145,10 +146,11 @@ impl JobService {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "file sweep could not delete");
-                    return;
+                    break;
                 }
             }
         }
+        store.tidy_local_bytes().await;
     }
 }
 
@@ -215,11 +217,10 @@ fn collect(schema: &Value, value: &Value, depth: usize, found: &mut Vec<String>)
 }
 
 /// The files one job may read: those its payload names, as checked at submit, with
-/// their records read when the attempt starts (a record never changes; only its expiry
-/// is checked again at each access).
+/// their records read and their bytes made node-local when the attempt starts (a record
+/// never changes; only its expiry is checked again at each access).
 pub(super) struct StoreFiles {
-    blobs: BlobDir,
-    granted: HashMap<String, FileRecord>,
+    granted: HashMap<String, (FileRecord, PathBuf)>,
 }
 
 impl StoreFiles {
@@ -231,19 +232,17 @@ impl StoreFiles {
                 continue;
             };
             if let Some(record) = store.file(uuid).await? {
-                granted.insert(id, record);
+                let path = store.local_file(&record).await?;
+                granted.insert(id, (record, path));
             }
         }
-        Ok(Self {
-            blobs: store.blobs.clone(),
-            granted,
-        })
+        Ok(Self { granted })
     }
 
-    fn record(&self, id: &str) -> Result<&FileRecord, FileError> {
+    fn record(&self, id: &str) -> Result<&(FileRecord, PathBuf), FileError> {
         self.granted
             .get(id)
-            .filter(|record| record.expires_at_ms > now_ms())
+            .filter(|(record, _)| record.expires_at_ms > now_ms())
             .ok_or_else(|| {
                 FileError::NotFound(format!(
                     "'{id}' is not a file this job's payload names (or it has expired)"
@@ -254,7 +253,7 @@ impl StoreFiles {
 
 impl JobFiles for StoreFiles {
     fn stat(&self, id: &str) -> Result<FileInfo, FileError> {
-        let record = self.record(id)?;
+        let (record, _) = self.record(id)?;
         Ok(FileInfo {
             id: id.to_string(),
             size: record.size,
@@ -264,18 +263,18 @@ impl JobFiles for StoreFiles {
     }
 
     fn read(&self, id: &str, offset: u64, len: u32) -> Result<Vec<u8>, FileError> {
-        let record = self.record(id)?;
+        let (record, path) = self.record(id)?;
         if offset >= record.size {
             return Ok(Vec::new());
         }
-        self.blobs
-            .read_file(record.id, offset, len)
+        read_range(path, offset, len)
             .map_err(|e| FileError::Unavailable(format!("reading '{id}': {e}")))
     }
 }
 
 /// One attempt's artifacts, staged in its own folder until the attempt completes the job.
 pub(super) struct StagedArtifacts {
+    store: Arc<Store>,
     blobs: BlobDir,
     job: Uuid,
     attempt: u32,
@@ -283,9 +282,10 @@ pub(super) struct StagedArtifacts {
 }
 
 impl StagedArtifacts {
-    pub fn new(blobs: BlobDir, job: Uuid, attempt: u32) -> Self {
+    pub fn new(store: Arc<Store>, job: Uuid, attempt: u32) -> Self {
         Self {
-            blobs,
+            blobs: store.blobs.clone(),
+            store,
             job,
             attempt,
             written: Mutex::new(Vec::new()),
@@ -297,9 +297,12 @@ impl StagedArtifacts {
         self.written.lock().expect("artifacts lock").clone()
     }
 
-    /// Makes them the job's (see [`BlobDir::publish_artifacts`]).
-    pub fn publish(&self) -> std::io::Result<()> {
-        self.blobs.publish_artifacts(self.job, self.attempt)
+    /// Makes them the job's (see [`Store::publish_artifacts`]).
+    pub async fn publish(&self) -> Result<(), StoreError> {
+        let names: Vec<String> = self.records().into_iter().map(|a| a.name).collect();
+        self.store
+            .publish_artifacts(self.job, self.attempt, &names)
+            .await
     }
 
     /// Drops them (the attempt did not complete the job).

@@ -23,8 +23,8 @@ pub use queues::QueueStats;
 pub use settings::ServiceSettings;
 // The records the API shows, as the store keeps them.
 pub use crate::store::{
-    ArtifactRecord, ErrorInfo, FileRecord, JobEvent, JobRecord, JobStatus, ListQuery, Page, now_ms,
-    rfc3339,
+    ArtifactRecord, ByteStream, ErrorInfo, FileRecord, JobEvent, JobRecord, JobStatus, ListQuery,
+    Page, now_ms, rfc3339,
 };
 
 use std::collections::HashMap;
@@ -234,14 +234,18 @@ impl JobService {
         Ok(self.inner.store.count_by_type_and_status().await?)
     }
 
-    /// Where an upload's bytes are.
-    pub fn file_path(&self, id: Uuid) -> std::path::PathBuf {
-        self.inner.store.blobs.file_path(id)
+    /// An upload's bytes (the caller checked that it may see the upload).
+    pub async fn file_bytes(&self, record: &FileRecord) -> Result<ByteStream, ServiceError> {
+        Ok(self.inner.store.file_bytes(record).await?)
     }
 
-    /// Where a completed job's artifact is.
-    pub fn artifact_path(&self, job: Uuid, name: &str) -> std::path::PathBuf {
-        self.inner.store.blobs.artifact_path(job, name)
+    /// A completed job's artifact (the caller checked that it may see the job).
+    pub async fn artifact_bytes(
+        &self,
+        job: Uuid,
+        artifact: &ArtifactRecord,
+    ) -> Result<ByteStream, ServiceError> {
+        Ok(self.inner.store.artifact_bytes(job, artifact).await?)
     }
 
     /// The loaded job types (none before [`JobService::start`]).

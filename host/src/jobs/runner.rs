@@ -148,7 +148,7 @@ impl JobService {
         };
         let limits = self.inner.settings.limits_of(&job.job_type);
         let timeout = limits.timeout(job.timeout_s, plugin.info.default_timeout_secs);
-        let artifacts = Arc::new(StagedArtifacts::new(store.blobs.clone(), id, job.attempt));
+        let artifacts = Arc::new(StagedArtifacts::new(store.clone(), id, job.attempt));
         let context = RunContext {
             sink: Arc::new(JobSink {
                 store: store.clone(),
@@ -220,18 +220,12 @@ impl JobService {
         let mut published = Vec::new();
         if let Some(artifacts) = artifacts.as_ref().filter(|a| !a.records().is_empty()) {
             if result.is_ok() && !interrupted {
-                let staged = artifacts.clone();
-                match tokio::task::spawn_blocking(move || staged.publish()).await {
-                    Ok(Ok(())) => published = artifacts.records(),
-                    outcome => {
-                        let why = match outcome {
-                            Ok(Err(error)) => error.to_string(),
-                            Err(error) => error.to_string(),
-                            Ok(Ok(())) => unreachable!(),
-                        };
+                match self.while_unavailable(|| artifacts.publish()).await {
+                    Ok(()) => published = artifacts.records(),
+                    Err(error) => {
                         result = Err(JobFailure::new(
                             FailureKind::Retryable,
-                            format!("the job's artifacts could not be stored: {why}"),
+                            format!("the job's artifacts could not be stored: {error}"),
                         ));
                     }
                 }

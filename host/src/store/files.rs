@@ -1,9 +1,11 @@
-//! Uploaded files and job artifacts: metadata in the store, bytes as plain files in the data
-//! dir, so a 60 MiB upload never sits in a database page or in memory.
+//! Uploaded files and job artifacts: their records, and the data dir's bytes (with redb,
+//! all of them; with PostgreSQL, node-local copies of uploads: see `store/bytes.rs`). Bytes
+//! are plain files, streamed, so a 60 MiB upload never sits in memory.
 //!
 //! Layout under the data dir:
-//! - `files/<file id>`: an upload's bytes, written to `files/<id>.part`, synced, then
-//!   renamed, so a file listed in the `files` table always has all its bytes;
+//! - `files/<file id>`: an upload's bytes, written to `files/<id>.part` (a copy pulled
+//!   from PostgreSQL: `files/<id>.<n>.part`), synced, then renamed, so a file listed in
+//!   the `files` table always has all its bytes;
 //! - `artifacts/<job id>/attempt-<n>/<name>`: what attempt `n` wrote;
 //! - `artifacts/<job id>/done/<name>`: the artifacts of the attempt that completed the
 //!   job, renamed there before the completion is committed. Deleting the job removes
@@ -12,6 +14,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -46,6 +49,9 @@ pub struct ArtifactRecord {
     pub content_type: String,
 }
 
+/// Bytes streamed out of the store (an upload's content, an artifact).
+pub type ByteStream = BoxStream<'static, std::io::Result<bytes::Bytes>>;
+
 /// Where the bytes live.
 #[derive(Clone, Debug)]
 pub struct BlobDir {
@@ -60,9 +66,29 @@ impl BlobDir {
         }
     }
 
+    /// The folder of uploads' bytes.
+    pub fn files_dir(&self) -> PathBuf {
+        self.root.join("files")
+    }
+
+    /// The folder of jobs' artifacts.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
+
     /// Where an upload's bytes are.
     pub fn file_path(&self, id: Uuid) -> PathBuf {
-        self.root.join("files").join(id.to_string())
+        self.files_dir().join(id.to_string())
+    }
+
+    /// A new copy of an upload's bytes, with a name no other copy in progress has: write
+    /// it, then [`BlobDir::finish_upload`].
+    pub fn copy_part(&self, id: Uuid) -> std::io::Result<(PathBuf, std::fs::File)> {
+        let dir = self.files_dir();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{id}.{}.part", Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&path)?;
+        Ok((path, file))
     }
 
     /// A new upload's file, still partial: write it, then [`BlobDir::finish_upload`].
@@ -82,22 +108,17 @@ impl BlobDir {
         sync_dir(&self.root.join("files"))
     }
 
-    /// Up to `len` bytes of upload `id` from `offset`.
-    pub fn read_file(&self, id: Uuid, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
-        use std::io::{Read as _, Seek as _};
-        let mut file = std::fs::File::open(self.file_path(id))?;
-        file.seek(std::io::SeekFrom::Start(offset))?;
-        let mut bytes = Vec::with_capacity(len as usize);
-        file.take(u64::from(len)).read_to_end(&mut bytes)?;
-        Ok(bytes)
-    }
-
     fn job_dir(&self, job: Uuid) -> PathBuf {
-        self.root.join("artifacts").join(job.to_string())
+        self.artifacts_dir().join(job.to_string())
     }
 
     fn attempt_dir(&self, job: Uuid, attempt: u32) -> PathBuf {
         self.job_dir(job).join(format!("attempt-{attempt}"))
+    }
+
+    /// Where attempt `attempt` stages artifact `name`.
+    pub fn staged_artifact_path(&self, job: Uuid, attempt: u32, name: &str) -> PathBuf {
+        self.attempt_dir(job, attempt).join(name)
     }
 
     /// Appends to artifact `name` of attempt `attempt` (the name was checked to be a safe
@@ -177,6 +198,16 @@ impl BlobDir {
             tracing::warn!(file = %id, %error, "could not remove an expired file");
         }
     }
+}
+
+/// Up to `len` bytes of the file at `path` from `offset`.
+pub fn read_range(path: &Path, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read as _, Seek as _};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(u64::from(len)).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Makes a rename in `dir` durable.

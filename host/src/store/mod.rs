@@ -9,6 +9,7 @@
 
 mod batch;
 mod bus;
+mod bytes;
 mod files;
 mod model;
 mod postgres;
@@ -16,7 +17,7 @@ mod redb;
 
 pub use batch::{Change, Inserted, Mutation};
 pub use bus::Bus;
-pub use files::{ArtifactRecord, BlobDir, FileRecord};
+pub use files::{ArtifactRecord, BlobDir, ByteStream, FileRecord, read_range};
 pub use model::{
     Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, idempotency_slot, now_ms,
     rfc3339,
@@ -109,7 +110,8 @@ pub struct Store {
     tx: Option<mpsc::UnboundedSender<Op>>,
     /// Committed events, live.
     pub bus: Arc<Bus>,
-    /// Upload and artifact bytes, in the data dir.
+    /// The data dir's upload and artifact bytes: all of them with redb, node-local
+    /// copies with PostgreSQL (see `store/bytes.rs`).
     pub blobs: BlobDir,
 }
 
@@ -130,8 +132,8 @@ impl Store {
     }
 
     /// Connects to the PostgreSQL database `options.url`, brings its schema up to date
-    /// and starts the writer and the listener. Upload and artifact bytes stay in
-    /// `data_dir`.
+    /// and starts the writer and the listener. Upload and artifact bytes are kept in the
+    /// database; `data_dir` holds this node's copies of uploads.
     pub async fn open_postgres(
         options: PostgresOptions,
         data_dir: &Path,
@@ -341,14 +343,6 @@ impl Store {
         match &self.backend {
             Backend::Redb(db) => db.job_count(),
             Backend::Postgres(db) => db.job_count().await,
-        }
-    }
-
-    /// Records an upload whose bytes are in place; durable when this returns.
-    pub async fn insert_file(&self, record: &FileRecord) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Redb(db) => db.insert_file(record).await,
-            Backend::Postgres(db) => db.insert_file(record).await,
         }
     }
 

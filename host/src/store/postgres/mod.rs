@@ -10,6 +10,7 @@
 //! Connections are plain TCP or Unix sockets (no TLS yet): run Kiln next to its database
 //! or inside a private network.
 
+mod blobs;
 mod listen;
 mod schema;
 mod writer;
@@ -30,6 +31,8 @@ use super::batch::{Feed, Op, StoredEvent};
 use super::bus::Bus;
 use super::model::{JobEvent, JobRecord, JobStatus};
 use super::{FileRecord, ListQuery, Page, StoreError};
+
+pub(super) use blobs::copy_checked;
 
 /// The channel of the writer's wake-ups: payloads are `node id` then `job_id:seq` lines.
 const NOTIFY_CHANNEL: &str = "kiln_events";
@@ -404,16 +407,6 @@ impl PgStore {
         let rows = self.query("SELECT count(*) FROM kiln_jobs", &[]).await?;
         let count: i64 = rows.first().map_or(0, |row| row.get(0));
         u64_of(count)
-    }
-
-    pub(super) async fn insert_file(&self, record: &FileRecord) -> Result<(), StoreError> {
-        let text = serde_json::to_string(record).map_err(|e| StoreError::Storage(e.to_string()))?;
-        self.query(
-            "INSERT INTO kiln_files (id, expires_ms, record) VALUES ($1, $2, $3)",
-            &[&record.id, &i64_of(record.expires_at_ms)?, &text],
-        )
-        .await
-        .map(drop)
     }
 
     pub(super) async fn file(&self, id: Uuid) -> Result<Option<FileRecord>, StoreError> {

@@ -5,7 +5,10 @@ use anyhow::{Context as _, bail};
 use tokio_postgres::Client;
 
 /// Every migration, in order. Released ones are never edited: a change is a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_blobs.sql")),
+];
 
 /// The advisory lock key that serialises migrations ("kiln" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e;

@@ -207,7 +207,7 @@ struct Statements {
     insert_events: Statement,
     insert_feed: Statement,
     upsert_journal: Statement,
-    delete_jobs: [Statement; 6],
+    delete_jobs: [Statement; 7],
     trim_feed: Statement,
     notify: Statement,
 }
@@ -286,6 +286,7 @@ impl Statements {
                 prepare("DELETE FROM kiln_events WHERE job_id = ANY($1)", uuids).await?,
                 prepare("DELETE FROM kiln_journal WHERE job_id = ANY($1)", uuids).await?,
                 prepare("DELETE FROM kiln_idempotency WHERE job_id = ANY($1)", uuids).await?,
+                prepare("DELETE FROM kiln_artifact_chunks WHERE job_id = ANY($1)", uuids).await?,
             ],
             trim_feed: prepare("DELETE FROM kiln_feed WHERE position < $1", &[Type::INT8])
                 .await?,
