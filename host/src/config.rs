@@ -439,6 +439,8 @@ impl Config {
             shutdown_grace: self
                 .shutdown_grace_secs
                 .map_or(defaults.shutdown_grace, secs),
+            // Known once the server has bound its port.
+            node_address: String::new(),
         };
         let largest_memory = service
             .type_limits

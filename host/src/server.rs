@@ -82,11 +82,13 @@ impl Server {
         });
         tracing::info!(store = %config.store.describe(), "storage opened");
         let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
+        let mut settings = config.service.clone();
+        settings.node_address = addr.to_string();
         let service = JobService::new(
             store,
             runtime.clone(),
             config.llm.clone(),
-            config.service.clone(),
+            settings,
             config.metrics.clone(),
         );
         let shutdown = CancellationToken::new();

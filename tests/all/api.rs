@@ -684,3 +684,27 @@ async fn plugins_health_and_queues() {
     assert_eq!(noop["completed"], 1, "{listed:#?}");
     assert_eq!(noop["success_rate"], 1.0, "{listed:#?}");
 }
+
+/// With redb the only node is the server itself, alive, at the address it listens on.
+#[tokio::test]
+async fn nodes_lists_this_node_on_redb() {
+    let kiln = InProcess::start(&["characters"], "").await;
+    let (status, body) = get_json(&kiln.client, &kiln.url("/v1/nodes")).await;
+    assert_eq!(status, 200, "{body}");
+    let nodes = body["nodes"].as_array().unwrap();
+    if crate::pg::enabled() {
+        return; // the PostgreSQL pass: see postgres::every_node_lists_the_cluster_…
+    }
+    assert_eq!(nodes.len(), 1, "{body:#}");
+    let node = &nodes[0];
+    assert_eq!(node["status"], "alive", "{body:#}");
+    assert_eq!(node["this_node"], true, "{body:#}");
+    assert_eq!(node["running_jobs"], 0, "{body:#}");
+    assert_eq!(
+        node["address"],
+        kiln.base.trim_start_matches("http://"),
+        "{body:#}"
+    );
+    assert!(node["stopped_at"].is_null(), "{body:#}");
+    kiln.stop().await;
+}

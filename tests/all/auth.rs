@@ -260,6 +260,7 @@ async fn operator_routes_need_an_admin_key() {
         (Method::GET, "/v1/doctor"),
         (Method::POST, "/v1/doctor/cleanup"),
         (Method::GET, "/v1/queues"),
+        (Method::GET, "/v1/nodes"),
         (Method::GET, "/metrics"),
     ];
     for (method, path) in routes {

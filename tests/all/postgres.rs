@@ -207,7 +207,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
             "kiln",
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_schema"
         ),
-        "1,2"
+        "1,2,3"
     );
     drop((a, b));
 
@@ -217,7 +217,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
         Err(error) => format!("{error:#}"),
     };
     assert!(
-        refused.contains("schema is version 99, newer than this Kiln knows (2)"),
+        refused.contains("schema is version 99, newer than this Kiln knows (3)"),
         "{refused}"
     );
     assert_eq!(pg.psql("kiln", "SELECT count(*) FROM kiln_jobs"), "0");
@@ -530,6 +530,7 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
     let url = pg.database("kiln");
     pg.restore("kiln", &fixture.join("kiln.sql"));
     assert_eq!(pg.psql("kiln", "SELECT max(version) FROM kiln_schema"), "1");
+    let newest = "3";
     let data = tempfile::tempdir().unwrap();
     copy_tree(&fixture.join("data"), data.path());
     let plugins = plugins_dir(&["characters", "documents"]);
@@ -538,7 +539,10 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
 
     let old = KilnProcess::start(data.path(), plugins.path(), &store_table(&url));
     let log = || old.log();
-    assert_eq!(pg.psql("kiln", "SELECT max(version) FROM kiln_schema"), "2");
+    assert_eq!(
+        pg.psql("kiln", "SELECT max(version) FROM kiln_schema"),
+        newest
+    );
     let job = wait_terminal(&client, &old.base, characters, Duration::ZERO).await;
     assert_eq!(job["status"], "completed", "{job:#}");
     let job = wait_terminal(&client, &old.base, documents, Duration::ZERO).await;
@@ -675,4 +679,80 @@ async fn a_nodes_copies_of_expired_uploads_are_removed_and_the_rest_kept() {
     assert!(!short_copy.exists(), "the expired upload's copy is removed");
     assert!(long_copy.exists(), "a live upload's copy is kept");
     assert!(in_progress.exists(), "an upload being stored is kept");
+}
+
+/// `GET /v1/nodes` on any node lists every node sharing the database: alive while its
+/// heartbeat is recent, `stopped` after a clean shutdown, `unresponsive` once a node
+/// killed with -9 has missed its heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_the_cluster_and_tells_stopped_from_dead() {
+    let pg = PgServer::start();
+    let url = pg.database("kiln");
+    let plugins = plugins_dir(&["characters"]);
+    let client = reqwest::Client::new();
+    let (dir_a, dir_b, dir_c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut a = KilnProcess::start(dir_a.path(), plugins.path(), &store_table(&url));
+    let mut b = KilnProcess::start(dir_b.path(), plugins.path(), &store_table(&url));
+    let nodes = async |kiln: &KilnProcess| -> Vec<Value> {
+        let (status, body) = get_json(&client, &kiln.url("/v1/nodes")).await;
+        assert_eq!(status, 200, "{body}\n{}", kiln.log());
+        body["nodes"].as_array().unwrap().clone()
+    };
+    let address = |kiln: &KilnProcess| kiln.base.trim_start_matches("http://").to_string();
+    // A node writes its first heartbeat once its plugins are loaded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut listed = nodes(&a).await;
+    while listed.len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        listed = nodes(&a).await;
+    }
+    assert_eq!(listed.len(), 2, "{listed:#?}");
+    for node in &listed {
+        assert_eq!(node["status"], "alive", "{listed:#?}");
+        assert_eq!(node["version"], env!("CARGO_PKG_VERSION"), "{listed:#?}");
+    }
+    let this: Vec<&Value> = listed.iter().filter(|n| n["this_node"] == true).collect();
+    assert_eq!(this.len(), 1, "{listed:#?}");
+    assert_eq!(this[0]["address"], address(&a), "{listed:#?}");
+    let on_b = nodes(&b).await;
+    assert_eq!(on_b.len(), 2, "{on_b:#?}");
+    let b_itself = on_b.iter().find(|n| n["this_node"] == true).unwrap();
+    assert_eq!(b_itself["address"], address(&b));
+    let (a_id, b_id) = (this[0]["id"].clone(), b_itself["id"].clone());
+    assert_ne!(a_id, b_id);
+
+    assert!(b.terminate(Duration::from_secs(10)), "{}", b.log());
+    a.kill9();
+    let c = KilnProcess::start(dir_c.path(), plugins.path(), &store_table(&url));
+    while nodes(&c).await.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status_of = |nodes: &[Value], id: &Value| {
+        nodes
+            .iter()
+            .find(|n| n["id"] == *id)
+            .map(|n| n["status"].clone())
+    };
+    let listed = nodes(&c).await;
+    assert_eq!(listed.len(), 3, "{listed:#?}");
+    assert_eq!(
+        status_of(&listed, &b_id),
+        Some(json!("stopped")),
+        "{listed:#?}"
+    );
+    // A's last heartbeat is at most 2 s old when it is killed; 10 s later it is unresponsive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = nodes(&c).await;
+        match status_of(&listed, &a_id) {
+            Some(status) if status == "unresponsive" => break,
+            Some(status) if status == "alive" && Instant::now() < deadline => {}
+            other => panic!("node A is {other:?}: {listed:#?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

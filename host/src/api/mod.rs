@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(sse::all_events))
         .route("/v1/plugins", get(system::plugins))
         .route("/v1/queues", get(system::queues))
+        .route("/v1/nodes", get(system::nodes))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::openapi_json))

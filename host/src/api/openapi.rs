@@ -21,7 +21,9 @@ use super::access::{EventsToken, SessionView};
 use super::error::{ErrorBody, ErrorDetail, Violation};
 use super::files::FileView;
 use super::jobs::{JobPage, SubmitBody, SubmitView};
-use super::system::{Healthz, PluginList, PluginView, QueueList, QueueView, RecentView};
+use super::system::{
+    Healthz, NodeList, NodeView, PluginList, PluginView, QueueList, QueueView, RecentView,
+};
 use super::view::{ArtifactView, JobView, Links};
 use crate::jobs::{ErrorInfo, JobStatus};
 use crate::llm::Usage;
@@ -53,13 +55,14 @@ use crate::llm::Usage;
         super::sse::all_events,
         super::system::plugins,
         super::system::queues,
+        super::system::nodes,
         super::system::healthz,
         super::metrics::metrics,
         openapi_json,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Violation, JobView, Links, ArtifactView, FileView, Usage, ErrorInfo, JobStatus,
-        SubmitBody, SubmitView, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, Healthz,
+        SubmitBody, SubmitView, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
     )),
     tags(
         (name = "jobs", description = "Submit, read, list, cancel and retry jobs"),

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::access::{Admin, Caller};
-use crate::jobs::now_ms;
+use crate::jobs::{now_ms, rfc3339};
 use crate::monitor::{Health, HealthInput, WINDOW_MS};
 
 /// The answer of `GET /healthz`.
@@ -259,4 +259,70 @@ pub async fn queues(State(state): State<AppState>, _: Admin) -> Json<QueueList> 
     Json(QueueList {
         queues: queue_views(&state),
     })
+}
+
+/// The answer of `GET /v1/nodes`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeList {
+    /// The nodes serving this store, oldest first.
+    pub nodes: Vec<NodeView>,
+}
+
+/// One Kiln node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeView {
+    /// Its id, new for each process.
+    pub id: String,
+    /// The address its API listens on.
+    #[schema(example = "10.0.0.7:8080")]
+    pub address: String,
+    /// The Kiln version it runs.
+    pub version: String,
+    /// `alive`; `unresponsive` (no heartbeat for 10 s: dead, cut off from the database or
+    /// paused); `stopped` (shut down cleanly). Nodes that stopped or stopped answering
+    /// stay listed for a day.
+    #[schema(example = "alive")]
+    pub status: &'static str,
+    /// Whether it is the node that answered this request.
+    pub this_node: bool,
+    /// Attempts it was running at its latest heartbeat.
+    pub running_jobs: u64,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Its latest heartbeat (RFC 3339; nodes write one every 2 s).
+    pub last_heartbeat_at: String,
+    /// When it shut down cleanly (RFC 3339), if it did.
+    pub stopped_at: Option<String>,
+}
+
+/// `GET /v1/nodes`: the Kiln nodes serving this store. With PostgreSQL, every node sharing
+/// the database; with redb, this one.
+#[utoipa::path(get, path = "/v1/nodes", tag = "system",
+    responses(
+        (status = 200, description = "The nodes", body = NodeList),
+        (status = 401, description = "No valid API key", body = super::error::ErrorBody),
+        (status = 403, description = "Not an admin key", body = super::error::ErrorBody),
+        (status = 503, description = "The store is unreachable (`storage_unavailable`)", body = super::error::ErrorBody),
+    ))]
+pub async fn nodes(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<NodeList>, super::error::ApiError> {
+    let nodes = state.service.nodes().await?;
+    Ok(Json(NodeList {
+        nodes: nodes
+            .into_iter()
+            .map(|node| NodeView {
+                id: node.record.id.to_string(),
+                address: node.record.address,
+                version: node.record.version,
+                status: node.status.as_str(),
+                this_node: node.this_node,
+                running_jobs: node.record.running_jobs,
+                started_at: rfc3339(node.record.started_at_ms),
+                last_heartbeat_at: rfc3339(node.record.heartbeat_at_ms),
+                stopped_at: node.record.stopped_at_ms.map(rfc3339),
+            })
+            .collect(),
+    }))
 }

@@ -9,6 +9,7 @@
 mod events;
 mod files;
 mod lifecycle;
+mod nodes;
 mod ops;
 mod queues;
 mod runner;
@@ -16,6 +17,7 @@ mod settings;
 
 pub use events::{FeedFilter, FeedRefusal, JobEvents, event_names};
 pub use files::{FILE_FORMAT, file_refs};
+pub use nodes::{HEARTBEAT, NodeInfo, NodeStatus, UNRESPONSIVE_AFTER_MS};
 pub use ops::{
     BulkFilter, DoctorReport, FailureGroup, MAX_BULK, PluginSummary, ProviderHealth, StuckJob,
 };
@@ -168,6 +170,8 @@ struct Inner {
     metrics: Arc<crate::monitor::Metrics>,
     /// Becomes true when [`JobService::start`] has run.
     started: tokio::sync::watch::Sender<bool>,
+    /// When this node's service was made, ms since the epoch.
+    started_at_ms: u64,
 }
 
 /// The loaded job types, given once by [`JobService::start`]: the server answers HTTP while
@@ -216,6 +220,7 @@ impl JobService {
                 tasks: Mutex::new(JoinSet::new()),
                 metrics,
                 started: tokio::sync::watch::Sender::new(false),
+                started_at_ms: now_ms(),
             }),
         }
     }
@@ -296,6 +301,7 @@ impl JobService {
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
         tasks.spawn(self.clone().dispatch_loop());
         tasks.spawn(self.clone().sweep_loop());
+        tasks.spawn(self.clone().heartbeat_loop());
         self.inner.started.send_replace(true);
         Ok(report)
     }
@@ -568,6 +574,7 @@ impl JobService {
         }
         let mut tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
         tasks.abort_all();
+        self.announce_stop().await;
         while tasks.join_next().await.is_some() {}
         let _ = self.inner.store.flush().await;
     }
@@ -710,6 +717,7 @@ impl JobService {
             tracing::info!(deleted, "expired finished jobs");
         }
         self.sweep_files().await;
+        self.forget_old_nodes().await;
         deleted
     }
 

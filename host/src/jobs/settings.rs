@@ -43,6 +43,9 @@ pub struct ServiceSettings {
     pub max_file_bytes: u64,
     /// How long uploads are kept. Default 24 h.
     pub file_ttl: Duration,
+    /// The address this node's API listens on, as `GET /v1/nodes` shows it (set by the
+    /// server once it has bound its port).
+    pub node_address: String,
 }
 
 impl Default for ServiceSettings {
@@ -64,6 +67,7 @@ impl Default for ServiceSettings {
             shutdown_grace: Duration::from_secs(30),
             max_file_bytes: 64 * 1024 * 1024,
             file_ttl: Duration::from_secs(24 * 3600),
+            node_address: String::new(),
         }
     }
 }

@@ -19,8 +19,8 @@ pub use batch::{Change, Inserted, Mutation};
 pub use bus::Bus;
 pub use files::{ArtifactRecord, BlobDir, ByteStream, FileRecord, read_range};
 pub use model::{
-    Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, idempotency_slot, now_ms,
-    rfc3339,
+    Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, NodeRecord, idempotency_slot,
+    now_ms, rfc3339,
 };
 pub use postgres::{PostgresOptions, redact_url};
 
@@ -108,6 +108,8 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     tx: Option<mpsc::UnboundedSender<Op>>,
+    /// This process's node id (PostgreSQL also tags its `NOTIFY`s with it).
+    node: Uuid,
     /// Committed events, live.
     pub bus: Arc<Bus>,
     /// The data dir's upload and artifact bytes: all of them with redb, node-local
@@ -126,6 +128,7 @@ impl Store {
         Ok(Self {
             backend: Backend::Redb(backend),
             tx: Some(tx),
+            node: Uuid::now_v7(),
             bus,
             blobs: BlobDir::new(path.parent().unwrap_or(Path::new("."))),
         })
@@ -141,10 +144,13 @@ impl Store {
         feed_retention: u64,
     ) -> anyhow::Result<Self> {
         let bus = Arc::new(Bus::new(bus_capacity));
-        let (backend, tx) = postgres::PgStore::open(options, bus.clone(), feed_retention).await?;
+        let node = Uuid::now_v7();
+        let (backend, tx) =
+            postgres::PgStore::open(options, bus.clone(), feed_retention, node).await?;
         Ok(Self {
             backend: Backend::Postgres(backend),
             tx: Some(tx),
+            node,
             bus,
             blobs: BlobDir::new(data_dir),
         })
@@ -343,6 +349,37 @@ impl Store {
         match &self.backend {
             Backend::Redb(db) => db.job_count(),
             Backend::Postgres(db) => db.job_count().await,
+        }
+    }
+
+    /// This process's node id.
+    pub fn node_id(&self) -> Uuid {
+        self.node
+    }
+
+    /// Writes this node's heartbeat record. With redb there is no one to tell: nothing is
+    /// written.
+    pub async fn record_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(()),
+            Backend::Postgres(db) => db.record_node(node).await,
+        }
+    }
+
+    /// The nodes that sent a heartbeat at or after `since_ms` (none with redb: the only
+    /// node is this process, which knows itself).
+    pub async fn nodes(&self, since_ms: u64) -> Result<Vec<NodeRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(Vec::new()),
+            Backend::Postgres(db) => db.nodes(since_ms).await,
+        }
+    }
+
+    /// Forgets the nodes whose last heartbeat is older than `before_ms`.
+    pub async fn forget_nodes(&self, before_ms: u64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(()),
+            Backend::Postgres(db) => db.forget_nodes(before_ms).await,
         }
     }
 

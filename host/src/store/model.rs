@@ -81,6 +81,27 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
+/// A Kiln node as it reports itself with each heartbeat (PostgreSQL keeps every node's
+/// in `kiln_nodes`; with redb the only node is the running process).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its id, new for each process (UUIDv7).
+    pub id: Uuid,
+    /// The address its HTTP API listens on.
+    pub address: String,
+    /// The Kiln version it runs.
+    pub version: String,
+    /// When it started, ms since the epoch.
+    pub started_at_ms: u64,
+    /// Its latest heartbeat, ms since the epoch.
+    pub heartbeat_at_ms: u64,
+    /// Attempts it was running at that heartbeat.
+    pub running_jobs: u64,
+    /// When it shut down cleanly (`None`: it runs, or it died without saying so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at_ms: Option<u64>,
+}
+
 /// A job as stored. The payload and the result live in their own tables, so progress
 /// updates rewrite only this small record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use super::batch::{Feed, Op, StoredEvent};
 use super::bus::Bus;
-use super::model::{JobEvent, JobRecord, JobStatus};
+use super::model::{JobEvent, JobRecord, JobStatus, NodeRecord};
 use super::{FileRecord, ListQuery, Page, StoreError};
 
 pub(super) use blobs::copy_checked;
@@ -128,6 +128,7 @@ impl PgStore {
         options: PostgresOptions,
         bus: Arc<Bus>,
         feed_retention: u64,
+        node: Uuid,
     ) -> anyhow::Result<(Self, mpsc::UnboundedSender<Op>)> {
         let redacted = redact_url(&options.url);
         let mut config = tokio_postgres::Config::from_str(&options.url)
@@ -168,7 +169,6 @@ impl PgStore {
         .build()
         .context("creating the PostgreSQL pool")?;
 
-        let node = Uuid::now_v7();
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = writer::Writer {
             connector: connector.clone(),
@@ -407,6 +407,42 @@ impl PgStore {
         let rows = self.query("SELECT count(*) FROM kiln_jobs", &[]).await?;
         let count: i64 = rows.first().map_or(0, |row| row.get(0));
         u64_of(count)
+    }
+
+    pub(super) async fn record_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        let text = serde_json::to_string(node).map_err(|e| StoreError::Storage(e.to_string()))?;
+        self.query(
+            "INSERT INTO kiln_nodes (id, heartbeat_ms, record) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_ms = EXCLUDED.heartbeat_ms, \
+             record = EXCLUDED.record",
+            &[&node.id, &i64_of(node.heartbeat_at_ms)?, &text],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn nodes(&self, since_ms: u64) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT record FROM kiln_nodes WHERE heartbeat_ms >= $1 ORDER BY id",
+                &[&i64_of(since_ms)?],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                serde_json::from_str(row.get(0))
+                    .map_err(|e| StoreError::Storage(format!("corrupt node record: {e}")))
+            })
+            .collect()
+    }
+
+    pub(super) async fn forget_nodes(&self, before_ms: u64) -> Result<(), StoreError> {
+        self.query(
+            "DELETE FROM kiln_nodes WHERE heartbeat_ms < $1",
+            &[&i64_of(before_ms)?],
+        )
+        .await
+        .map(drop)
     }
 
     pub(super) async fn file(&self, id: Uuid) -> Result<Option<FileRecord>, StoreError> {

@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_blobs.sql")),
+    (3, include_str!("migrations/0003_nodes.sql")),
 ];
 
 /// The advisory lock key that serialises migrations ("kiln" in ASCII).
