@@ -445,7 +445,7 @@ async fn expiry_deletes_finished_jobs_with_everything_they_own(backend: Backend)
     let old = insert(&store, job("characters", None, Some("old-key"))).await;
     start(&store, old.id).await;
     store
-        .journal_call(old.id, 0, br#"{"k":1}"#.to_vec(), Default::default())
+        .journal_call(old.id, 0, br#"{"k":1}"#.to_vec(), Default::default(), None)
         .await
         .unwrap();
     complete(&store, old.id, json!(1)).await;
@@ -481,7 +481,7 @@ async fn journal_entries_and_usage_commit_together(backend: Backend) {
         let cost = kiln::llm::Usage::of_call(100, 10, 40, 2);
         let entry = format!(r#"{{"index":{index}}}"#).into_bytes();
         store
-            .journal_call(job.id, index, entry, cost)
+            .journal_call(job.id, index, entry, cost, None)
             .await
             .unwrap();
     }
@@ -492,6 +492,7 @@ async fn journal_entries_and_usage_commit_together(backend: Backend) {
             1,
             br#"{"index":"one"}"#.to_vec(),
             Default::default(),
+            None,
         )
         .await
         .unwrap();

@@ -271,7 +271,8 @@ pub struct NodeList {
 /// One Kiln node.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NodeView {
-    /// Its id, new for each process.
+    /// Its id, kept in its data dir (`node-id`): a node restarted on the same data dir
+    /// is the same node.
     pub id: String,
     /// The address its API listens on.
     #[schema(example = "10.0.0.7:8080")]
@@ -285,6 +286,9 @@ pub struct NodeView {
     pub status: &'static str,
     /// Whether it is the node that answered this request.
     pub this_node: bool,
+    /// Whether it holds the leader's lease: it runs expiry and gives the jobs of nodes
+    /// that stopped answering their next attempt.
+    pub leader: bool,
     /// Attempts it was running at its latest heartbeat.
     pub running_jobs: u64,
     /// When it started (RFC 3339).
@@ -318,6 +322,7 @@ pub async fn nodes(
                 version: node.record.version,
                 status: node.status.as_str(),
                 this_node: node.this_node,
+                leader: node.leader,
                 running_jobs: node.record.running_jobs,
                 started_at: rfc3339(node.record.started_at_ms),
                 last_heartbeat_at: rfc3339(node.record.heartbeat_at_ms),

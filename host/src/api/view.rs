@@ -45,6 +45,12 @@ pub struct JobView {
     pub usage: Usage,
     /// Files the job wrote (contract 0.2.0 job types), once completed.
     pub artifacts: Vec<ArtifactView>,
+    /// While it runs: the id of the node running it (as `GET /v1/nodes` lists it).
+    pub node: Option<Uuid>,
+    /// While it runs: whether a client asked to cancel it (the node running it is
+    /// stopping it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
     /// Where to read and follow it.
     pub links: Links,
 }
@@ -77,6 +83,7 @@ impl JobView {
     pub async fn of(job: JobRecord, service: &JobService) -> Result<Self, ServiceError> {
         let result = service.result_of(&job).await?;
         let this = format!("/v1/jobs/{}", job.id);
+        let node = job.lease().map(|lease| lease.node);
         Ok(Self {
             links: Links {
                 events: format!("{this}/events"),
@@ -98,6 +105,8 @@ impl JobView {
             started_at: job.started_at_ms.map(rfc3339),
             finished_at: job.finished_at_ms.map(rfc3339),
             usage: job.usage,
+            node,
+            cancel_requested: job.cancel_requested,
             artifacts: job
                 .artifacts
                 .into_iter()

@@ -38,26 +38,32 @@ use serde_json::{Value, json};
 
 use super::event_names;
 use crate::runtime::{FailureKind, JobFailure, PluginEvent};
+use uuid::Uuid;
+
 use crate::store::{
-    ArtifactRecord, Change, ErrorInfo, JobRecord, JobStatus, NewEvent, StoreError, rfc3339,
+    ArtifactRecord, Change, ErrorInfo, JobRecord, JobStatus, Lease, NewEvent, StoreError,
+    rfc3339,
 };
 
-/// The start of an attempt: `queued -> running`. A job that is no longer queued (it was
-/// cancelled while it waited) is refused: it never starts.
-pub(super) fn start(job: &mut JobRecord, now_ms: u64) -> Result<Change, StoreError> {
+/// The start of an attempt on `node`: `queued -> running`, the attempt's lease held by
+/// `node`. A job that is no longer queued (it was cancelled while it waited) is refused:
+/// it never starts.
+pub(super) fn start(job: &mut JobRecord, now_ms: u64, node: Uuid) -> Result<Change, StoreError> {
     if job.status != JobStatus::Queued {
         return Err(not_running_or_queued(job));
     }
     job.status = JobStatus::Running;
+    job.node = Some(node);
+    job.cancel_requested = false;
     job.started_at_ms = Some(now_ms);
     job.progress = 0;
     job.message = None;
     Ok(Change::events(vec![status_event(job)]))
 }
 
-/// A client's cancel. A queued job is cancelled at once; a running one is left as it is
-/// (the service stops the attempt, whose end records `cancelled`); a finished one is
-/// refused.
+/// A client's cancel. A queued job is cancelled at once; a running one is marked
+/// `cancel_requested` (the node running it stops the attempt, whose end records
+/// `cancelled`); a finished one is refused.
 pub(super) fn cancel(job: &mut JobRecord, now_ms: u64) -> Result<Change, StoreError> {
     match job.status {
         JobStatus::Queued => {
@@ -65,7 +71,10 @@ pub(super) fn cancel(job: &mut JobRecord, now_ms: u64) -> Result<Change, StoreEr
             job.finished_at_ms = Some(now_ms);
             Ok(Change::events(vec![cancelled_event()]))
         }
-        JobStatus::Running => Ok(Change::default()),
+        JobStatus::Running => {
+            job.cancel_requested = true;
+            Ok(Change::default())
+        }
         status => Err(StoreError::Conflict(format!(
             "the job is {}; only queued or running jobs can be cancelled",
             status.as_str()
@@ -101,9 +110,57 @@ pub(super) fn retry(job: &mut JobRecord) -> Result<Change, StoreError> {
 }
 
 /// A job found `running` when the service starts: the process that ran it died, so the
-/// attempt was interrupted.
+/// attempt was interrupted (or, had a client asked to cancel it, it is cancelled).
 pub(super) fn recover(job: &mut JobRecord, now_ms: u64) -> Change {
+    if job.cancel_requested {
+        leave_running(job);
+        job.status = JobStatus::Cancelled;
+        job.finished_at_ms = Some(now_ms);
+        return Change::events(vec![cancelled_event()]);
+    }
     interrupt(job, "the server stopped during attempt", now_ms)
+}
+
+/// A running job whose node stopped answering (its lease expired), seen running attempt
+/// `attempt` on `node`: like [`recover`], unless it changed since it was seen (refused).
+pub(super) fn rescue(
+    job: &mut JobRecord,
+    attempt: u32,
+    node: Option<Uuid>,
+    now_ms: u64,
+) -> Result<Change, StoreError> {
+    if job.status != JobStatus::Running || job.attempt != attempt || job.node != node {
+        return Err(StoreError::Conflict("the job moved on".into()));
+    }
+    if job.cancel_requested {
+        return Ok(recover(job, now_ms));
+    }
+    Ok(interrupt(
+        job,
+        "the node running it stopped answering during attempt",
+        now_ms,
+    ))
+}
+
+/// `transition` of a running attempt, refused unless the job still holds the attempt's
+/// `lease`: the fencing check of every write an attempt makes (`None`: unfenced).
+pub(super) fn holding(
+    job: &mut JobRecord,
+    lease: Option<Lease>,
+    transition: impl FnOnce(&mut JobRecord) -> Result<Change, StoreError>,
+) -> Result<Change, StoreError> {
+    if let Some(lease) = lease
+        && job.lease() != Some(lease)
+    {
+        return Err(StoreError::Conflict(format!(
+            "attempt {} on node {} no longer holds the job's lease (the job is {}, attempt {})",
+            lease.attempt,
+            lease.node,
+            job.status.as_str(),
+            job.attempt
+        )));
+    }
+    transition(job)
 }
 
 /// The end of an attempt that returned `result` (its artifacts published as `artifacts`),
@@ -143,6 +200,7 @@ pub(super) fn complete(
     now_ms: u64,
 ) -> Result<Change, StoreError> {
     ensure_running(job)?;
+    leave_running(job);
     job.status = JobStatus::Completed;
     job.progress = 100;
     job.finished_at_ms = Some(now_ms);
@@ -162,6 +220,7 @@ pub(super) fn complete(
 /// is running.
 pub(super) fn end_cancelled(job: &mut JobRecord, now_ms: u64) -> Result<Change, StoreError> {
     ensure_running(job)?;
+    leave_running(job);
     job.status = JobStatus::Cancelled;
     job.finished_at_ms = Some(now_ms);
     Ok(Change::events(vec![cancelled_event()]))
@@ -253,6 +312,7 @@ fn retry_or_fail(job: &mut JobRecord, error: ErrorInfo, delay: Duration, now_ms:
     if job.attempt >= job.max_attempts {
         return fail(job, error, now_ms);
     }
+    leave_running(job);
     job.status = JobStatus::Queued;
     job.attempt += 1;
     job.progress = 0;
@@ -265,10 +325,17 @@ fn retry_or_fail(job: &mut JobRecord, error: ErrorInfo, delay: Duration, now_ms:
 
 /// Ends the job as failed with `error`.
 fn fail(job: &mut JobRecord, error: ErrorInfo, now_ms: u64) -> Change {
+    leave_running(job);
     job.status = JobStatus::Failed;
     job.finished_at_ms = Some(now_ms);
     job.error = Some(error.clone());
     Change::events(vec![failed_event(&error)])
+}
+
+/// Drops what only a running attempt has: its lease and a cancel request.
+fn leave_running(job: &mut JobRecord) {
+    job.node = None;
+    job.cancel_requested = false;
 }
 
 /// Refuses an end of attempt for a job that is not running (cancelled or ended already).
@@ -300,6 +367,9 @@ mod tests {
 
     /// 2023-11-14T22:13:20Z.
     const NOW: u64 = 1_700_000_000_000;
+
+    /// The node running the attempts.
+    const NODE: Uuid = Uuid::from_u128(7);
 
     const NOT_RUNNING: [JobStatus; 4] = [
         JobStatus::Queued,
@@ -364,7 +434,7 @@ mod tests {
     #[test]
     fn start_runs_a_queued_job() {
         let mut job = job(JobStatus::Queued);
-        let change = start(&mut job, NOW).unwrap();
+        let change = start(&mut job, NOW, NODE).unwrap();
         assert_eq!(job.status, JobStatus::Running);
         assert_eq!(job.started_at_ms, Some(NOW));
         assert_eq!((job.progress, job.message.as_deref()), (0, None));
@@ -388,7 +458,7 @@ mod tests {
         job.message = Some("stale".into());
         job.run_at_ms = Some(NOW - 5_000);
         job.error = Some(error("retryable", "busy"));
-        let change = start(&mut job, NOW).unwrap();
+        let change = start(&mut job, NOW, NODE).unwrap();
         assert_eq!(job.status, JobStatus::Running);
         assert_eq!((job.progress, job.message.as_deref()), (0, None));
         assert_events(
@@ -415,7 +485,7 @@ mod tests {
         ] {
             assert_refused(
                 job(status),
-                |job| start(job, NOW),
+                |job| start(job, NOW, NODE),
                 &format!("job is {}", status.as_str()),
             );
         }
@@ -438,8 +508,90 @@ mod tests {
         let mut job = job(JobStatus::Running);
         let before = job.clone();
         let change = cancel(&mut job, NOW).unwrap();
-        assert_eq!(job, before);
+        assert!(job.cancel_requested);
+        assert_eq!(
+            job,
+            JobRecord {
+                cancel_requested: true,
+                ..before
+            }
+        );
         assert_events(&change, Vec::new());
+    }
+
+    #[test]
+    fn a_job_cancelled_while_its_node_died_is_cancelled_not_retried() {
+        let mut job = job(JobStatus::Running);
+        job.node = Some(NODE);
+        job.cancel_requested = true;
+        let change = rescue(&mut job, 1, Some(NODE), NOW).unwrap();
+        assert_eq!(job.status, JobStatus::Cancelled);
+        assert_eq!((job.node, job.cancel_requested), (None, false));
+        assert_events(
+            &change,
+            vec![event("cancelled", json!({ "status": "cancelled" }))],
+        );
+    }
+
+    #[test]
+    fn a_rescue_requeues_the_attempt_it_saw_and_nothing_newer() {
+        let mut seen = job(JobStatus::Running);
+        seen.node = Some(NODE);
+        let mut job = seen.clone();
+        rescue(&mut job, 1, Some(NODE), NOW).unwrap();
+        assert_eq!((job.status, job.attempt, job.node), (JobStatus::Queued, 2, None));
+        assert_eq!(job.error.unwrap().kind, "interrupted");
+        let other = Uuid::from_u128(8);
+        for (attempt, node) in [(2, Some(NODE)), (1, Some(other)), (1, None)] {
+            assert_refused(
+                seen.clone(),
+                |job| rescue(job, attempt, node, NOW),
+                "the job moved on",
+            );
+        }
+    }
+
+    fn progress(percent: u8, message: &str) -> PluginEvent {
+        PluginEvent::Progress {
+            percent,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn an_attempt_that_lost_its_lease_can_write_nothing() {
+        let mut job = job(JobStatus::Queued);
+        start(&mut job, NOW, NODE).unwrap();
+        let lease = job.lease().unwrap();
+        assert_eq!((lease.attempt, lease.node), (1, NODE));
+        let mut held = job.clone();
+        holding(&mut held, Some(lease), |job| {
+            plugin_event(job, &progress(10, "going"))
+        })
+        .unwrap();
+        assert_eq!(held.progress, 10);
+        // Another node took the job over as attempt 2.
+        let mut taken = job.clone();
+        rescue(&mut taken, 1, Some(NODE), NOW).unwrap();
+        start(&mut taken, NOW, Uuid::from_u128(8)).unwrap();
+        let message = format!(
+            "attempt 1 on node {NODE} no longer holds the job's lease (the job is running, attempt 2)"
+        );
+        assert_refused(
+            taken.clone(),
+            |job| holding(job, Some(lease), |job| plugin_event(job, &progress(50, "late"))),
+            &message,
+        );
+        let result = Ok(json!({"late": true}));
+        assert_refused(
+            taken,
+            |job| {
+                holding(job, Some(lease), |job| {
+                    end_attempt(job, &result, &[], false, Duration::ZERO, NOW)
+                })
+            },
+            &message,
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the transitions of [`lifecycle`], the job state machine. The in-memory
 //! [`queues`] only decide what runs next; they are rebuilt from the store at start.
 
+mod cluster;
 mod events;
 mod files;
 mod lifecycle;
@@ -15,6 +16,7 @@ mod queues;
 mod runner;
 mod settings;
 
+pub use cluster::LEASE_MS;
 pub use events::{FeedFilter, FeedRefusal, JobEvents, event_names};
 pub use files::{FILE_FORMAT, file_refs};
 pub use nodes::{HEARTBEAT, NodeInfo, NodeStatus, UNRESPONSIVE_AFTER_MS};
@@ -146,6 +148,8 @@ struct RunningJob {
     cancel: CancellationToken,
     /// Set when the stop comes from shutdown rather than a client: the job is re-queued.
     interrupted: AtomicBool,
+    /// The attempt's lease, once it started.
+    lease: OnceLock<crate::store::Lease>,
 }
 
 /// The job service. Cheap to clone; every clone is the same service.
@@ -172,6 +176,10 @@ struct Inner {
     started: tokio::sync::watch::Sender<bool>,
     /// When this node's service was made, ms since the epoch.
     started_at_ms: u64,
+    /// With a shared store: the cluster's queues as last read.
+    cluster: Mutex<cluster::ClusterQueues>,
+    /// With a shared store: until when this node holds the leader's lease.
+    leader_until: Mutex<Option<std::time::Instant>>,
 }
 
 /// The loaded job types, given once by [`JobService::start`]: the server answers HTTP while
@@ -221,6 +229,8 @@ impl JobService {
                 metrics,
                 started: tokio::sync::watch::Sender::new(false),
                 started_at_ms: now_ms(),
+                cluster: Mutex::default(),
+                leader_until: Mutex::new(None),
             }),
         }
     }
@@ -299,7 +309,14 @@ impl JobService {
             ));
         }
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
-        tasks.spawn(self.clone().dispatch_loop());
+        if self.inner.store.is_shared() {
+            tasks.spawn(self.clone().claim_loop());
+            tasks.spawn(self.clone().leader_loop());
+            tasks.spawn(self.clone().remote_changes_loop());
+            tasks.spawn(self.clone().fence_loop());
+        } else {
+            tasks.spawn(self.clone().dispatch_loop());
+        }
         tasks.spawn(self.clone().sweep_loop());
         tasks.spawn(self.clone().heartbeat_loop());
         self.inner.started.send_replace(true);
@@ -365,7 +382,11 @@ impl JobService {
                 ),
             ));
         }
-        let depth = self.inner.queues.lock().expect("queues lock").total_depth();
+        let depth = if self.inner.store.is_shared() {
+            self.inner.cluster.lock().expect("cluster lock").total_queued()
+        } else {
+            self.inner.queues.lock().expect("queues lock").total_depth()
+        };
         if depth >= settings.max_queued {
             return Err(ServiceError::QueueFull(depth));
         }
@@ -401,6 +422,8 @@ impl JobService {
                 .map(|key| crate::store::idempotency_slot(request.tenant.as_deref(), &key)),
             tenant: request.tenant,
             artifacts: Vec::new(),
+            node: None,
+            cancel_requested: false,
         };
         if plugin.reads_files() {
             self.check_payload_files(
@@ -425,9 +448,13 @@ impl JobService {
     }
 
     /// Takes a slot of `job`'s queue for it if one is free and no job is due ahead of it.
+    /// (With a shared store, slots are the cluster's: the claim takes them.)
     fn reserve_slot(&self, job: &JobRecord) -> bool {
         let now = now_ms();
-        if self.inner.stopping.is_cancelled() || job.run_at_ms.is_some_and(|at| at > now) {
+        if self.inner.stopping.is_cancelled()
+            || job.run_at_ms.is_some_and(|at| at > now)
+            || self.inner.store.is_shared()
+        {
             return false;
         }
         let limit = self.inner.settings.limit_of(&job.queue);
@@ -524,7 +551,8 @@ impl JobService {
         Ok(job)
     }
 
-    /// Figures per queue.
+    /// Figures per queue: with a shared store, depth and running are the cluster's (as
+    /// of the last claim round) and the stats this node's.
     pub fn queues(&self) -> Vec<QueueReport> {
         let queues = self.inner.queues.lock().expect("queues lock");
         let mut reports: Vec<QueueReport> = queues
@@ -538,6 +566,15 @@ impl JobService {
                 oldest_ready_since_ms: queue.oldest_ready_since(),
             })
             .collect();
+        if self.inner.store.is_shared() {
+            let cluster = self.inner.cluster.lock().expect("cluster lock");
+            for report in &mut reports {
+                let count = cluster.counts.get(&report.name).cloned().unwrap_or_default();
+                report.depth = usize::try_from(count.queued).unwrap_or(usize::MAX);
+                report.running = usize::try_from(count.running).unwrap_or(usize::MAX);
+                report.oldest_ready_since_ms = count.oldest_due_ms;
+            }
+        }
         reports.sort_by(|a, b| a.name.cmp(&b.name));
         reports
     }
@@ -574,6 +611,10 @@ impl JobService {
         }
         let mut tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
         tasks.abort_all();
+        // Another node takes over at once instead of when the lease runs out.
+        if self.inner.store.is_shared() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.store.resign()).await;
+        }
         self.announce_stop().await;
         while tasks.join_next().await.is_some() {}
         let _ = self.inner.store.flush().await;
@@ -633,8 +674,13 @@ impl JobService {
         }
     }
 
-    /// Puts a queued job into its in-memory queue and wakes the dispatcher.
+    /// Puts a queued job into its in-memory queue and wakes the dispatcher. (With a
+    /// shared store the job is claimed from the store: this only wakes the claim loop.)
     fn enqueue(&self, job: &JobRecord) {
+        if self.inner.store.is_shared() {
+            self.inner.wake.notify_one();
+            return;
+        }
         let limit = self.inner.settings.limit_of(&job.queue);
         self.inner.queues.lock().expect("queues lock").push(
             (&job.queue, limit),
@@ -685,8 +731,13 @@ impl JobService {
         }
     }
 
-    /// One sweep; returns how many jobs were deleted.
+    /// One sweep; returns how many jobs were deleted. Expiry is the leader's (see
+    /// [`JobService::is_leader`]); every node removes its own copies of expired uploads.
     pub async fn sweep_once(&self) -> usize {
+        if !self.is_leader() {
+            self.sweep_files().await;
+            return 0;
+        }
         let ttl_ms = u64::try_from(self.inner.settings.job_ttl.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now_ms().saturating_sub(ttl_ms);
         let mut deleted = 0;
@@ -724,6 +775,9 @@ impl JobService {
     /// Jobs left `running` by a dead process get their next attempt, or fail when their
     /// attempts are spent; queued jobs go back into their queues.
     async fn recover(&self) -> Result<RecoveryReport, ServiceError> {
+        if self.inner.store.is_shared() {
+            return self.recover_shared().await;
+        }
         let mut report = RecoveryReport::default();
         for id in self.inner.store.ids_with_status(JobStatus::Running).await? {
             let job = self
@@ -743,6 +797,46 @@ impl JobService {
                 report.queued += 1;
             }
         }
+        Ok(report)
+    }
+}
+
+impl JobService {
+    /// Recovery with a shared store: only the jobs this node's previous run left running
+    /// (and those of a Kiln from before leases) are this node's to recover; other nodes'
+    /// jobs are the leader's to rescue when their lease expires. Queued jobs stay in the
+    /// store, to be claimed.
+    async fn recover_shared(&self) -> Result<RecoveryReport, ServiceError> {
+        let mut report = RecoveryReport::default();
+        let me = self.inner.store.node_id();
+        let running = self.inner.store.ids_with_status(JobStatus::Running).await?;
+        for chunk in running.chunks(1000) {
+            for job in self.inner.store.jobs(chunk).await? {
+                if job.node.is_some_and(|node| node != me) {
+                    continue;
+                }
+                let (attempt, node) = (job.attempt, job.node);
+                let rescued = self
+                    .inner
+                    .store
+                    .update(job.id, move |job| {
+                        lifecycle::rescue(job, attempt, node, now_ms())
+                    })
+                    .await;
+                match rescued {
+                    Ok(job) if job.status == JobStatus::Queued => report.requeued += 1,
+                    Ok(_) => report.failed += 1,
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        report.queued = self
+            .inner
+            .store
+            .ids_with_status(JobStatus::Queued)
+            .await?
+            .len();
         Ok(report)
     }
 }

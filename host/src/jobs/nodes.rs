@@ -59,6 +59,8 @@ pub struct NodeInfo {
     pub status: NodeStatus,
     /// Whether it is the node answering.
     pub this_node: bool,
+    /// Whether it holds the leader's lease.
+    pub leader: bool,
 }
 
 impl JobService {
@@ -127,13 +129,15 @@ impl JobService {
             .await?;
         nodes.retain(|node| node.id != me.id);
         nodes.push(me.clone());
-        // UUIDv7 ids sort by start time.
+        // UUIDv7 ids sort by first start.
         nodes.sort_by_key(|node| node.id);
+        let leader = self.inner.store.leader().await?;
         Ok(nodes
             .into_iter()
             .map(|record| NodeInfo {
                 status: NodeStatus::of(&record, now),
                 this_node: record.id == me.id,
+                leader: leader == Some(record.id),
                 record,
             })
             .collect())

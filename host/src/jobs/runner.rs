@@ -18,7 +18,7 @@ use crate::runtime::{
     CallJournal, EventSink, FailureKind, JobFailure, JobInput, JournalEntry, PluginEvent,
     RunContext,
 };
-use crate::store::{JobRecord, JobStatus, Store, StoreError, now_ms};
+use crate::store::{JobRecord, JobStatus, Lease, Store, StoreError, now_ms};
 
 impl JobService {
     /// Runs one attempt of job `id`, whose slot in `queue` the dispatcher took.
@@ -34,6 +34,7 @@ impl JobService {
         let running = Arc::new(RunningJob {
             cancel: CancellationToken::new(),
             interrupted: AtomicBool::new(false),
+            lease: std::sync::OnceLock::new(),
         });
         self.inner
             .running
@@ -51,8 +52,9 @@ impl JobService {
     ) -> impl std::future::Future<Output = Result<JobRecord, StoreError>> + Send + 'static {
         let service = self.clone();
         async move {
+            let node = service.inner.store.node_id();
             service
-                .update_durably(id, |job| lifecycle::start(job, now_ms()))
+                .update_durably(id, move |job| lifecycle::start(job, now_ms(), node))
                 .await
         }
     }
@@ -69,14 +71,19 @@ impl JobService {
         let span = tracing::info_span!("job", job_id = %id, queue = %queue);
         let attempt = async {
             let outcome = match started {
-                Ok(job) => Some(self.run(job, &running).await),
+                Ok(job) => {
+                    if let Some(lease) = job.lease() {
+                        let _ = running.lease.set(lease);
+                    }
+                    Some(self.run(job, &running).await)
+                }
                 Err(StoreError::Conflict(_) | StoreError::NotFound) => None,
                 Err(error) => {
                     tracing::error!(%error, "could not start the job");
                     None
                 }
             };
-            self.inner.running.lock().expect("running lock").remove(&id);
+            self.forget_running(id, &running);
             // The sandbox is done with it: the slot goes to the next job now, while the
             // outcome is committed, so a queue's throughput is not bounded by its
             // limit divided by two commit times. (For a moment the store may show the
@@ -87,6 +94,15 @@ impl JobService {
             }
         };
         attempt.instrument(span).await;
+    }
+
+    /// Drops `running` from the running attempts, unless a later attempt of the job (this
+    /// node claimed it again after losing it) took its place.
+    fn forget_running(&self, id: Uuid, running: &Arc<RunningJob>) {
+        let mut attempts = self.inner.running.lock().expect("running lock");
+        if attempts.get(&id).is_some_and(|now| Arc::ptr_eq(now, running)) {
+            attempts.remove(&id);
+        }
     }
 
     /// Gives a slot of `queue` back and wakes the dispatcher.
@@ -153,6 +169,7 @@ impl JobService {
             sink: Arc::new(JobSink {
                 store: store.clone(),
                 id,
+                lease: job.lease(),
             }),
             llm: self.inner.llm.clone(),
             cancel: running.cancel.clone(),
@@ -191,6 +208,7 @@ impl JobService {
         let journal = Arc::new(StoreJournal {
             service: self.clone(),
             id,
+            lease: job.lease(),
             recorded,
         });
         let outcome = self
@@ -236,12 +254,17 @@ impl JobService {
         if let (Err(failure), true) = (&result, interrupted) {
             tracing::info!(kind = %failure.kind, "attempt interrupted by shutdown");
         }
+        let lease = job.lease();
         let ended = self
             .update_durably(job.id, move |job| {
                 let backoff = settings.backoff(job.attempt + 1);
-                lifecycle::end_attempt(job, &result, &published, interrupted, backoff, now_ms())
+                lifecycle::holding(job, lease, |job| {
+                    lifecycle::end_attempt(job, &result, &published, interrupted, backoff, now_ms())
+                })
             })
             .await;
+        // The end freed the job's slot in a shared store: claim the next job.
+        self.inner.wake.notify_one();
         match ended {
             Ok(job) => {
                 self.record_end(&job, run_ms);
@@ -260,6 +283,9 @@ impl JobService {
                 if job.status == JobStatus::Queued && !self.inner.stopping.is_cancelled() {
                     self.enqueue(&job);
                 }
+            }
+            Err(StoreError::Conflict(refusal)) if lease.is_some() => {
+                tracing::warn!(%refusal, "the attempt's end was not recorded: the job moved on without it");
             }
             Err(error) => tracing::error!(%error, "could not record the end of the attempt"),
         }
@@ -306,12 +332,16 @@ fn outcome_of(job: &JobRecord, interrupted: bool) -> crate::monitor::Outcome {
 struct JobSink {
     store: Arc<Store>,
     id: Uuid,
+    /// The attempt's lease: its events are dropped once it is lost.
+    lease: Option<Lease>,
 }
 
 impl EventSink for JobSink {
     fn emit(&self, event: PluginEvent) {
-        self.store
-            .update_detached(self.id, move |job| lifecycle::plugin_event(job, &event));
+        let lease = self.lease;
+        self.store.update_detached(self.id, move |job| {
+            lifecycle::holding(job, lease, |job| lifecycle::plugin_event(job, &event))
+        });
     }
 }
 
@@ -320,6 +350,8 @@ impl EventSink for JobSink {
 struct StoreJournal {
     service: JobService,
     id: Uuid,
+    /// The attempt's lease: a call is journaled only while it is held.
+    lease: Option<Lease>,
     recorded: Vec<(u64, JournalEntry)>,
 }
 
@@ -342,7 +374,9 @@ impl CallJournal for StoreJournal {
             // database restart delays the call instead of failing it.
             let store = &self.service.inner.store;
             self.service
-                .while_unavailable(|| store.journal_call(self.id, index, bytes.clone(), cost))
+                .while_unavailable(|| {
+                    store.journal_call(self.id, index, bytes.clone(), cost, self.lease)
+                })
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::bus::Bus;
-use super::model::{JobEvent, JobRecord, NewEvent, now_ms};
+use super::model::{JobEvent, JobRecord, Lease, NewEvent, now_ms};
 use crate::llm::Usage;
 
 /// Most changes one commit takes; bounds a transaction's size under a flood.
@@ -53,6 +53,25 @@ pub type Mutation = Box<dyn FnOnce(&mut JobRecord) -> Result<Change, StoreError>
 /// that failed because the database was unreachable is retried once it is back.
 pub type DetachedMutation = Arc<dyn Fn(&mut JobRecord) -> Result<Change, StoreError> + Send + Sync>;
 
+/// What a claim took: the jobs it started, and when the next delayed job of the claimed
+/// queues is due.
+#[derive(Clone, Debug, Default)]
+pub struct Claimed {
+    /// The started jobs, as the start left them.
+    pub jobs: Vec<JobRecord>,
+    /// The earliest `run_at` of a job of these queues waiting for its time, ms.
+    pub next_due_ms: Option<u64>,
+}
+
+/// What a node asks a claim for: up to `max` due jobs of each of `queues` (name and
+/// cluster-wide limit of running jobs) as of `now_ms`.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    pub queues: Vec<(String, usize)>,
+    pub max: usize,
+    pub now_ms: u64,
+}
+
 /// How an insert went.
 #[derive(Clone, Debug)]
 pub enum Inserted {
@@ -84,13 +103,21 @@ pub(super) enum Op {
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     /// Stores one journaled LLM call (JSON bytes) of a job and adds what it cost to the
-    /// job's `usage`, in one commit.
+    /// job's `usage`, in one commit; refused unless the job still holds `lease`.
     Journal {
         job: Uuid,
         index: u64,
         entry: Vec<u8>,
         cost: Usage,
+        lease: Option<Lease>,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Starts due jobs with `start`, within their queues' cluster-wide limits, skipping
+    /// jobs another node is claiming (PostgreSQL only).
+    Claim {
+        request: ClaimRequest,
+        start: DetachedMutation,
+        reply: oneshot::Sender<Result<Claimed, StoreError>>,
     },
     /// Answers once everything sent before it is committed.
     Flush {
@@ -102,7 +129,8 @@ impl Op {
     /// The jobs this op reads, so a backend can load them before applying a batch.
     pub(super) fn jobs(&self) -> Vec<Uuid> {
         match self {
-            Op::Insert { .. } | Op::Flush { .. } => Vec::new(),
+            // A claim's jobs are chosen by the backend (see [`WriteSet::claimed`]).
+            Op::Insert { .. } | Op::Flush { .. } | Op::Claim { .. } => Vec::new(),
             Op::Update { id, .. } | Op::Detached { id, .. } => vec![*id],
             Op::Journal { job, .. } => vec![*job],
             Op::Delete { ids, .. } => ids.clone(),
@@ -157,6 +185,9 @@ pub(super) trait WriteSet {
     fn delete_job(&mut self, job: &JobRecord) -> Result<(), StoreError>;
     /// Drops the feed positions below `keep_from`.
     fn trim_feed(&mut self, keep_from: u64) -> Result<(), StoreError>;
+    /// The jobs the next claim of the batch takes (already chosen and locked by the
+    /// backend when the batch was loaded), and when the next delayed one is due.
+    fn claimed(&mut self) -> Result<(Vec<Uuid>, Option<u64>), StoreError>;
 }
 
 /// Where the feed of every job's events stands: the position the next event gets, and
@@ -189,6 +220,10 @@ pub(super) enum Reply {
         oneshot::Sender<Result<usize, StoreError>>,
         Result<usize, StoreError>,
     ),
+    Claim(
+        oneshot::Sender<Result<Claimed, StoreError>>,
+        Result<Claimed, StoreError>,
+    ),
     Flush(oneshot::Sender<()>),
 }
 
@@ -202,6 +237,7 @@ impl Reply {
             detached @ Op::Detached { .. } => Reply::Detached(Some(detached), Ok(())),
             Op::Delete { reply, .. } => Reply::Delete(reply, Err(StoreError::Closed)),
             Op::Journal { reply, .. } => Reply::Journal(reply, Err(StoreError::Closed)),
+            Op::Claim { reply, .. } => Reply::Claim(reply, Err(StoreError::Closed)),
             Op::Flush { reply } => Reply::Flush(reply),
         }
     }
@@ -214,6 +250,7 @@ impl Reply {
             Reply::Update(tx, _) => drop(tx.send(Err(error.clone()))),
             Reply::Delete(tx, _) => drop(tx.send(Err(error.clone()))),
             Reply::Journal(tx, _) => drop(tx.send(Err(error.clone()))),
+            Reply::Claim(tx, _) => drop(tx.send(Err(error.clone()))),
             Reply::Detached(op, _) => {
                 if matches!(error, StoreError::Unavailable(_)) {
                     return op;
@@ -237,6 +274,7 @@ impl Reply {
             Reply::Detached(_, Ok(())) => {}
             Reply::Delete(tx, r) => drop(tx.send(r)),
             Reply::Journal(tx, r) => drop(tx.send(r)),
+            Reply::Claim(tx, r) => drop(tx.send(r)),
             Reply::Flush(tx) => drop(tx.send(())),
         }
     }
@@ -378,15 +416,40 @@ fn apply(
             index,
             entry,
             cost,
+            lease,
             reply,
         } => {
+            let before = set.job(job)?;
+            if let Some(lease) = lease
+                && before.as_ref().and_then(JobRecord::lease) != Some(lease)
+            {
+                let lost = StoreError::Conflict(format!(
+                    "attempt {} no longer holds the job's lease; its call is not journaled",
+                    lease.attempt
+                ));
+                return Ok(Reply::Journal(reply, Err(lost)));
+            }
             set.put_journal(job, index, &entry)?;
-            if let Some(before) = set.job(job)? {
+            if let Some(before) = before {
                 let mut record = before.clone();
                 record.usage.add(&cost);
                 set.put_job(Some(&before), &record)?;
             }
             Reply::Journal(reply, Ok(()))
+        }
+        Op::Claim { start, reply, .. } => {
+            let (ids, next_due_ms) = match set.claimed() {
+                Ok(claimed) => claimed,
+                Err(refused) => return Ok(Reply::Claim(reply, Err(refused))),
+            };
+            let mut jobs = Vec::with_capacity(ids.len());
+            for id in ids {
+                // Refused only if the batch changed the job before (a cancel in it).
+                if let Ok(job) = update(set, feed, id, |job| start(job), published)? {
+                    jobs.push(job);
+                }
+            }
+            Reply::Claim(reply, Ok(Claimed { jobs, next_due_ms }))
         }
         Op::Flush { reply } => Reply::Flush(reply),
     })

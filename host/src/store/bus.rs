@@ -11,13 +11,15 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::model::JobEvent;
+use super::model::{JobEvent, JobStatus};
 
 /// The live side of the event log.
 pub struct Bus {
     capacity: usize,
     all: broadcast::Sender<Arc<JobEvent>>,
     jobs: Mutex<HashMap<Uuid, broadcast::Sender<Arc<JobEvent>>>>,
+    /// Status changes (and cancel requests) committed by other nodes sharing the store.
+    remote: broadcast::Sender<(Uuid, JobStatus)>,
 }
 
 impl Bus {
@@ -28,7 +30,20 @@ impl Bus {
             capacity,
             all,
             jobs: Mutex::new(HashMap::new()),
+            remote: broadcast::channel(capacity.max(1024)).0,
         }
+    }
+
+    /// Jobs whose status another node changed, or whose running attempt a client asked
+    /// to cancel there, with their new status, from now on. A receiver that lags has
+    /// missed some: it should check what it cares about in the store.
+    pub fn subscribe_remote_changes(&self) -> broadcast::Receiver<(Uuid, JobStatus)> {
+        self.remote.subscribe()
+    }
+
+    /// Tells this node's receivers of a change another node committed.
+    pub(crate) fn publish_remote_change(&self, id: Uuid, status: JobStatus) {
+        let _ = self.remote.send((id, status));
     }
 
     /// Live events of one job, from now on.

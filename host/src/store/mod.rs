@@ -15,12 +15,12 @@ mod model;
 mod postgres;
 mod redb;
 
-pub use batch::{Change, Inserted, Mutation};
+pub use batch::{Change, ClaimRequest, Claimed, Inserted, Mutation};
 pub use bus::Bus;
 pub use files::{ArtifactRecord, BlobDir, ByteStream, FileRecord, read_range};
 pub use model::{
-    Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, NewEvent, NodeRecord, idempotency_slot,
-    now_ms, rfc3339,
+    Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, Lease, NewEvent, NodeRecord,
+    idempotency_slot, now_ms, rfc3339,
 };
 pub use postgres::{PostgresOptions, redact_url};
 
@@ -98,6 +98,16 @@ impl Page {
     }
 }
 
+/// One queue's figures in a shared store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueCount {
+    pub queue: String,
+    pub queued: u64,
+    pub running: u64,
+    /// When the oldest due job became due (its `run_at`, else its creation), ms.
+    pub oldest_due_ms: Option<u64>,
+}
+
 /// Which backend a [`Store`] runs on.
 enum Backend {
     Redb(redb::RedbStore),
@@ -144,7 +154,7 @@ impl Store {
         feed_retention: u64,
     ) -> anyhow::Result<Self> {
         let bus = Arc::new(Bus::new(bus_capacity));
-        let node = Uuid::now_v7();
+        let node = node_id_of(data_dir)?;
         let (backend, tx) =
             postgres::PgStore::open(options, bus.clone(), feed_retention, node).await?;
         Ok(Self {
@@ -221,13 +231,15 @@ impl Store {
 
     /// Stores a job's journaled LLM call `index` (JSON bytes) and adds `cost` (the call
     /// and its tokens) to the job's `usage` in the same commit, so usage is exact however
-    /// the attempt ends; durable when this returns.
+    /// the attempt ends; durable when this returns. With a `lease`, refused
+    /// ([`StoreError::Conflict`]) unless the job's running attempt still holds it.
     pub async fn journal_call(
         &self,
         job: Uuid,
         index: u64,
         entry: Vec<u8>,
         cost: crate::llm::Usage,
+        lease: Option<Lease>,
     ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Journal {
@@ -235,9 +247,85 @@ impl Store {
             index,
             entry,
             cost,
+            lease,
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Starts due jobs with `start` (see [`ClaimRequest`]), in order of priority, then
+    /// `run_at`, then age, skipping jobs another node is claiming; durable when this
+    /// returns. Only for a store other nodes share ([`Store::is_shared`]).
+    pub async fn claim(
+        &self,
+        request: ClaimRequest,
+        start: impl Fn(&mut JobRecord) -> Result<Change, StoreError> + Send + Sync + 'static,
+    ) -> Result<Claimed, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Claim {
+            request,
+            start: Arc::new(start),
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Whether other Kiln nodes may share this store (PostgreSQL): then jobs are claimed
+    /// from the store, not from this process's queues.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The records of the jobs among `ids` that exist.
+    pub async fn jobs(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => ids.iter().filter_map(|id| db.get(*id).transpose()).collect(),
+            Backend::Postgres(db) => db.jobs(ids).await,
+        }
+    }
+
+    /// Running jobs whose lease no live node holds: their node sent no heartbeat for
+    /// `lease_ms` (by the database's clock), stopped, or is unknown. With their attempt
+    /// and node, so the rescue can check nothing changed since. None with redb.
+    pub async fn orphaned(&self, lease_ms: u64) -> Result<Vec<(Uuid, u32, Option<Uuid>)>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(Vec::new()),
+            Backend::Postgres(db) => db.orphaned(lease_ms).await,
+        }
+    }
+
+    /// Takes or renews the leader's lease for this node for `lease_ms`; returns whether
+    /// this node is the leader. With redb, always.
+    pub async fn lead(&self, lease_ms: u64) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(true),
+            Backend::Postgres(db) => db.lead(self.node, lease_ms).await,
+        }
+    }
+
+    /// The node holding the leader's lease now (with redb, this one).
+    pub async fn leader(&self) -> Result<Option<Uuid>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(Some(self.node)),
+            Backend::Postgres(db) => db.leader().await,
+        }
+    }
+
+    /// Gives the leader's lease up, if this node holds it (at shutdown).
+    pub async fn resign(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(()),
+            Backend::Postgres(db) => db.resign(self.node).await,
+        }
+    }
+
+    /// Per queue: jobs waiting, jobs running, and since when the oldest due job waits
+    /// (ms), over the whole store. With redb, none (its queues are in memory).
+    pub async fn queue_counts(&self) -> Result<Vec<QueueCount>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(Vec::new()),
+            Backend::Postgres(db) => db.queue_counts().await,
+        }
     }
 
     /// Waits until every change sent before this call is committed.
@@ -413,6 +501,28 @@ impl Drop for Store {
             Backend::Redb(db) => db.close(),
             Backend::Postgres(db) => db.close(),
         }
+    }
+}
+
+/// The id of the node whose data dir is `data_dir`, made on first use and kept in its
+/// `node-id` file: a node restarted after a crash is the same node, and takes back the
+/// jobs its previous run left `running` at once instead of after their lease expires.
+fn node_id_of(data_dir: &Path) -> anyhow::Result<Uuid> {
+    use anyhow::Context as _;
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a node id", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let id = Uuid::now_v7();
+            std::fs::create_dir_all(data_dir)
+                .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
 }
 

@@ -150,9 +150,42 @@ pub struct JobRecord {
     /// The artifacts of the attempt that completed it (contract 0.2.0).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<super::ArtifactRecord>,
+    /// While it runs: the node holding its attempt's lease. With the attempt number this
+    /// is the fencing token every write of the attempt is checked against, so a node that
+    /// lost the lease (it was cut off, and the job was given to another node) can commit
+    /// nothing more for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Uuid>,
+    /// A client asked to cancel the running attempt; the node running it stops it (or,
+    /// should that node die first, the job is cancelled instead of retried).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
+}
+
+/// The fencing token of a running attempt: which attempt, on which node. Every write an
+/// attempt makes (its events, its journaled calls, its end) is refused unless the job
+/// still holds this lease, so an attempt whose node was cut off and replaced can never
+/// overwrite the attempt that replaced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The attempt's number.
+    pub attempt: u32,
+    /// The node running it.
+    pub node: Uuid,
 }
 
 impl JobRecord {
+    /// The lease of the attempt running now (`None` unless the job runs).
+    pub fn lease(&self) -> Option<Lease> {
+        if self.status != JobStatus::Running {
+            return None;
+        }
+        self.node.map(|node| Lease {
+            attempt: self.attempt,
+            node,
+        })
+    }
+
     /// A new job of `job_type` with id `id`, queued for its first of three attempts in the
     /// queue of the same name, every other field empty: the start of a record for tools
     /// and tests that write to a store directly.
@@ -178,6 +211,8 @@ impl JobRecord {
             idempotency_key: None,
             tenant: None,
             artifacts: Vec::new(),
+            node: None,
+            cancel_requested: false,
         }
     }
 }

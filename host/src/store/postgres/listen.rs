@@ -3,6 +3,10 @@
 //! published to this process's subscribers of those jobs. Events this process wrote are
 //! already published by its own writer, after their commit.
 //!
+//! Lines `!job_id:status` tell of status changes (and cancel requests): they go to the
+//! job service, which starts queued jobs, fills freed slots and stops attempts cancelled
+//! on another node.
+//!
 //! The wake-up is only a hint: a subscriber that sees a gap re-reads the log, so a
 //! notification lost while the listener reconnects delays an event, never loses it.
 
@@ -18,6 +22,7 @@ use uuid::Uuid;
 
 use super::super::StoreError;
 use super::super::bus::Bus;
+use super::super::model::JobStatus;
 use super::{NOTIFY_CHANNEL, PgConnector, PgStore, classify};
 
 /// Events read per wake-up and job.
@@ -68,6 +73,17 @@ async fn listen(
             continue;
         }
         for line in lines {
+            if let Some(change) = line.strip_prefix('!') {
+                if let Some((id, status)) = change.split_once(':')
+                    && let (Ok(id), Some(status)) = (
+                        id.parse::<Uuid>(),
+                        status.parse::<u8>().ok().and_then(JobStatus::from_code),
+                    )
+                {
+                    bus.publish_remote_change(id, status);
+                }
+                continue;
+            }
             let Some((id, seq)) = line.split_once(':') else {
                 continue;
             };

@@ -34,6 +34,10 @@ use super::{FileRecord, ListQuery, Page, StoreError};
 
 pub(super) use blobs::copy_checked;
 
+/// The database's clock, ms since the epoch: leases are judged by it, so the nodes' clocks
+/// need not agree.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
 /// The channel of the writer's wake-ups: payloads are `node id` then `job_id:seq` lines.
 const NOTIFY_CHANNEL: &str = "kiln_events";
 
@@ -412,10 +416,13 @@ impl PgStore {
     pub(super) async fn record_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         let text = serde_json::to_string(node).map_err(|e| StoreError::Storage(e.to_string()))?;
         self.query(
-            "INSERT INTO kiln_nodes (id, heartbeat_ms, record) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET heartbeat_ms = EXCLUDED.heartbeat_ms, \
-             record = EXCLUDED.record",
-            &[&node.id, &i64_of(node.heartbeat_at_ms)?, &text],
+            // The heartbeat column is the database's clock, which judges leases.
+            &format!(
+                "INSERT INTO kiln_nodes (id, heartbeat_ms, record) VALUES ($1, {DB_NOW_MS}, $2) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_ms = EXCLUDED.heartbeat_ms, \
+                 record = EXCLUDED.record"
+            ),
+            &[&node.id, &text],
         )
         .await
         .map(drop)
@@ -432,6 +439,95 @@ impl PgStore {
             .map(|row| {
                 serde_json::from_str(row.get(0))
                     .map_err(|e| StoreError::Storage(format!("corrupt node record: {e}")))
+            })
+            .collect()
+    }
+
+    pub(super) async fn jobs(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = self
+            .query("SELECT record FROM kiln_jobs WHERE id = ANY($1)", &[&ids])
+            .await?;
+        rows.iter().map(|row| decode_job(row.get(0))).collect()
+    }
+
+    pub(super) async fn orphaned(
+        &self,
+        lease_ms: u64,
+    ) -> Result<Vec<(Uuid, u32, Option<Uuid>)>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT j.id, j.record FROM kiln_jobs j LEFT JOIN kiln_nodes n ON n.id = j.node \
+                     WHERE j.status = 1 AND (n.id IS NULL OR n.heartbeat_ms < {DB_NOW_MS} - $1 \
+                     OR n.record::jsonb ->> 'stopped_at_ms' IS NOT NULL) ORDER BY j.id LIMIT 1000"
+                ),
+                &[&i64_of(lease_ms)?],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let job = decode_job(row.get(1))?;
+                Ok((job.id, job.attempt, job.node))
+            })
+            .collect()
+    }
+
+    pub(super) async fn lead(&self, node: Uuid, lease_ms: u64) -> Result<bool, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "INSERT INTO kiln_leader (node, expires_ms) VALUES ($1, {DB_NOW_MS} + $2) \
+                     ON CONFLICT (singleton) DO UPDATE SET node = EXCLUDED.node, \
+                     expires_ms = EXCLUDED.expires_ms \
+                     WHERE kiln_leader.node = EXCLUDED.node OR kiln_leader.expires_ms < {DB_NOW_MS} \
+                     RETURNING node"
+                ),
+                &[&node, &i64_of(lease_ms)?],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    pub(super) async fn leader(&self) -> Result<Option<Uuid>, StoreError> {
+        let rows = self
+            .query(
+                &format!("SELECT node FROM kiln_leader WHERE expires_ms > {DB_NOW_MS}"),
+                &[],
+            )
+            .await?;
+        Ok(rows.first().map(|row| row.get(0)))
+    }
+
+    pub(super) async fn resign(&self, node: Uuid) -> Result<(), StoreError> {
+        self.query("DELETE FROM kiln_leader WHERE node = $1", &[&node])
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn queue_counts(&self) -> Result<Vec<super::QueueCount>, StoreError> {
+        // A UUIDv7's first 48 bits are its creation time in ms.
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT queue, count(*) FILTER (WHERE status = 0), \
+                     count(*) FILTER (WHERE status = 1), \
+                     min(coalesce(run_at_ms, ('x' || substr(replace(id::text, '-', ''), 1, 12))::bit(48)::bigint)) \
+                       FILTER (WHERE status = 0 AND coalesce(run_at_ms, 0) <= {DB_NOW_MS}) \
+                     FROM kiln_jobs WHERE status IN (0, 1) GROUP BY queue ORDER BY queue"
+                ),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let (queued, running): (i64, i64) = (row.get(1), row.get(2));
+                let oldest: Option<i64> = row.get(3);
+                Ok(super::QueueCount {
+                    queue: row.get(0),
+                    queued: u64_of(queued)?,
+                    running: u64_of(running)?,
+                    oldest_due_ms: oldest.map(u64_of).transpose()?,
+                })
             })
             .collect()
     }

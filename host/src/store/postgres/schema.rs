@@ -9,6 +9,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_blobs.sql")),
     (3, include_str!("migrations/0003_nodes.sql")),
+    (4, include_str!("migrations/0004_cluster.sql")),
 ];
 
 /// The advisory lock key that serialises migrations ("kiln" in ASCII).

@@ -22,7 +22,7 @@ use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use super::super::StoreError;
-use super::super::batch::{self, Applied, Feed, Op, Reply, StoredEvent, WriteSet};
+use super::super::batch::{self, Applied, ClaimRequest, Feed, Op, Reply, StoredEvent, WriteSet};
 use super::super::bus::Bus;
 use super::super::model::JobRecord;
 use super::{NOTIFY_CHANNEL, PgConnector, classify, decode_job, i64_of};
@@ -197,6 +197,10 @@ impl Connection {
 
 /// The writer's statements, prepared once per connection.
 struct Statements {
+    lock_feed_head: Statement,
+    set_feed_head: Statement,
+    claim: Statement,
+    next_due: Statement,
     lock_jobs: Statement,
     idempotency: Statement,
     upsert_jobs: Statement,
@@ -219,6 +223,24 @@ impl Statements {
         };
         let uuids = &[Type::UUID_ARRAY];
         Ok(Self {
+            // Taken first by every writer of every node, before any job row: positions
+            // follow commit order, and the writers' row locks cannot deadlock.
+            lock_feed_head: prepare("SELECT next FROM kiln_feed_head FOR UPDATE", &[]).await?,
+            set_feed_head: prepare("UPDATE kiln_feed_head SET next = $1", &[Type::INT8])
+                .await?,
+            // Per queue, its free slots cluster-wide (the writers are serialised by the
+            // feed head, so the count is exact), then that many due jobs in order, skipping
+            // rows other transactions hold.
+            claim: prepare(
+                "WITH free AS (                    SELECT w.queue, w.lim - (SELECT count(*) FROM kiln_jobs r                      WHERE r.status = 1 AND r.queue = w.queue) AS slots                    FROM unnest($1::text[], $2::int8[]) AS w(queue, lim))                  SELECT c.id, c.record FROM free f CROSS JOIN LATERAL (                    SELECT j.id, j.record FROM kiln_jobs j                    WHERE j.status = 0 AND j.queue = f.queue AND coalesce(j.run_at_ms, 0) <= $3                    ORDER BY j.priority DESC, coalesce(j.run_at_ms, 0), j.id                    LIMIT greatest(least(f.slots, $4), 0)                    FOR UPDATE SKIP LOCKED) c",
+                &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT8, Type::INT8],
+            )
+            .await?,
+            next_due: prepare(
+                "SELECT min(run_at_ms) FROM kiln_jobs                  WHERE status = 0 AND queue = ANY($1) AND run_at_ms > $2",
+                &[Type::TEXT_ARRAY, Type::INT8],
+            )
+            .await?,
             lock_jobs: prepare(
                 // One array, so the primary key's index serves it (an `OR` would not).
                 "SELECT id, record FROM kiln_jobs WHERE id = ANY($1::uuid[] || ARRAY( \
@@ -232,10 +254,13 @@ impl Statements {
             )
             .await?,
             upsert_jobs: prepare(
-                "INSERT INTO kiln_jobs (id, status, job_type, tenant, finished_ms, record) \
-                 SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::text[], $5::int8[], $6::text[]) \
+                "INSERT INTO kiln_jobs (id, status, job_type, tenant, finished_ms, record, \
+                 queue, priority, run_at_ms, node) \
+                 SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::text[], $5::int8[], \
+                 $6::text[], $7::text[], $8::int4[], $9::int8[], $10::uuid[]) \
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
-                 finished_ms = excluded.finished_ms, record = excluded.record",
+                 finished_ms = excluded.finished_ms, record = excluded.record, \
+                 priority = excluded.priority, run_at_ms = excluded.run_at_ms, node = excluded.node",
                 &[],
             )
             .await?,
@@ -320,32 +345,44 @@ async fn transact(
         })
         .collect();
     let key_bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let claims: Vec<ClaimParams> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Claim { request, .. } => Some(ClaimParams::of(request)),
+            _ => None,
+        })
+        .collect();
     let client = &connection.client;
     // BEGIN goes out with the reads, all pipelined: one round trip. (The transaction is
     // driven by hand, not with the driver's `Transaction`, so that BEGIN and COMMIT can
-    // share round trips with the statements around them.)
+    // share round trips with the statements around them.) The feed head is locked first.
     let begin = client.batch_execute("BEGIN");
+    let head = client.query_one(&statements.lock_feed_head, &[]);
     let lock_params: [&(dyn ToSql + Sync); 2] = [&ids, &key_bytes];
     let key_params: [&(dyn ToSql + Sync); 1] = [&key_bytes];
-    let loaded = if ids.is_empty() && keys.is_empty() {
-        // A batch of plain submits reads nothing.
-        begin.await.map(|()| (Vec::new(), Vec::new()))
-    } else {
-        futures::try_join!(
-            begin,
-            client.query(&statements.lock_jobs, &lock_params),
-            client.query(&statements.idempotency, &key_params),
-        )
-        .map(|((), jobs, keys)| (jobs, keys))
+    let jobs = async {
+        if ids.is_empty() && keys.is_empty() {
+            // A batch of plain submits reads no job.
+            Ok((Vec::new(), Vec::new()))
+        } else {
+            futures::try_join!(
+                client.query(&statements.lock_jobs, &lock_params),
+                client.query(&statements.idempotency, &key_params),
+            )
+        }
     };
-    let (job_rows, key_rows) = match loaded {
-        Ok(rows) => rows,
+    let claimed = futures::future::try_join_all(claims.iter().map(|claim| claim.run(client, statements)));
+    let loaded = futures::try_join!(begin, head, jobs, claimed);
+    let (head, job_rows, key_rows, claimed) = match loaded {
+        Ok(((), head, (jobs, keys), claimed)) => (head, jobs, keys, claimed),
         Err(error) => {
             rollback(client).await;
             unapplied.extend(ops);
             return Err(classify(error));
         }
     };
+    let head: i64 = head.get(0);
+    feed.next = u64::try_from(head).unwrap_or(1).max(1);
     let mut set = Rows::default();
     for id in &ids {
         set.jobs.insert(*id, None);
@@ -374,6 +411,23 @@ async fn transact(
     for key in keys {
         set.keys.entry(key).or_insert(None);
     }
+    for (rows, next_due_ms) in claimed {
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in rows {
+            match decode_job(row.get(1)) {
+                Ok(job) => {
+                    ids.push(job.id);
+                    set.jobs.insert(job.id, Some(job));
+                }
+                Err(error) => {
+                    rollback(client).await;
+                    unapplied.extend(ops);
+                    return Err(error);
+                }
+            }
+        }
+        set.claims.push_back((ids, next_due_ms));
+    }
     if let Err((error, rest)) = batch::apply_all(&mut set, feed, ops, applied) {
         rollback(client).await;
         unapplied.extend(rest);
@@ -382,6 +436,7 @@ async fn transact(
     // The writes and the COMMIT go out together: one round trip. A write the server
     // refuses aborts the transaction, which turns the COMMIT into a rollback, so the batch
     // counts as committed only if every write and the COMMIT succeeded.
+    set.feed_head = (feed.next != u64::try_from(head).unwrap_or(0)).then(|| i64_of(feed.next)).transpose()?;
     let (written, committed) = futures::join!(
         set.write(client, statements, node),
         client.batch_execute("COMMIT"),
@@ -413,6 +468,13 @@ struct Rows {
     feed: Vec<(i64, Uuid, i64, i16)>,
     journal: HashMap<(Uuid, i64), Vec<u8>>,
     trim_below: Option<i64>,
+    /// What each claim of the batch takes, in the order of the claims.
+    claims: VecDeque<(Vec<Uuid>, Option<u64>)>,
+    /// Jobs whose status (or cancel request) changed, with their new status: other nodes
+    /// are told, to start queued jobs, fill freed slots and stop cancelled attempts.
+    changed: HashMap<Uuid, i16>,
+    /// The feed head's new value, if the batch appended events.
+    feed_head: Option<i64>,
 }
 
 impl WriteSet for Rows {
@@ -429,7 +491,13 @@ impl WriteSet for Rows {
         Ok(self.keys.get(key).copied().flatten())
     }
 
-    fn put_job(&mut self, _before: Option<&JobRecord>, job: &JobRecord) -> Result<(), StoreError> {
+    fn put_job(&mut self, before: Option<&JobRecord>, job: &JobRecord) -> Result<(), StoreError> {
+        let news = before.is_none_or(|before| {
+            before.status != job.status || before.cancel_requested != job.cancel_requested
+        });
+        if news {
+            self.changed.insert(job.id, i16::from(job.status.code()));
+        }
         self.jobs.insert(job.id, Some(job.clone()));
         self.dirty.insert(job.id);
         Ok(())
@@ -490,6 +558,52 @@ impl WriteSet for Rows {
         self.trim_below = Some(i64_of(keep_from)?);
         Ok(())
     }
+
+    fn claimed(&mut self) -> Result<(Vec<Uuid>, Option<u64>), StoreError> {
+        self.claims
+            .pop_front()
+            .ok_or_else(|| StoreError::Storage("a claim was not loaded for the batch".into()))
+    }
+}
+
+/// A claim's parameters, as the claim query takes them.
+struct ClaimParams {
+    queues: Vec<String>,
+    limits: Vec<i64>,
+    now_ms: i64,
+    max: i64,
+}
+
+impl ClaimParams {
+    fn of(request: &ClaimRequest) -> Self {
+        let (queues, limits) = request
+            .queues
+            .iter()
+            .map(|(name, limit)| (name.clone(), i64::try_from(*limit).unwrap_or(i64::MAX)))
+            .unzip();
+        Self {
+            queues,
+            limits,
+            now_ms: i64::try_from(request.now_ms).unwrap_or(i64::MAX),
+            max: i64::try_from(request.max).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The claimed rows (locked), and the next due time of a delayed job.
+    async fn run(
+        &self,
+        client: &Client,
+        statements: &Statements,
+    ) -> Result<(Vec<tokio_postgres::Row>, Option<u64>), tokio_postgres::Error> {
+        let claim: [&(dyn ToSql + Sync); 4] = [&self.queues, &self.limits, &self.now_ms, &self.max];
+        let due: [&(dyn ToSql + Sync); 2] = [&self.queues, &self.now_ms];
+        let (rows, next) = futures::try_join!(
+            client.query(&statements.claim, &claim),
+            client.query_one(&statements.next_due, &due),
+        )?;
+        let next: Option<i64> = next.get(0);
+        Ok((rows, next.and_then(|ms| u64::try_from(ms).ok())))
+    }
 }
 
 impl Rows {
@@ -546,7 +660,7 @@ impl Rows {
             journal.push(*id, *index, entry);
         }
         let deleted: Vec<Uuid> = self.deleted.iter().copied().collect();
-        let notices = notices(node, &self.events, &self.deleted);
+        let notices = notices(node, &self.events, &self.changed, &self.deleted);
 
         // Jobs first: a job row exists before anything of it is written. The connection
         // runs them in the order sent.
@@ -584,6 +698,10 @@ impl Rows {
         if let Some(below) = &trim {
             statements_sent.push((&statements.trim_feed, vec![below]));
         }
+        let head = self.feed_head;
+        if let Some(next) = &head {
+            statements_sent.push((&statements.set_feed_head, vec![next]));
+        }
         let channel = NOTIFY_CHANNEL;
         if !notices.is_empty() {
             statements_sent.push((&statements.notify, vec![&channel, &notices]));
@@ -596,11 +714,13 @@ impl Rows {
     }
 }
 
-/// The wake-ups of a batch: `node` then `job_id:seq` of each job's newest event, one per
-/// line, cut into payloads under PostgreSQL's limit.
+/// The wake-ups of a batch: `node`, then one line per job: `!job_id:status` for each job
+/// whose status changed, `job_id:seq` of each job's newest event; cut into payloads under
+/// PostgreSQL's limit.
 fn notices(
     node: Uuid,
     events: &[(Uuid, i64, String, String, i64)],
+    changed: &HashMap<Uuid, i16>,
     deleted: &HashSet<Uuid>,
 ) -> Vec<String> {
     let mut newest: HashMap<Uuid, i64> = HashMap::new();
@@ -608,10 +728,14 @@ fn notices(
         let slot = newest.entry(*id).or_default();
         *slot = (*slot).max(*seq);
     }
+    let status_lines = changed
+        .iter()
+        .filter(|(id, _)| !deleted.contains(id))
+        .map(|(id, status)| format!("!{id}:{status}"));
+    let event_lines = newest.into_iter().map(|(id, seq)| format!("{id}:{seq}"));
     let mut payloads = Vec::new();
     let mut current = String::new();
-    for (id, seq) in newest {
-        let line = format!("{id}:{seq}");
+    for line in status_lines.chain(event_lines) {
         if !current.is_empty() && current.len() + line.len() + 1 > MAX_NOTIFY_BYTES {
             payloads.push(std::mem::take(&mut current));
         }
@@ -635,6 +759,10 @@ struct JobColumns {
     tenants: Vec<Option<String>>,
     finished: Vec<Option<i64>>,
     records: Vec<String>,
+    queues: Vec<String>,
+    priorities: Vec<i32>,
+    run_at: Vec<Option<i64>>,
+    nodes: Vec<Option<Uuid>>,
 }
 
 impl JobColumns {
@@ -648,6 +776,12 @@ impl JobColumns {
         // A record always serialises: every field is plain data.
         self.records
             .push(serde_json::to_string(job).unwrap_or_default());
+        self.queues.push(job.queue.clone());
+        self.priorities.push(job.priority);
+        self.run_at
+            .push(job.run_at_ms.and_then(|ms| i64::try_from(ms).ok()));
+        // Only a running job holds a lease.
+        self.nodes.push(job.lease().map(|lease| lease.node));
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
@@ -658,6 +792,10 @@ impl JobColumns {
             &self.tenants,
             &self.finished,
             &self.records,
+            &self.queues,
+            &self.priorities,
+            &self.run_at,
+            &self.nodes,
         ]
     }
 }

@@ -213,4 +213,11 @@ impl WriteSet for Tables<'_> {
             .retain_in(..keep_from, |_, _| false)
             .map_err(storage)
     }
+
+    fn claimed(&mut self) -> Result<(Vec<Uuid>, Option<u64>), StoreError> {
+        // One process owns a redb file: its in-memory queues decide what runs.
+        Err(StoreError::Storage(
+            "claims are for nodes sharing a PostgreSQL database".into(),
+        ))
+    }
 }
