@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod browser;
 mod cli;
+mod cluster;
 mod compat;
 mod contract_v2;
 mod crash;

@@ -207,7 +207,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
             "kiln",
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_schema"
         ),
-        "1,2,3"
+        "1,2,3,4"
     );
     drop((a, b));
 
@@ -217,7 +217,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
         Err(error) => format!("{error:#}"),
     };
     assert!(
-        refused.contains("schema is version 99, newer than this Kiln knows (3)"),
+        refused.contains("schema is version 99, newer than this Kiln knows (4)"),
         "{refused}"
     );
     assert_eq!(pg.psql("kiln", "SELECT count(*) FROM kiln_jobs"), "0");
@@ -340,10 +340,13 @@ async fn losing_postgres_under_load_refuses_then_recovers_without_a_restart() {
 async fn another_process_follows_a_jobs_log_through_notify() {
     let pg = PgServer::start();
     let url = pg.database("kiln");
-    let data = tempfile::tempdir().unwrap();
-    let open = || Store::open_postgres(PostgresOptions::new(url.clone()), data.path(), 64, 1000);
-    let writer = Arc::new(open().await.unwrap());
-    let follower = open().await.unwrap();
+    // Two nodes: each has its own data directory, and so its own node id.
+    let (writer_data, follower_data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let options = || PostgresOptions::new(url.clone());
+    let writer = Store::open_postgres(options(), writer_data.path(), 64, 1000);
+    let writer = Arc::new(writer.await.unwrap());
+    let follower = Store::open_postgres(options(), follower_data.path(), 64, 1000);
+    let follower = follower.await.unwrap();
     let job = kiln::store::JobRecord {
         status: kiln::store::JobStatus::Running,
         ..kiln::store::JobRecord::queued(uuid::Uuid::now_v7(), "characters", 0)
@@ -530,7 +533,7 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
     let url = pg.database("kiln");
     pg.restore("kiln", &fixture.join("kiln.sql"));
     assert_eq!(pg.psql("kiln", "SELECT max(version) FROM kiln_schema"), "1");
-    let newest = "3";
+    let newest = "4";
     let data = tempfile::tempdir().unwrap();
     copy_tree(&fixture.join("data"), data.path());
     let plugins = plugins_dir(&["characters", "documents"]);

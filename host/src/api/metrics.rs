@@ -32,6 +32,7 @@ pub async fn metrics(
     }
     let jobs = state.service.job_counts().await?;
     let queues = queue_views(&state)
+        .await
         .into_iter()
         .map(|q| QueueSnapshot {
             depth: q.depth as u64,

@@ -165,7 +165,7 @@ pub struct RecentView {
 }
 
 /// Every queue's figures and health, by name (shared with `/metrics`).
-pub(super) fn queue_views(state: &AppState) -> Vec<QueueView> {
+pub(super) async fn queue_views(state: &AppState) -> Vec<QueueView> {
     let service = &state.service;
     let settings = service.settings();
     let mut types: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -177,6 +177,7 @@ pub(super) fn queue_views(state: &AppState) -> Vec<QueueView> {
     }
     let mut reports: BTreeMap<String, crate::jobs::QueueReport> = service
         .queues()
+        .await
         .into_iter()
         .map(|q| (q.name.clone(), q))
         .collect();
@@ -257,7 +258,7 @@ pub(super) fn queue_views(state: &AppState) -> Vec<QueueView> {
     ))]
 pub async fn queues(State(state): State<AppState>, _: Admin) -> Json<QueueList> {
     Json(QueueList {
-        queues: queue_views(&state),
+        queues: queue_views(&state).await,
     })
 }
 

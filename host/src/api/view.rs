@@ -48,8 +48,7 @@ pub struct JobView {
     /// While it runs: the id of the node running it (as `GET /v1/nodes` lists it).
     pub node: Option<Uuid>,
     /// While it runs: whether a client asked to cancel it (the node running it is
-    /// stopping it).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    /// stopping it). Always `false` once it has ended.
     pub cancel_requested: bool,
     /// Where to read and follow it.
     pub links: Links,

@@ -44,20 +44,10 @@ const FENCE_CHECK: Duration = Duration::from_secs(1);
 /// Most jobs one claim starts per queue.
 const CLAIM_BATCH: usize = 64;
 
-/// What the cluster's queues hold, as the last claim round saw it.
+/// What the cluster's queues hold, as `/v1/queues` last read it.
 #[derive(Debug, Default)]
 pub(super) struct ClusterQueues {
     pub counts: HashMap<String, QueueCount>,
-}
-
-impl ClusterQueues {
-    /// Jobs waiting in every queue.
-    pub fn total_queued(&self) -> usize {
-        self.counts
-            .values()
-            .map(|count| usize::try_from(count.queued).unwrap_or(usize::MAX))
-            .sum()
-    }
 }
 
 impl JobService {
@@ -92,7 +82,6 @@ impl JobService {
         }
         let node = self.inner.store.node_id();
         let mut backoff = Duration::from_millis(100);
-        let mut last_counts: Option<Instant> = None;
         loop {
             if self.inner.stopping.is_cancelled() || queues.is_empty() {
                 return;
@@ -128,10 +117,6 @@ impl JobService {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
-            if last_counts.is_none_or(|at| at.elapsed() >= Duration::from_millis(500)) {
-                self.refresh_cluster_queues().await;
-                last_counts = Some(Instant::now());
-            }
             if wait.is_zero() {
                 continue;
             }
@@ -154,7 +139,7 @@ impl JobService {
     }
 
     /// Reads the cluster's queue figures for `/v1/queues` and the submit's depth check.
-    async fn refresh_cluster_queues(&self) {
+    pub(super) async fn refresh_cluster_queues(&self) {
         match self.inner.store.queue_counts().await {
             Ok(counts) => {
                 let counts = counts
@@ -226,7 +211,9 @@ impl JobService {
             let rescued = self
                 .inner
                 .store
-                .update(id, move |job| lifecycle::rescue(job, attempt, node, now_ms()))
+                .update(id, move |job| {
+                    lifecycle::rescue(job, attempt, node, now_ms())
+                })
                 .await;
             match rescued {
                 Ok(job) => tracing::info!(
@@ -256,7 +243,13 @@ impl JobService {
                     if status != JobStatus::Running {
                         self.inner.wake.notify_one();
                     }
-                    let mine = self.inner.running.lock().expect("running lock").get(&id).cloned();
+                    let mine = self
+                        .inner
+                        .running
+                        .lock()
+                        .expect("running lock")
+                        .get(&id)
+                        .cloned();
                     if let Some(running) = mine {
                         self.check_attempts(vec![(id, running)]).await;
                     }

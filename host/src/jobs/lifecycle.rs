@@ -41,8 +41,7 @@ use crate::runtime::{FailureKind, JobFailure, PluginEvent};
 use uuid::Uuid;
 
 use crate::store::{
-    ArtifactRecord, Change, ErrorInfo, JobRecord, JobStatus, Lease, NewEvent, StoreError,
-    rfc3339,
+    ArtifactRecord, Change, ErrorInfo, JobRecord, JobStatus, Lease, NewEvent, StoreError, rfc3339,
 };
 
 /// The start of an attempt on `node`: `queued -> running`, the attempt's lease held by
@@ -539,7 +538,10 @@ mod tests {
         seen.node = Some(NODE);
         let mut job = seen.clone();
         rescue(&mut job, 1, Some(NODE), NOW).unwrap();
-        assert_eq!((job.status, job.attempt, job.node), (JobStatus::Queued, 2, None));
+        assert_eq!(
+            (job.status, job.attempt, job.node),
+            (JobStatus::Queued, 2, None)
+        );
         assert_eq!(job.error.unwrap().kind, "interrupted");
         let other = Uuid::from_u128(8);
         for (attempt, node) in [(2, Some(NODE)), (1, Some(other)), (1, None)] {
@@ -579,7 +581,11 @@ mod tests {
         );
         assert_refused(
             taken.clone(),
-            |job| holding(job, Some(lease), |job| plugin_event(job, &progress(50, "late"))),
+            |job| {
+                holding(job, Some(lease), |job| {
+                    plugin_event(job, &progress(50, "late"))
+                })
+            },
             &message,
         );
         let result = Ok(json!({"late": true}));

@@ -382,10 +382,11 @@ impl JobService {
                 ),
             ));
         }
-        let depth = if self.inner.store.is_shared() {
-            self.inner.cluster.lock().expect("cluster lock").total_queued()
-        } else {
-            self.inner.queues.lock().expect("queues lock").total_depth()
+        // With a shared store, the cluster's count: exact for submits one after another;
+        // submits racing on several nodes may pass it by as many as race.
+        let depth = match self.inner.store.queued_total().await? {
+            Some(total) => usize::try_from(total).unwrap_or(usize::MAX),
+            None => self.inner.queues.lock().expect("queues lock").total_depth(),
         };
         if depth >= settings.max_queued {
             return Err(ServiceError::QueueFull(depth));
@@ -551,9 +552,12 @@ impl JobService {
         Ok(job)
     }
 
-    /// Figures per queue: with a shared store, depth and running are the cluster's (as
-    /// of the last claim round) and the stats this node's.
-    pub fn queues(&self) -> Vec<QueueReport> {
+    /// Figures per queue: with a shared store, depth and running are the cluster's (read
+    /// now, or as last read when the database does not answer) and the stats this node's.
+    pub async fn queues(&self) -> Vec<QueueReport> {
+        if self.inner.store.is_shared() {
+            self.refresh_cluster_queues().await;
+        }
         let queues = self.inner.queues.lock().expect("queues lock");
         let mut reports: Vec<QueueReport> = queues
             .iter()
@@ -569,7 +573,11 @@ impl JobService {
         if self.inner.store.is_shared() {
             let cluster = self.inner.cluster.lock().expect("cluster lock");
             for report in &mut reports {
-                let count = cluster.counts.get(&report.name).cloned().unwrap_or_default();
+                let count = cluster
+                    .counts
+                    .get(&report.name)
+                    .cloned()
+                    .unwrap_or_default();
                 report.depth = usize::try_from(count.queued).unwrap_or(usize::MAX);
                 report.running = usize::try_from(count.running).unwrap_or(usize::MAX);
                 report.oldest_ready_since_ms = count.oldest_due_ms;

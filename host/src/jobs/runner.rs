@@ -100,7 +100,10 @@ impl JobService {
     /// node claimed it again after losing it) took its place.
     fn forget_running(&self, id: Uuid, running: &Arc<RunningJob>) {
         let mut attempts = self.inner.running.lock().expect("running lock");
-        if attempts.get(&id).is_some_and(|now| Arc::ptr_eq(now, running)) {
+        if attempts
+            .get(&id)
+            .is_some_and(|now| Arc::ptr_eq(now, running))
+        {
             attempts.remove(&id);
         }
     }

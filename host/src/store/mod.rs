@@ -279,7 +279,10 @@ impl Store {
     /// The records of the jobs among `ids` that exist.
     pub async fn jobs(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
         match &self.backend {
-            Backend::Redb(db) => ids.iter().filter_map(|id| db.get(*id).transpose()).collect(),
+            Backend::Redb(db) => ids
+                .iter()
+                .filter_map(|id| db.get(*id).transpose())
+                .collect(),
             Backend::Postgres(db) => db.jobs(ids).await,
         }
     }
@@ -287,7 +290,10 @@ impl Store {
     /// Running jobs whose lease no live node holds: their node sent no heartbeat for
     /// `lease_ms` (by the database's clock), stopped, or is unknown. With their attempt
     /// and node, so the rescue can check nothing changed since. None with redb.
-    pub async fn orphaned(&self, lease_ms: u64) -> Result<Vec<(Uuid, u32, Option<Uuid>)>, StoreError> {
+    pub async fn orphaned(
+        &self,
+        lease_ms: u64,
+    ) -> Result<Vec<(Uuid, u32, Option<Uuid>)>, StoreError> {
         match &self.backend {
             Backend::Redb(_) => Ok(Vec::new()),
             Backend::Postgres(db) => db.orphaned(lease_ms).await,
@@ -325,6 +331,15 @@ impl Store {
         match &self.backend {
             Backend::Redb(_) => Ok(Vec::new()),
             Backend::Postgres(db) => db.queue_counts().await,
+        }
+    }
+
+    /// Jobs queued in the whole store (every node's), from a counter the writers keep;
+    /// with redb, `None` (its queues are in memory).
+    pub async fn queued_total(&self) -> Result<Option<u64>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(None),
+            Backend::Postgres(db) => db.queued_total().await.map(Some),
         }
     }
 

@@ -532,6 +532,12 @@ impl PgStore {
             .collect()
     }
 
+    pub(super) async fn queued_total(&self) -> Result<u64, StoreError> {
+        let rows = self.query("SELECT queued FROM kiln_feed_head", &[]).await?;
+        rows.first()
+            .map_or(Ok(0), |row| u64_of(row.get::<_, i64>(0)))
+    }
+
     pub(super) async fn forget_nodes(&self, before_ms: u64) -> Result<(), StoreError> {
         self.query(
             "DELETE FROM kiln_nodes WHERE heartbeat_ms < $1",

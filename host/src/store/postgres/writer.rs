@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::super::StoreError;
 use super::super::batch::{self, Applied, ClaimRequest, Feed, Op, Reply, StoredEvent, WriteSet};
 use super::super::bus::Bus;
-use super::super::model::JobRecord;
+use super::super::model::{JobRecord, JobStatus};
 use super::{NOTIFY_CHANNEL, PgConnector, classify, decode_job, i64_of};
 
 /// Detached changes kept while the database is unreachable; past this, the oldest are
@@ -225,8 +225,12 @@ impl Statements {
         Ok(Self {
             // Taken first by every writer of every node, before any job row: positions
             // follow commit order, and the writers' row locks cannot deadlock.
-            lock_feed_head: prepare("SELECT next FROM kiln_feed_head FOR UPDATE", &[]).await?,
-            set_feed_head: prepare("UPDATE kiln_feed_head SET next = $1", &[Type::INT8])
+            lock_feed_head: prepare("SELECT next, queued FROM kiln_feed_head FOR UPDATE", &[])
+                .await?,
+            set_feed_head: prepare(
+                "UPDATE kiln_feed_head SET next = $1, queued = queued + $2",
+                &[Type::INT8, Type::INT8],
+            )
                 .await?,
             // Per queue, its free slots cluster-wide (the writers are serialised by the
             // feed head, so the count is exact), then that many due jobs in order, skipping
@@ -371,7 +375,8 @@ async fn transact(
             )
         }
     };
-    let claimed = futures::future::try_join_all(claims.iter().map(|claim| claim.run(client, statements)));
+    let claimed =
+        futures::future::try_join_all(claims.iter().map(|claim| claim.run(client, statements)));
     let loaded = futures::try_join!(begin, head, jobs, claimed);
     let (head, job_rows, key_rows, claimed) = match loaded {
         Ok(((), head, (jobs, keys), claimed)) => (head, jobs, keys, claimed),
@@ -436,7 +441,9 @@ async fn transact(
     // The writes and the COMMIT go out together: one round trip. A write the server
     // refuses aborts the transaction, which turns the COMMIT into a rollback, so the batch
     // counts as committed only if every write and the COMMIT succeeded.
-    set.feed_head = (feed.next != u64::try_from(head).unwrap_or(0)).then(|| i64_of(feed.next)).transpose()?;
+    set.feed_head = (feed.next != u64::try_from(head).unwrap_or(0) || set.queued_delta != 0)
+        .then(|| i64_of(feed.next))
+        .transpose()?;
     let (written, committed) = futures::join!(
         set.write(client, statements, node),
         client.batch_execute("COMMIT"),
@@ -473,8 +480,10 @@ struct Rows {
     /// Jobs whose status (or cancel request) changed, with their new status: other nodes
     /// are told, to start queued jobs, fill freed slots and stop cancelled attempts.
     changed: HashMap<Uuid, i16>,
-    /// The feed head's new value, if the batch appended events.
+    /// The feed head's new value, if the batch appended events or queued jobs changed.
     feed_head: Option<i64>,
+    /// How many more (or fewer) jobs are queued cluster-wide after the batch.
+    queued_delta: i64,
 }
 
 impl WriteSet for Rows {
@@ -498,6 +507,9 @@ impl WriteSet for Rows {
         if news {
             self.changed.insert(job.id, i16::from(job.status.code()));
         }
+        let queued =
+            |job: Option<&JobRecord>| i64::from(job.is_some_and(|j| j.status == JobStatus::Queued));
+        self.queued_delta += queued(Some(job)) - queued(before);
         self.jobs.insert(job.id, Some(job.clone()));
         self.dirty.insert(job.id);
         Ok(())
@@ -546,6 +558,9 @@ impl WriteSet for Rows {
     }
 
     fn delete_job(&mut self, job: &JobRecord) -> Result<(), StoreError> {
+        if job.status == JobStatus::Queued {
+            self.queued_delta -= 1;
+        }
         self.jobs.insert(job.id, None);
         if let Some(slot) = &job.idempotency_key {
             self.keys.insert(slot.clone(), None);
@@ -699,8 +714,9 @@ impl Rows {
             statements_sent.push((&statements.trim_feed, vec![below]));
         }
         let head = self.feed_head;
+        let queued_delta = self.queued_delta;
         if let Some(next) = &head {
-            statements_sent.push((&statements.set_feed_head, vec![next]));
+            statements_sent.push((&statements.set_feed_head, vec![next, &queued_delta]));
         }
         let channel = NOTIFY_CHANNEL;
         if !notices.is_empty() {

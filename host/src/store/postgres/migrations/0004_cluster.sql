@@ -4,11 +4,17 @@
 -- positions are handed out in commit order across nodes: a client resuming GET /v1/events
 -- never skips an event that committed late. (It also orders the writers' row locks: no
 -- two writers can deadlock.)
+--
+-- `queued` counts the cluster's queued jobs, kept by the same writers, so a submit on any
+-- node checks `max_queued` against the whole cluster with one read of one row.
 CREATE TABLE kiln_feed_head (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    next bigint NOT NULL
+    next bigint NOT NULL,
+    queued bigint NOT NULL
 );
-INSERT INTO kiln_feed_head (next) SELECT coalesce(max(position), 0) + 1 FROM kiln_feed;
+INSERT INTO kiln_feed_head (next, queued)
+    SELECT (SELECT coalesce(max(position), 0) + 1 FROM kiln_feed),
+           (SELECT count(*) FROM kiln_jobs WHERE status = 0);
 
 -- Copies of record fields the claim query sorts and filters by, and the node whose lease
 -- a running job holds.

@@ -1,0 +1,624 @@
+//! A real cluster: three `kiln serve` processes on one real PostgreSQL server. Jobs
+//! submitted to any node run on any node exactly once through a kill -9, a node stopped
+//! past its lease is fenced off, streams follow jobs across nodes, queue limits hold for
+//! the whole cluster, and maintenance survives the leader's death.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::fake_provider::{Behavior, FakeProvider};
+use crate::pg::PgServer;
+use crate::support::*;
+
+const LONG: Duration = Duration::from_secs(60);
+const KEY_ENV: &str = "KILN_CLUSTER_TEST_KEY";
+
+/// Three nodes (or more, or fewer) on one database, each with its own data directory.
+struct Cluster {
+    pg: PgServer,
+    url: String,
+    plugins: tempfile::TempDir,
+    config: String,
+    dirs: Vec<tempfile::TempDir>,
+    nodes: Vec<Option<KilnProcess>>,
+    client: reqwest::Client,
+}
+
+impl Cluster {
+    /// `config`'s top-level keys and sections come before the `[store]` table.
+    async fn start(count: usize, plugins: &[&str], config: &str) -> Self {
+        let pg = PgServer::start();
+        let url = pg.database("kiln");
+        let mut cluster = Self {
+            pg,
+            url,
+            plugins: plugins_dir(plugins),
+            config: config.to_string(),
+            dirs: (0..count).map(|_| tempfile::tempdir().unwrap()).collect(),
+            nodes: Vec::new(),
+            client: reqwest::Client::new(),
+        };
+        for index in 0..count {
+            let node = cluster.spawn(index);
+            cluster.nodes.push(Some(node));
+        }
+        cluster.wait_for_nodes(count).await;
+        cluster
+    }
+
+    fn spawn(&self, index: usize) -> KilnProcess {
+        // `[store]` goes last: every key after it would belong to it.
+        let config = format!("{}\n[store]\nurl = \"{}\"\n", self.config, self.url);
+        KilnProcess::start(self.dirs[index].path(), self.plugins.path(), &config)
+    }
+
+    fn node(&self, index: usize) -> &KilnProcess {
+        self.nodes[index].as_ref().expect("node is running")
+    }
+
+    fn base(&self, index: usize) -> String {
+        self.node(index).base.clone()
+    }
+
+    /// The nodes still running.
+    fn alive(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
+    }
+
+    /// Every running node's log, for failure messages.
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, node)| node.as_ref().map(|n| format!("--- node {i}:\n{}", n.log())))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn nodes_seen_by(&self, index: usize) -> Vec<Value> {
+        let (status, body) = get_json(&self.client, &self.node(index).url("/v1/nodes")).await;
+        assert_eq!(status, 200, "{body}\n{}", self.logs());
+        body["nodes"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the first running node lists `count` live nodes.
+    async fn wait_for_nodes(&self, count: usize) {
+        let first = self.alive()[0];
+        let deadline = Instant::now() + LONG;
+        loop {
+            let listed = self.nodes_seen_by(first).await;
+            let alive = listed.iter().filter(|n| n["status"] == "alive").count();
+            if alive >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{listed:#?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The index of the running node whose id is `id`, by its address in `/v1/nodes`.
+    async fn index_of(&self, id: &Value) -> usize {
+        let listed = self.nodes_seen_by(self.alive()[0]).await;
+        let node = listed
+            .iter()
+            .find(|n| n["id"] == *id)
+            .unwrap_or_else(|| panic!("no node {id}: {listed:#?}"));
+        let address = format!("http://{}", node["address"].as_str().unwrap());
+        self.alive()
+            .into_iter()
+            .find(|i| self.node(*i).base == address)
+            .unwrap_or_else(|| panic!("node {id} at {address} is not running"))
+    }
+
+    /// The job as `index` sees it.
+    async fn job(&self, index: usize, id: &str) -> Value {
+        let (status, job) = get_json(
+            &self.client,
+            &self.node(index).url(&format!("/v1/jobs/{id}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{job}\n{}", self.logs());
+        job
+    }
+
+    /// Polls the job on `index` until `done` holds for it.
+    async fn wait_job(&self, index: usize, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let job = self.job(index, id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "{job:#}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A node other than those in `not`.
+    fn other_than(&self, not: &[usize]) -> usize {
+        self.alive()
+            .into_iter()
+            .find(|i| !not.contains(i))
+            .expect("another running node")
+    }
+
+    fn signal(&self, index: usize, signal: &str) {
+        let pid = self.node(index).child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+}
+
+/// A fake OpenAI-format provider as the `default` model, with `settings` for it.
+fn provider_config(fake: &FakeProvider, settings: &str) -> String {
+    // SAFETY: set before any node starts, to the same value by every test.
+    unsafe { std::env::set_var(KEY_ENV, "sk-cluster-test") };
+    format!(
+        "[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key_env = \"{KEY_ENV}\"\n{settings}\n\
+         [models]\ndefault = \"fake/test-model\"\n",
+        fake.base_url
+    )
+}
+
+/// Event ids of a job's log, checked gap-free, duplicate-free and ending once.
+fn assert_whole_log(id: &str, events: &[SseEvent], logs: &dyn Fn() -> String) {
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e.id).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "{id}: {events:#?}\n{}",
+        logs()
+    );
+    let endings = events
+        .iter()
+        .filter(|e| matches!(e.event.as_str(), "completed" | "failed" | "cancelled"))
+        .count();
+    assert_eq!(endings, 1, "{id}: {events:#?}");
+}
+
+/// 500 jobs submitted round-robin to three nodes, with a cluster-wide queue limit of 6
+/// and one node SIGKILLed mid-run and restarted later: every job completes exactly once,
+/// the jobs the dead node was running are on their second attempt (and only those), no
+/// LLM call answered before the kill is paid again, and the provider never sees more
+/// requests at once than the queue's cluster-wide limit (three nodes with a per-node
+/// limit would send up to 18), which the cluster does reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_jobs_run_once_across_three_nodes_through_a_kill_9() {
+    let fake = FakeProvider::with(Behavior {
+        delay_ms: 40,
+        ..Behavior::default()
+    })
+    .await;
+    let config = format!(
+        "[queues.hostile]\nmax_concurrent = 6\n\n{}",
+        provider_config(&fake, "max_concurrent = 64")
+    );
+    let mut cluster = Cluster::start(3, &["fixture:hostile"], &config).await;
+    const JOBS: usize = 500;
+    const CALLS: u64 = 2;
+    let mut ids = Vec::new();
+    for n in 0..JOBS {
+        let base = cluster.base(n % 3);
+        let (status, job) = submit(
+            &cluster.client,
+            &base,
+            json!({"type": "hostile", "payload": {"mode": "llm_calls", "n": CALLS}}),
+        )
+        .await;
+        assert_eq!(status, 202, "{job}\n{}", cluster.logs());
+        ids.push(id_of(&job));
+    }
+    // Kill node 1 once a fifth of the jobs are done and it is running some.
+    let victim_id = cluster.nodes_seen_by(1).await;
+    let victim_id = victim_id.iter().find(|n| n["this_node"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done_sql = "SELECT count(*) FROM kiln_jobs WHERE status = 2";
+    let running_on_victim =
+        format!("SELECT count(*) FROM kiln_jobs WHERE status = 1 AND node = '{victim_id}'");
+    let deadline = Instant::now() + LONG;
+    while cluster.pg.psql("kiln", done_sql).parse::<usize>().unwrap() < JOBS / 5
+        || cluster.pg.psql("kiln", &running_on_victim) == "0"
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.nodes[1].as_mut().unwrap().kill9();
+    cluster.nodes[1] = None;
+    let interrupted: HashSet<String> = cluster
+        .pg
+        .psql(
+            "kiln",
+            &format!("SELECT id FROM kiln_jobs WHERE status = 1 AND node = '{victim_id}'"),
+        )
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(!interrupted.is_empty());
+    // A request the dead node had written may still be counted a moment later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls_at_kill = fake.calls();
+    // Node 1 comes back once more than half of the jobs are done.
+    while cluster.pg.psql("kiln", done_sql).parse::<usize>().unwrap() < JOBS / 2 {
+        assert!(Instant::now() < deadline + LONG, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.nodes[1] = Some(cluster.spawn(1));
+
+    let mut paid = 0;
+    for (n, id) in ids.iter().enumerate() {
+        let reader = n % 3;
+        let job = wait_terminal(&cluster.client, &cluster.base(reader), id, LONG * 2).await;
+        assert_eq!(job["status"], "completed", "{job:#}\n{}", cluster.logs());
+        let expected_attempt = if interrupted.contains(id) { 2 } else { 1 };
+        assert_eq!(job["attempt"], expected_attempt, "{job:#}");
+        assert!(
+            job["node"].is_null(),
+            "a finished job runs nowhere: {job:#}"
+        );
+        paid += job["usage"]["llm_calls"].as_u64().unwrap();
+        let events = all_events(&cluster.client, &cluster.base(reader), id, LONG).await;
+        assert_whole_log(id, &events, &|| cluster.logs());
+        let started_on = events
+            .iter()
+            .filter(|e| e.event == "status" && e.data["status"] == "running")
+            .count();
+        assert_eq!(
+            started_on as u64,
+            job["attempt"].as_u64().unwrap(),
+            "{events:#?}"
+        );
+    }
+    // Each job's calls are counted as paid once, whichever attempt paid them.
+    assert_eq!(paid, JOBS as u64 * CALLS);
+    // The provider saw each call once, but for those in flight on the dead node when it
+    // died (at most one per job it ran), and no call it had answered before.
+    let seen = fake.calls() as u64;
+    assert!(
+        seen >= paid && seen <= paid + interrupted.len() as u64,
+        "{seen} calls for {paid} paid, {} interrupted, {calls_at_kill} at the kill",
+        interrupted.len()
+    );
+    assert_eq!(
+        fake.max_in_flight(),
+        6,
+        "the queue's cluster-wide limit held and was reached\n{}",
+        cluster.logs()
+    );
+}
+
+/// A stream opened on one node for a job running on another, cut, and resumed with
+/// `Last-Event-ID` on a third: together, every event once and in order, live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_follows_a_job_on_another_node_and_resumes_on_a_third() {
+    let cluster = Cluster::start(3, &["fixture:hostile"], "").await;
+    let id = submit_ok(
+        &cluster.client,
+        &cluster.base(0),
+        json!({"type": "hostile", "payload": {"mode": "events", "n": 40, "pace_ms": 50}}),
+    )
+    .await;
+    let job = cluster.wait_job(0, &id, |j| j["status"] == "running").await;
+    let runner = cluster.index_of(&job["node"]).await;
+    let first = cluster.other_than(&[runner]);
+    let third = cluster.other_than(&[runner, first]);
+
+    let url = |index: usize| cluster.node(index).url(&format!("/v1/jobs/{id}/events"));
+    let mut reader = SseReader::new(open_sse(&cluster.client, &url(first), None).await);
+    let mut seen = Vec::new();
+    // Read until some of the plugin's progress has arrived live, then cut.
+    while seen
+        .iter()
+        .filter(|e: &&SseEvent| e.event == "progress")
+        .count()
+        < 5
+    {
+        let event = reader
+            .next(LONG)
+            .await
+            .unwrap_or_else(|| panic!("stream ended early: {seen:#?}\n{}", cluster.logs()));
+        seen.push(event);
+    }
+    drop(reader);
+    let last = seen.last().unwrap().id;
+    let rest = read_sse(
+        open_sse(&cluster.client, &url(third), last).await,
+        None,
+        LONG,
+    )
+    .await;
+    seen.extend(rest);
+    assert_whole_log(&id, &seen, &|| cluster.logs());
+    let progress = seen.iter().filter(|e| e.event == "progress").count();
+    assert_eq!(progress, 40, "{seen:#?}");
+    assert_eq!(seen.last().unwrap().event, "completed", "{seen:#?}");
+}
+
+/// A node stopped (SIGSTOP) past its lease loses its job to another node; when it runs
+/// again (SIGCONT) with its provider call answered, it can commit nothing for the old
+/// attempt: the job's result is the second attempt's answer, and the log has one ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_past_its_lease_cannot_commit_its_old_attempt() {
+    let fake = FakeProvider::with(Behavior {
+        delay_ms: 2_000,
+        texts_by_call: vec!["from the first attempt".into()],
+        ..Behavior::default()
+    })
+    .await;
+    let config = provider_config(&fake, "");
+    let mut cluster = Cluster::start(3, &["fixture:hostile"], &config).await;
+    let id = submit_ok(
+        &cluster.client,
+        &cluster.base(0),
+        json!({"type": "hostile", "payload": {"mode": "sleep_llm"}}),
+    )
+    .await;
+    let job = cluster.wait_job(0, &id, |j| j["status"] == "running").await;
+    let stale = cluster.index_of(&job["node"]).await;
+    let deadline = Instant::now() + LONG;
+    while fake.calls() == 0 {
+        assert!(Instant::now() < deadline, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.signal(stale, "-STOP");
+    let watcher = cluster.other_than(&[stale]);
+    let moved = cluster
+        .wait_job(watcher, &id, |j| {
+            j["attempt"] == 2 && j["status"] == "running"
+        })
+        .await;
+    assert_ne!(moved["node"], job["node"], "{moved:#}");
+    // The first attempt's answer is waiting in the stopped node's socket by now.
+    while fake.answered() == 0 {
+        assert!(Instant::now() < deadline + LONG, "{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.signal(stale, "-CONT");
+
+    let done = wait_terminal(&cluster.client, &cluster.base(watcher), &id, LONG).await;
+    let logs = || cluster.logs();
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", logs());
+    assert_eq!(done["attempt"], 2, "{done:#}");
+    assert_eq!(
+        done["result"]["text"],
+        json!(Behavior::default().text()),
+        "the result is the second attempt's: {done:#}\n{}",
+        logs()
+    );
+    assert_eq!(done["usage"]["llm_calls"], 1, "{done:#}");
+    let events = all_events(&cluster.client, &cluster.base(watcher), &id, LONG).await;
+    assert_whole_log(&id, &events, &logs);
+    // The old node is back and well: it serves and runs jobs again.
+    let stale_base = cluster.base(stale);
+    let again = submit_ok(
+        &cluster.client,
+        &stale_base,
+        json!({"type": "hostile", "payload": {"mode": "ok"}}),
+    )
+    .await;
+    let again = wait_terminal(&cluster.client, &stale_base, &again, LONG).await;
+    assert_eq!(
+        again["status"],
+        "completed",
+        "{again:#}\n{}",
+        cluster.node(stale).log()
+    );
+    // It noticed it had lost the attempt and said so.
+    let stale_log = cluster.node(stale).log();
+    assert!(
+        stale_log.contains(&id),
+        "the fenced node names the job it lost:\n{stale_log}"
+    );
+    cluster.nodes[stale].as_mut().unwrap().kill9();
+}
+
+/// A cancel posted to any node stops a CPU loop running on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_on_one_node_stops_a_loop_running_on_another() {
+    let cluster = Cluster::start(3, &["fixture:hostile"], "").await;
+    let id = submit_ok(
+        &cluster.client,
+        &cluster.base(0),
+        json!({"type": "hostile", "payload": {"mode": "loop"}}),
+    )
+    .await;
+    let job = cluster.wait_job(0, &id, |j| j["status"] == "running").await;
+    let runner = cluster.index_of(&job["node"]).await;
+    let other = cluster.other_than(&[runner]);
+    let asked = Instant::now();
+    let (status, body) = post_empty(
+        &cluster.client,
+        &cluster.node(other).url(&format!("/v1/jobs/{id}/cancel")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body:#}");
+    let done = cluster
+        .wait_job(runner, &id, |j| j["status"] == "cancelled")
+        .await;
+    eprintln!("cancelled across nodes in {:?}", asked.elapsed());
+    assert!(done["node"].is_null(), "{done:#}");
+    let events = all_events(&cluster.client, &cluster.base(other), &id, LONG).await;
+    assert_whole_log(&id, &events, &|| cluster.logs());
+    assert_eq!(events.last().unwrap().event, "cancelled", "{events:#?}");
+}
+
+/// SIGTERM hands a node's running job back to the cluster before it exits (no lease to
+/// wait out): the job is queued at once, with no node, and another node runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_running_jobs_back_to_the_cluster() {
+    let mut cluster = Cluster::start(2, &["fixture:hostile"], "").await;
+    let id = submit_ok(
+        &cluster.client,
+        &cluster.base(0),
+        json!({"type": "hostile", "payload": {"mode": "events", "n": 100, "pace_ms": 50}}),
+    )
+    .await;
+    let job = cluster.wait_job(0, &id, |j| j["status"] == "running").await;
+    let runner = cluster.index_of(&job["node"]).await;
+    let other = cluster.other_than(&[runner]);
+    // Only the other node may take it: stop it claiming until the runner has exited.
+    cluster.signal(other, "-STOP");
+    let exited = cluster.nodes[runner]
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(20));
+    let runner_log = cluster.node(runner).log();
+    cluster.nodes[runner] = None;
+    assert!(exited, "{runner_log}");
+    let row = cluster.pg.psql(
+        "kiln",
+        &format!("SELECT status, node IS NULL FROM kiln_jobs WHERE id = '{id}'"),
+    );
+    cluster.signal(other, "-CONT");
+    assert_eq!(
+        row, "0|t",
+        "queued and on no node as the runner exits\n{runner_log}"
+    );
+    let done = wait_terminal(&cluster.client, &cluster.base(other), &id, LONG).await;
+    assert_eq!(done["status"], "completed", "{done:#}\n{}", cluster.logs());
+    assert_eq!(done["attempt"], 2, "{done:#}");
+}
+
+/// Expiry runs on one leader; when the leader is SIGKILLed another node takes the lease
+/// and finished jobs still expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_over_and_expiry_goes_on() {
+    let mut cluster = Cluster::start(
+        3,
+        &["fixture:hostile"],
+        "job_ttl_secs = 1\nsweep_interval_secs = 1",
+    )
+    .await;
+    let leader_of = async |cluster: &Cluster, index: usize| -> Option<String> {
+        let listed = cluster.nodes_seen_by(index).await;
+        let leaders: Vec<&Value> = listed.iter().filter(|n| n["leader"] == true).collect();
+        assert!(leaders.len() <= 1, "{listed:#?}");
+        leaders
+            .first()
+            .map(|n| n["id"].as_str().unwrap().to_string())
+    };
+    let deadline = Instant::now() + LONG;
+    let leader = loop {
+        if let Some(leader) = leader_of(&cluster, 0).await {
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "no leader\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let expires = async |cluster: &Cluster, index: usize| {
+        let base = cluster.base(index);
+        let id = submit_ok(
+            &cluster.client,
+            &base,
+            json!({"type": "hostile", "payload": {"mode": "ok"}}),
+        )
+        .await;
+        let job = wait_terminal(&cluster.client, &base, &id, LONG).await;
+        assert_eq!(job["status"], "completed", "{job:#}");
+        let deadline = Instant::now() + LONG;
+        loop {
+            let response = cluster
+                .client
+                .get(format!("{base}/v1/jobs/{id}"))
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 404 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never expired\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    expires(&cluster, 0).await;
+
+    let old = cluster.index_of(&json!(leader)).await;
+    cluster.nodes[old].as_mut().unwrap().kill9();
+    cluster.nodes[old] = None;
+    let survivor = cluster.alive()[0];
+    let killed_at = Instant::now();
+    let new_leader = loop {
+        match leader_of(&cluster, survivor).await {
+            Some(new) if new != leader => break new,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline + LONG,
+            "no new leader\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "{new_leader} took over {:?} after the kill",
+        killed_at.elapsed()
+    );
+    expires(&cluster, survivor).await;
+}
+
+/// `max_queued` counts the whole cluster's queue (a node that counted only its own
+/// submits would accept the fourth), and an idempotency key sent to two nodes at once
+/// makes one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_bound_and_idempotency_keys_hold_across_nodes() {
+    let cluster = Cluster::start(3, &["fixture:hostile"], "max_queued = 3").await;
+    let later = rfc3339_in(Duration::from_secs(3600));
+    let delayed = json!({"type": "hostile", "payload": {"mode": "ok"}, "run_at": later});
+    let mut ids = Vec::new();
+    for index in 0..3 {
+        let (status, job) = submit(&cluster.client, &cluster.base(index), delayed.clone()).await;
+        assert_eq!(status, 202, "{job:#}");
+        ids.push(id_of(&job));
+    }
+    for index in 0..3 {
+        let (status, body) = submit(&cluster.client, &cluster.base(index), delayed.clone()).await;
+        assert_eq!(status, 429, "node {index}: {body:#}\n{}", cluster.logs());
+    }
+    let (status, body) = post_empty(
+        &cluster.client,
+        &cluster.node(1).url(&format!("/v1/jobs/{}/cancel", ids[0])),
+    )
+    .await;
+    assert_eq!(status, 200, "{body:#}");
+    let (status, body) = submit(&cluster.client, &cluster.base(2), delayed.clone()).await;
+    assert_eq!(status, 202, "a freed place is the cluster's: {body:#}");
+    for id in ids.iter().skip(1) {
+        post_empty(
+            &cluster.client,
+            &cluster.node(0).url(&format!("/v1/jobs/{id}/cancel")),
+        )
+        .await;
+    }
+
+    let keyed = |index: usize| {
+        cluster
+            .client
+            .post(cluster.node(index).url("/v1/jobs"))
+            .header("idempotency-key", "order-7")
+            .json(&json!({"type": "hostile", "payload": {"mode": "ok"}}))
+            .send()
+    };
+    let mut answers: HashMap<String, Vec<u16>> = HashMap::new();
+    for _ in 0..5 {
+        let (a, b, c) = futures::join!(keyed(0), keyed(1), keyed(2));
+        for response in [a, b, c] {
+            let response = response.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            answers.entry(id_of(&body)).or_default().push(status);
+        }
+    }
+    assert_eq!(answers.len(), 1, "one job for one key: {answers:#?}");
+}
