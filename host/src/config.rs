@@ -199,7 +199,12 @@ pub struct ProviderConfig {
 
 impl ProviderConfig {
     /// Builds the provider called `name`, reporting its calls to `observer`.
-    fn build(&self, name: &str, observer: &Observer) -> anyhow::Result<Arc<dyn LlmClient>> {
+    fn build(
+        &self,
+        name: &str,
+        observer: &Observer,
+        shared: &crate::llm::SharedLimitsCell,
+    ) -> anyhow::Result<Arc<dyn LlmClient>> {
         let format = match self.kind.as_str() {
             "offline" => {
                 let http_only = [
@@ -282,7 +287,11 @@ impl ProviderConfig {
         };
         let provider =
             HttpProvider::new(format, config).with_context(|| format!("provider '{name}'"))?;
-        Ok(Arc::new(provider.with_observer(observer.clone())))
+        Ok(Arc::new(
+            provider
+                .with_observer(observer.clone())
+                .with_shared_limits(shared.clone()),
+        ))
     }
 }
 
@@ -321,6 +330,9 @@ pub struct Resolved {
     pub metrics: Arc<crate::monitor::Metrics>,
     /// Model aliases, for the startup log.
     pub model_aliases: Vec<String>,
+    /// Where `llm`'s providers find the cluster's limits, set by the server once a shared
+    /// store is open.
+    pub shared_limits: crate::llm::SharedLimitsCell,
     /// Access control, built at start (it needs the data dir's token secret).
     pub auth: AuthConfig,
 }
@@ -476,7 +488,8 @@ impl Config {
             cors_origins: checked_origins(&self.cors_origins)?,
         };
         let metrics = Arc::new(crate::monitor::Metrics::new());
-        let (llm, model_aliases) = self.build_llm(&metrics)?;
+        let shared_limits = crate::llm::SharedLimitsCell::default();
+        let (llm, model_aliases) = self.build_llm(&metrics, &shared_limits)?;
         Ok(Resolved {
             addr,
             data_dir,
@@ -488,6 +501,7 @@ impl Config {
             llm,
             metrics,
             model_aliases,
+            shared_limits,
             auth: self.auth.clone(),
         })
     }
@@ -497,11 +511,12 @@ impl Config {
     fn build_llm(
         &self,
         metrics: &Arc<crate::monitor::Metrics>,
+        shared: &crate::llm::SharedLimitsCell,
     ) -> anyhow::Result<(Arc<dyn LlmClient>, Vec<String>)> {
         let observer: Observer = Some(metrics.clone() as Arc<dyn crate::llm::CallObserver>);
         let mut providers: HashMap<String, Arc<dyn LlmClient>> = HashMap::new();
         for (name, provider) in &self.providers {
-            providers.insert(name.clone(), provider.build(name, &observer)?);
+            providers.insert(name.clone(), provider.build(name, &observer, shared)?);
         }
         let mut models = self.models.clone();
         if providers.is_empty() {

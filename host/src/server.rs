@@ -81,6 +81,10 @@ impl Server {
             }
         });
         tracing::info!(store = %config.store.describe(), "storage opened");
+        if let Some(limits) = store.shared_limits(crate::jobs::LEASE_MS) {
+            // Nodes sharing the database share their providers' limits too.
+            config.shared_limits.set(limits);
+        }
         let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
         let mut settings = config.service.clone();
         settings.node_address = addr.to_string();

@@ -622,3 +622,158 @@ async fn the_queue_bound_and_idempotency_keys_hold_across_nodes() {
     }
     assert_eq!(answers.len(), 1, "one job for one key: {answers:#?}");
 }
+
+/// A provider's `max_concurrent = 2` and `requests_per_minute = 12` hold for three nodes
+/// together: the provider never has more than 2 requests in flight nor more than 12 in any
+/// 60 s, and the cluster uses both limits in full (per node, 18 jobs would all be sent in
+/// the first seconds, up to 6 at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_limits_hold_for_the_whole_cluster() {
+    let fake = FakeProvider::with(Behavior {
+        delay_ms: 300,
+        ..Behavior::default()
+    })
+    .await;
+    let config = provider_config(&fake, "max_concurrent = 2\nrequests_per_minute = 12");
+    let cluster = Cluster::start(3, &["fixture:hostile"], &config).await;
+    const JOBS: usize = 18;
+    let mut ids = Vec::new();
+    for n in 0..JOBS {
+        let id = submit_ok(
+            &cluster.client,
+            &cluster.base(n % 3),
+            json!({"type": "hostile", "payload": {"mode": "sleep_llm"}}),
+        )
+        .await;
+        ids.push(id);
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let job = wait_terminal(&cluster.client, &cluster.base(n % 3), id, LONG * 3).await;
+        assert_eq!(job["status"], "completed", "{job:#}\n{}", cluster.logs());
+    }
+    let arrivals: Vec<Instant> = fake.seen().iter().map(|seen| seen.at).collect();
+    assert_eq!(arrivals.len(), JOBS, "one call per job");
+    let minute = Duration::from_secs(60);
+    let most_in_a_minute = arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|at| **at >= *start && at.duration_since(*start) < minute)
+                .count()
+        })
+        .max()
+        .unwrap();
+    let offsets: Vec<Duration> = arrivals.iter().map(|at| *at - arrivals[0]).collect();
+    assert_eq!(
+        most_in_a_minute, 12,
+        "requests_per_minute held for the cluster and was used: {offsets:?}"
+    );
+    assert_eq!(
+        fake.max_in_flight(),
+        2,
+        "max_concurrent held for the cluster and was used"
+    );
+}
+
+/// A 429 with `Retry-After: 2` answered to one node pauses the provider on every node:
+/// after it, no node sends anything for 2 s (with a pause per node, another node would
+/// send as soon as the refused call's slot was free), and every job still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_seen_by_one_node_pauses_the_provider_on_all() {
+    let fake = FakeProvider::with(Behavior {
+        fail_first: 1,
+        first_status: 429,
+        retry_after: "2".into(),
+        delay_ms: 50,
+        ..Behavior::default()
+    })
+    .await;
+    let config = provider_config(&fake, "max_concurrent = 1");
+    let cluster = Cluster::start(3, &["fixture:hostile"], &config).await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let id = submit_ok(
+            &cluster.client,
+            &cluster.base(n % 3),
+            json!({"type": "hostile", "payload": {"mode": "sleep_llm"}}),
+        )
+        .await;
+        ids.push(id);
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let job = wait_terminal(&cluster.client, &cluster.base(n % 3), id, LONG).await;
+        assert_eq!(job["status"], "completed", "{job:#}\n{}", cluster.logs());
+    }
+    let arrivals: Vec<Instant> = fake.seen().iter().map(|seen| seen.at).collect();
+    assert_eq!(arrivals.len(), 7, "six calls and the refused one");
+    let quiet = arrivals[1] - arrivals[0];
+    assert!(
+        quiet >= Duration::from_millis(1_950),
+        "the next call came {quiet:?} after the 429"
+    );
+}
+
+/// The shared limits themselves, on one database: a dead node's call in flight stops
+/// counting, `max_concurrent` and `tokens_per_minute` admit up to the limit and no further,
+/// a settled call frees the tokens it did not use, and a pause holds every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_provider_limits_count_exactly() {
+    use kiln::llm::{AdmissionConfig, SharedAdmit};
+    let pg = PgServer::start();
+    let url = pg.database("kiln");
+    let data = tempfile::tempdir().unwrap();
+    let options = kiln::store::PostgresOptions::new(url);
+    let store = kiln::store::Store::open_postgres(options, data.path(), 64, 1000)
+        .await
+        .unwrap();
+    let limits = store.shared_limits(10_000).expect("a shared store");
+    let config = AdmissionConfig {
+        max_concurrent: 2,
+        requests_per_minute: None,
+        tokens_per_minute: Some(1_000),
+    };
+    // A call in flight on a node that has no heartbeat (it died) is not counted.
+    pg.psql(
+        "kiln",
+        &format!(
+            "INSERT INTO kiln_provider_calls (provider, node, started_ms, tokens) \
+             VALUES ('p', '{}', 0, 0)",
+            uuid::Uuid::now_v7()
+        ),
+    );
+    let first = limits.admit("p", &config, 600).await.unwrap();
+    let SharedAdmit::Admitted(first) = first else {
+        panic!("{first:?}")
+    };
+    match limits.admit("p", &config, 600).await.unwrap() {
+        SharedAdmit::WaitFor(wait) => assert!(
+            wait > Duration::from_secs(50) && wait <= Duration::from_millis(60_500),
+            "600 + 600 tokens wait for the window: {wait:?}"
+        ),
+        other => panic!("tokens_per_minute let {other:?} through"),
+    }
+    // Paid for 100 of its 600: 100 + 600 fit.
+    limits.release(first, 100).await.unwrap();
+    let second = limits.admit("p", &config, 600).await.unwrap();
+    assert!(matches!(second, SharedAdmit::Admitted(_)), "{second:?}");
+    let third = limits.admit("p", &config, 100).await.unwrap();
+    assert!(matches!(third, SharedAdmit::Admitted(_)), "{third:?}");
+    // Two in flight (the second and third): the fourth waits for one of them.
+    let fourth = limits.admit("p", &config, 1).await.unwrap();
+    assert_eq!(fourth, SharedAdmit::Busy);
+    // Another provider has its own counts; a pause holds it whatever its counts.
+    let other = limits.admit("q", &config, 1).await.unwrap();
+    assert!(matches!(other, SharedAdmit::Admitted(_)), "{other:?}");
+    limits.pause("q", Duration::from_secs(30)).await.unwrap();
+    match limits.admit("q", &config, 1).await.unwrap() {
+        SharedAdmit::WaitFor(wait) => assert!(wait > Duration::from_secs(25), "{wait:?}"),
+        other => panic!("a paused provider admitted {other:?}"),
+    }
+    // A shorter pause asked later keeps the longer one.
+    limits.pause("q", Duration::from_secs(1)).await.unwrap();
+    match limits.admit("q", &config, 1).await.unwrap() {
+        SharedAdmit::WaitFor(wait) => assert!(wait > Duration::from_secs(25), "{wait:?}"),
+        other => panic!("the longer pause was lost: {other:?}"),
+    }
+}

@@ -11,6 +11,7 @@ mod offline;
 mod openai;
 mod provider;
 mod router;
+mod shared;
 mod structured;
 mod wire;
 
@@ -24,6 +25,7 @@ pub use provider::{
 };
 pub use router::ModelRouter;
 pub use router::NamedProvider;
+pub use shared::{SharedAdmit, SharedLimits, SharedLimitsCell, SharedSlot};
 pub use structured::{STRUCTURED_TRIES, check_answer, check_request, complete_checked};
 
 use futures::future::BoxFuture;

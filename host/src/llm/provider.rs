@@ -32,6 +32,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::admission::{Admission, AdmissionConfig};
+use super::shared::{SharedAdmit, SharedLimitsCell, SharedSlot};
 use super::wire::{self, Failure, Parsed, SseParser, StreamState};
 use super::{
     EmbedRequest, EmbedResponse, FinishReason, LlmClient, LlmError, LlmRequest, LlmResponse,
@@ -50,6 +51,18 @@ pub const MAX_SERVER_RETRIES: u32 = 2;
 /// Output tokens reserved in the tokens-per-minute bucket for a request with no
 /// `max_tokens`.
 pub const DEFAULT_OUTPUT_RESERVATION: u32 = 1024;
+
+/// How often a request waiting for one of the cluster's slots looks again: from the
+/// first, doubling, to the second.
+const SHARED_BUSY_POLL_MIN: Duration = Duration::from_millis(10);
+const SHARED_BUSY_POLL_MAX: Duration = Duration::from_millis(200);
+
+/// Longest a request waiting for the cluster's per-minute window sleeps before looking
+/// again (a pause or a window may end sooner when other nodes' calls settle).
+const SHARED_RATE_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// Wait before asking again when the cluster's limits could not be read.
+const SHARED_RETRY: Duration = Duration::from_millis(500);
 
 /// Largest answer body read, so a broken server cannot exhaust memory.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -214,6 +227,8 @@ pub struct HttpProvider {
     embeddings_url: Option<String>,
     max_completion_tokens_models: Vec<String>,
     observer: super::Observer,
+    /// The cluster's limits of this provider, when the node is part of one.
+    shared: SharedLimitsCell,
 }
 
 impl fmt::Debug for HttpProvider {
@@ -278,6 +293,59 @@ impl HttpProvider {
         self
     }
 
+    /// Also asks the cluster's limits in `shared` (once set) before each request.
+    pub fn with_shared_limits(mut self, shared: SharedLimitsCell) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Waits until the cluster admits a request reserving `reservation` tokens (none to
+    /// wait for on a single node). Gives up when the wait would pass `deadline`.
+    async fn admit_shared(
+        &self,
+        reservation: u32,
+        deadline: Instant,
+    ) -> Result<Option<SharedSlot>, LlmError> {
+        let Some(limits) = self.shared.get() else {
+            return Ok(None);
+        };
+        let mut busy_poll = SHARED_BUSY_POLL_MIN;
+        loop {
+            let wait = match limits.admit(&self.name, &self.limits, reservation).await {
+                Ok(SharedAdmit::Admitted(call)) => {
+                    return Ok(Some(SharedSlot::new(limits.clone(), call, reservation)));
+                }
+                Ok(SharedAdmit::WaitFor(wait)) => {
+                    if Instant::now() + wait > deadline {
+                        return Err(LlmError::RateLimited(format!(
+                            "provider '{}' is at the cluster's limits for the next {:.1}s, past \
+                             this request's {}s timeout",
+                            self.name,
+                            wait.as_secs_f64(),
+                            self.timeout.as_secs()
+                        )));
+                    }
+                    wait.min(SHARED_RATE_POLL_MAX)
+                }
+                Ok(SharedAdmit::Busy) => {
+                    let wait = busy_poll;
+                    busy_poll = (busy_poll * 2).min(SHARED_BUSY_POLL_MAX);
+                    wait
+                }
+                Err(error) => {
+                    if Instant::now() + SHARED_RETRY > deadline {
+                        return Err(LlmError::Unavailable(format!(
+                            "the cluster's limits of provider '{}' could not be read: {error}",
+                            self.name
+                        )));
+                    }
+                    SHARED_RETRY
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     fn observe_http(&self, status: Option<u16>) {
         if let Some(observer) = &self.observer {
             observer.http_answer(&self.name, status);
@@ -316,6 +384,7 @@ impl HttpProvider {
             }),
             max_completion_tokens_models: config.max_completion_tokens_models,
             observer: None,
+            shared: SharedLimitsCell::default(),
             name: config.name,
             key: config.api_key.filter(|k| !k.0.is_empty()),
             key_env: config.api_key_env,
@@ -365,6 +434,7 @@ impl HttpProvider {
                 )));
             }
             let mut permit = self.admission.admit(caller, reservation).await;
+            let mut slot = self.admit_shared(reservation, deadline).await?;
             phase.admitting.store(false, Ordering::Relaxed);
             let attempt = match ask {
                 Ask::Complete(request, tokens) => self
@@ -376,6 +446,9 @@ impl HttpProvider {
             let failure = match attempt {
                 Ok(answer) => {
                     permit.settle(answer.tokens());
+                    if let Some(slot) = &mut slot {
+                        slot.settle(answer.tokens());
+                    }
                     return Ok(answer);
                 }
                 // Clean before anything logs it.
@@ -397,7 +470,6 @@ impl HttpProvider {
                 } => {
                     // The provider refused it: it used no tokens.
                     permit.settle(0);
-                    drop(permit);
                     rate_limited += 1;
                     let delay = retry_after.unwrap_or_else(|| {
                         Duration::from_secs(1 << (rate_limited - 1).min(5))
@@ -405,6 +477,17 @@ impl HttpProvider {
                     });
                     let until = Instant::now() + delay;
                     self.admission.pause_until(until);
+                    if let Some(mut slot) = slot.take() {
+                        slot.settle(0);
+                        // Paused for every node before this call's slot frees, so no
+                        // node sends in between.
+                        if let Some(limits) = self.shared.get()
+                            && let Err(error) = limits.pause(&self.name, delay).await
+                        {
+                            tracing::warn!(provider = %self.name, %error, "could not pause the provider for the cluster");
+                        }
+                    }
+                    drop(permit);
                     if streamed || rate_limited > MAX_RATE_LIMIT_RETRIES || until > deadline {
                         let tries = rate_limited;
                         return Err(LlmError::RateLimited(format!(
@@ -417,6 +500,7 @@ impl HttpProvider {
                     tracing::debug!(provider = %self.name, delay_ms = delay.as_millis() as u64, "rate limited; retrying");
                 }
                 Failure::Transient(message) => {
+                    drop(slot);
                     drop(permit);
                     server_errors += 1;
                     if streamed || server_errors > MAX_SERVER_RETRIES {

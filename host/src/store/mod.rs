@@ -334,6 +334,15 @@ impl Store {
         }
     }
 
+    /// The limits LLM providers share with the other nodes of the database, which count a
+    /// node whose heartbeat is older than `alive_ms` as dead; with redb, none.
+    pub fn shared_limits(&self, alive_ms: u64) -> Option<Arc<dyn crate::llm::SharedLimits>> {
+        match &self.backend {
+            Backend::Redb(_) => None,
+            Backend::Postgres(db) => Some(db.provider_limits(self.node, alive_ms)),
+        }
+    }
+
     /// Jobs queued in the whole store (every node's), from a counter the writers keep;
     /// with redb, `None` (its queues are in memory).
     pub async fn queued_total(&self) -> Result<Option<u64>, StoreError> {

@@ -11,6 +11,7 @@
 //! or inside a private network.
 
 mod blobs;
+mod limits;
 mod listen;
 mod schema;
 mod writer;
@@ -530,6 +531,19 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+
+    /// The cluster's provider limits, counted for `node`.
+    pub(super) fn provider_limits(
+        &self,
+        node: Uuid,
+        alive_ms: u64,
+    ) -> Arc<dyn crate::llm::SharedLimits> {
+        Arc::new(limits::PgProviderLimits {
+            pool: self.pool.clone(),
+            node,
+            alive_ms: i64::try_from(alive_ms).unwrap_or(i64::MAX),
+        })
     }
 
     pub(super) async fn queued_total(&self) -> Result<u64, StoreError> {

@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_blobs.sql")),
     (3, include_str!("migrations/0003_nodes.sql")),
     (4, include_str!("migrations/0004_cluster.sql")),
+    (5, include_str!("migrations/0005_provider_limits.sql")),
 ];
 
 /// The advisory lock key that serialises migrations ("kiln" in ASCII).
