@@ -777,3 +777,77 @@ async fn shared_provider_limits_count_exactly() {
         other => panic!("the longer pause was lost: {other:?}"),
     }
 }
+
+/// `GET /v1/events` on a node that cannot run the jobs (it has no such job type) shows
+/// them live as another node runs them, every event once, with the cluster's positions;
+/// resuming on the other node after one of them gives exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_on_one_node_shows_jobs_run_on_another() {
+    let mut cluster = Cluster::start(1, &["fixture:hostile"], "").await;
+    let watcher_plugins = plugins_dir(&["fixture:noop"]);
+    let watcher_dir = tempfile::tempdir().unwrap();
+    let watcher = KilnProcess::start(
+        watcher_dir.path(),
+        watcher_plugins.path(),
+        &format!("\n[store]\nurl = \"{}\"\n", cluster.url),
+    );
+    cluster.nodes.push(Some(watcher));
+    cluster.wait_for_nodes(2).await;
+    let feed = open_sse(&cluster.client, &cluster.node(1).url("/v1/events"), Some(0)).await;
+    assert_eq!(feed.status(), 200);
+    let mut reader = SseReader::new(feed);
+    const JOBS: usize = 3;
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        let id = submit_ok(
+            &cluster.client,
+            &cluster.base(0),
+            json!({"type": "hostile", "payload": {"mode": "events", "n": 5, "pace_ms": 20}}),
+        )
+        .await;
+        ids.push(id);
+    }
+    let mut seen: Vec<SseEvent> = Vec::new();
+    while seen.iter().filter(|e| e.event == "completed").count() < JOBS {
+        let event = reader
+            .next(LONG)
+            .await
+            .unwrap_or_else(|| panic!("the feed stopped: {seen:#?}\n{}", cluster.logs()));
+        seen.push(event);
+    }
+    let positions: Vec<u64> = seen.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        positions,
+        (1..=positions.len() as u64).collect::<Vec<_>>(),
+        "every event of the cluster once, in order: {seen:#?}"
+    );
+    for id in &ids {
+        let seqs: Vec<u64> = seen
+            .iter()
+            .filter(|e| e.data["job_id"] == *id)
+            .map(|e| e.data["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{id}: {seen:#?}"
+        );
+    }
+    let middle = positions[positions.len() / 2];
+    let mut resumed = SseReader::new(
+        open_sse(
+            &cluster.client,
+            &cluster.node(0).url("/v1/events"),
+            Some(middle),
+        )
+        .await,
+    );
+    let mut rest = Vec::new();
+    while rest.len() < positions.len() - middle as usize {
+        rest.push(resumed.next(LONG).await.expect("the rest of the feed"));
+    }
+    assert_eq!(
+        rest.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(),
+        positions[middle as usize..].to_vec()
+    );
+}

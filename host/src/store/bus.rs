@@ -82,13 +82,24 @@ impl Bus {
         jobs.get(&id).is_some_and(|tx| tx.receiver_count() > 0)
     }
 
-    /// Sends an event committed by another process to the job's subscribers only: its
-    /// feed position is that process's, not this one's.
+    /// Sends an event committed by another process to the job's subscribers only (it was
+    /// read from the job's log, without its feed position).
     pub(crate) fn publish_job(&self, event: Arc<JobEvent>) {
         let jobs = self.jobs.lock().expect("bus lock");
         if let Some(tx) = jobs.get(&event.job_id) {
             let _ = tx.send(event);
         }
+    }
+
+    /// Whether anyone follows the feed of every job live.
+    pub(crate) fn has_feed_subscribers(&self) -> bool {
+        self.all.receiver_count() > 0
+    }
+
+    /// Sends a feed event committed by another node to the followers of the feed only
+    /// (the listener has already given the job's own subscribers theirs).
+    pub(crate) fn publish_feed(&self, event: Arc<JobEvent>) {
+        let _ = self.all.send(event);
     }
 
     /// Current subscribers: per-job streams and dashboard streams.

@@ -7,6 +7,10 @@
 //! job service, which starts queued jobs, fills freed slots and stops attempts cancelled
 //! on another node.
 //!
+//! Followers of the feed of every job (`GET /v1/events`) get the newest feed event on each
+//! wake-up of another node's events: feed positions are the cluster's, so a follower that
+//! sees it skip ahead reads the events in between from `kiln_feed`.
+//!
 //! The wake-up is only a hint: a subscriber that sees a gap re-reads the log, so a
 //! notification lost while the listener reconnects delays an event, never loses it.
 
@@ -72,6 +76,7 @@ async fn listen(
         if lines.next().is_none_or(|from| from == own) {
             continue;
         }
+        let mut events_elsewhere = false;
         for line in lines {
             if let Some(change) = line.strip_prefix('!') {
                 if let Some((id, status)) = change.split_once(':')
@@ -90,6 +95,7 @@ async fn listen(
             let (Ok(id), Ok(seq)) = (id.parse::<Uuid>(), seq.parse::<u64>()) else {
                 continue;
             };
+            events_elsewhere = true;
             if !bus.has_job_subscribers(id) {
                 published.remove(&id);
                 continue;
@@ -101,6 +107,14 @@ async fn listen(
             for event in reader.events_after(&job, after, READ_LIMIT).await? {
                 published.insert(id, event.seq);
                 bus.publish_job(Arc::new(event));
+            }
+        }
+        if events_elsewhere
+            && bus.has_feed_subscribers()
+            && let Some((_, newest)) = reader.feed_bounds().await?
+        {
+            for event in reader.feed_after(newest.saturating_sub(1), 1).await? {
+                bus.publish_feed(Arc::new(event));
             }
         }
     }
