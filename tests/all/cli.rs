@@ -490,6 +490,15 @@ async fn doctor_reports_and_fixes_stuck_jobs() {
         out.stdout.contains("offline (offline): reachable"),
         "{out:?}"
     );
+    let address = kiln.base.trim_start_matches("http://");
+    assert!(
+        out.stdout.contains("nodes: 1 (1 alive)")
+            && out
+                .stdout
+                .lines()
+                .any(|l| l.contains(address) && l.contains("this node")),
+        "{out:?}"
+    );
     let (_, job) = get_json(&kiln.client, &kiln.url(&format!("/v1/jobs/{stuck}"))).await;
     assert_eq!(job["status"], "running", "a report alone changes nothing");
 

@@ -535,7 +535,7 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
     assert_eq!(pg.psql("kiln", "SELECT max(version) FROM kiln_schema"), "1");
     let newest = "5";
     let data = tempfile::tempdir().unwrap();
-    copy_tree(&fixture.join("data"), data.path());
+    copy_dir(&fixture.join("data"), data.path());
     let plugins = plugins_dir(&["characters", "documents"]);
     let client = reqwest::Client::new();
     let pdf = std::fs::read(repo_root().join("examples/files/harbour-report.pdf")).unwrap();
@@ -606,19 +606,6 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
         download(&client, &other.url(&artifact_url), &log).await,
         summary
     );
-}
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// Each node's sweep drops its copies of uploads that expired, keeps the others, and keeps

@@ -807,19 +807,6 @@ const OLD_CANCELLED: &str = "01a236f7-93e3-7534-bc44-a647363d53e9";
 const OLD_DUE: &str = "01a236f7-959c-71d8-b956-86a8e2918281";
 const OLD_FAILED: &str = "01a236f7-b4a2-76f4-8fd5-b6858c79478a";
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// A data dir written by the Kiln before the storage contract (commit 4af40b3) opens with
 /// this one: its jobs, results, events, journal, idempotency key and artifact are served,
 /// and its due queued job runs.

@@ -33,6 +33,20 @@ fn must_exist(path: PathBuf) -> PathBuf {
     path
 }
 
+/// Copies the folder `from` (a fixture) to `to`, with everything under it.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// A bundled job type's component: `characters`, `factions` or `documents`.
 pub fn plugin_wasm(name: &str) -> PathBuf {
     must_exist(

@@ -36,6 +36,9 @@ pub(super) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, args.stuck_after_s);
+        // The cluster, when several nodes share the store (one line per node).
+        let nodes = client.get("/v1/nodes").await?;
+        print_nodes(&nodes);
     }
     if args.fix_stuck {
         let answer = client
@@ -61,6 +64,34 @@ pub(super) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         println!("cleanup: deleted {} expired job(s)", answer["deleted"]);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_nodes(answer: &Value) {
+    let nodes = answer["nodes"].as_array().cloned().unwrap_or_default();
+    let alive = nodes.iter().filter(|n| n["status"] == "alive").count();
+    println!("nodes: {} ({alive} alive)", nodes.len());
+    for node in &nodes {
+        let mut marks = Vec::new();
+        if node["leader"] == true {
+            marks.push("leader");
+        }
+        if node["this_node"] == true {
+            marks.push("this node");
+        }
+        println!(
+            "  {}  {:<21} {:<12} running {:<4} last heartbeat {}{}",
+            node["id"].as_str().unwrap_or_default(),
+            node["address"].as_str().unwrap_or_default(),
+            node["status"].as_str().unwrap_or_default(),
+            node["running_jobs"].as_u64().unwrap_or(0),
+            node["last_heartbeat_at"].as_str().unwrap_or_default(),
+            if marks.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", marks.join(", "))
+            }
+        );
+    }
 }
 
 fn print_report(report: &Value, stuck_after_s: u64) {

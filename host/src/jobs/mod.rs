@@ -308,6 +308,13 @@ impl JobService {
                 "the job service started twice".into(),
             ));
         }
+        if self.inner.store.is_shared()
+            && let Err(error) = self.inner.store.record_node(&self.this_node(false)).await
+        {
+            // The heartbeat loop tries again; until then the others see this node as it
+            // was last recorded.
+            tracing::warn!(%error, "could not write this node's first heartbeat");
+        }
         let mut tasks = self.inner.tasks.lock().expect("tasks lock");
         if self.inner.store.is_shared() {
             tasks.spawn(self.clone().claim_loop());

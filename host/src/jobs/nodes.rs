@@ -65,7 +65,7 @@ pub struct NodeInfo {
 
 impl JobService {
     /// This node's record as of now; `stopped` when it shuts down.
-    fn this_node(&self, stopped: bool) -> NodeRecord {
+    pub(super) fn this_node(&self, stopped: bool) -> NodeRecord {
         let now = now_ms();
         NodeRecord {
             id: self.inner.store.node_id(),

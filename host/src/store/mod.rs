@@ -289,14 +289,15 @@ impl Store {
 
     /// Running jobs whose lease no live node holds: their node sent no heartbeat for
     /// `lease_ms` (by the database's clock), stopped, or is unknown. With their attempt
-    /// and node, so the rescue can check nothing changed since. None with redb.
+    /// and node, so the rescue can check nothing changed since. Never this node's own
+    /// (it is alive, asking, even before its first heartbeat). None with redb.
     pub async fn orphaned(
         &self,
         lease_ms: u64,
     ) -> Result<Vec<(Uuid, u32, Option<Uuid>)>, StoreError> {
         match &self.backend {
             Backend::Redb(_) => Ok(Vec::new()),
-            Backend::Postgres(db) => db.orphaned(lease_ms).await,
+            Backend::Postgres(db) => db.orphaned(lease_ms, self.node).await,
         }
     }
 

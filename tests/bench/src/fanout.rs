@@ -135,7 +135,7 @@ pub async fn fanout(
 
 /// Follows one stream until job `id` completes; returns each stamped event's latency and
 /// the last arrival time.
-async fn subscribe(
+pub(crate) async fn subscribe(
     client: reqwest::Client,
     url: String,
     id: String,

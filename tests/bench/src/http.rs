@@ -81,14 +81,17 @@ pub async fn submits(
 }
 
 /// Submits `total` jobs of `job_type` from `concurrency` clients and waits for every one
-/// to complete, watching `/v1/events`.
+/// to complete, watching `/v1/events` of the first node. With several nodes (a cluster on
+/// one database), client `i` submits to node `i % nodes`, and the start of a job run on
+/// another node is seen through the first node's feed.
 pub async fn end_to_end(
-    base: &str,
+    bases: &[String],
     job_type: &str,
     concurrency: usize,
     total: usize,
 ) -> anyhow::Result<EndToEndFigure> {
     let client = client();
+    let base = &bases[0];
     let started_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let events = client
         .get(format!("{base}/v1/events?type={job_type}"))
@@ -130,14 +133,13 @@ pub async fn end_to_end(
             }
         })
     };
-    let url = format!("{base}/v1/jobs");
     let body = json!({ "type": job_type, "payload": {} });
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let per_worker = total / concurrency;
     let wall = Instant::now();
-    let workers = (0..concurrency).map(|_| {
-        let (client, url, body, sent_at) =
-            (client.clone(), url.clone(), body.clone(), sent_at.clone());
+    let workers = (0..concurrency).map(|worker| {
+        let url = format!("{}/v1/jobs", bases[worker % bases.len()]);
+        let (client, body, sent_at) = (client.clone(), body.clone(), sent_at.clone());
         tokio::spawn(async move {
             for _ in 0..per_worker {
                 let sent = Instant::now();
@@ -152,21 +154,25 @@ pub async fn end_to_end(
         worker??;
     }
     let total = per_worker * concurrency;
-    // Completion is read from the queue's own count, not from the event stream, so the
-    // figure does not depend on the watcher keeping up.
+    // Completion is read from the queues' own counts (each node counts the jobs it
+    // finished), not from the event stream, so the figure does not depend on the watcher
+    // keeping up.
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let queues: Value = client
-            .get(format!("{base}/v1/queues"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let done = queues["queues"]
-            .as_array()
-            .and_then(|qs| qs.iter().find(|q| q["name"] == job_type))
-            .and_then(|q| q["completed"].as_u64())
-            .unwrap_or(0);
+        let mut done = 0;
+        for base in bases {
+            let queues: Value = client
+                .get(format!("{base}/v1/queues"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            done += queues["queues"]
+                .as_array()
+                .and_then(|qs| qs.iter().find(|q| q["name"] == job_type))
+                .and_then(|q| q["completed"].as_u64())
+                .unwrap_or(0);
+        }
         if done as usize >= total {
             break;
         }

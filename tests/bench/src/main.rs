@@ -9,6 +9,7 @@
 //! so every acknowledged submit is durable (fsync'd) as in production. Timings are measured,
 //! never asserted.
 
+mod cluster;
 mod fairness;
 mod fanout;
 mod http;
@@ -33,7 +34,8 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Only these sections (comma-separated): sandbox, submit, e2e, fanout, restart,
-    /// recovery, fairness, coldstart. Default: all.
+    /// recovery, fairness, coldstart, cluster (1, 2 and 3 nodes on one database; with
+    /// `--store postgres` only). Default: all.
     #[arg(long, value_delimiter = ',')]
     sections: Vec<String>,
     /// The store of the `submit` and `e2e` sections: `redb` (a file in a temp dir) or
@@ -122,8 +124,13 @@ async fn empty_kiln_tables(url: &str) -> anyhow::Result<()> {
     tokio::spawn(connection);
     client
         .batch_execute(
-            "DROP TABLE IF EXISTS kiln_jobs, kiln_payloads, kiln_results, kiln_events, \
-             kiln_feed, kiln_idempotency, kiln_journal, kiln_files, kiln_schema",
+            "DO $$ DECLARE name text; BEGIN \
+               FOR name IN SELECT tablename FROM pg_tables \
+                   WHERE schemaname = current_schema() AND tablename LIKE 'kiln\\_%' LOOP \
+                 EXECUTE format('DROP TABLE %I CASCADE', name); \
+               END LOOP; \
+               DROP FUNCTION IF EXISTS kiln_provider_admit; \
+             END $$",
         )
         .await?;
     Ok(())
@@ -189,6 +196,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants("fairness") {
         report.insert("fairness".into(), fairness(&setup).await?);
+    }
+    if args.wants("cluster") {
+        if setup.postgres.is_some() {
+            report.insert("cluster".into(), cluster(&setup).await?);
+        } else if !args.sections.is_empty() {
+            anyhow::bail!("the cluster section needs --store postgres");
+        }
     }
     if args.wants("coldstart") {
         report.insert("cold_start".into(), cold_start(&setup).await?);
@@ -329,10 +343,22 @@ async fn submits(setup: &Setup) -> anyhow::Result<serde_json::Value> {
 /// can), and unloaded (one client, one job at a time) for submit->start without a queue.
 async fn end_to_end(setup: &Setup) -> anyhow::Result<serde_json::Value> {
     let server = setup.store_server("e2e").await?;
-    let saturated = http::end_to_end(&server.base, "noop", 64, setup.scale(20000, 2000)).await?;
+    let saturated = http::end_to_end(
+        std::slice::from_ref(&server.base),
+        "noop",
+        64,
+        setup.scale(20000, 2000),
+    )
+    .await?;
     server.stop();
     let server = setup.store_server("e2e-1").await?;
-    let unloaded = http::end_to_end(&server.base, "noop", 1, setup.scale(2000, 200)).await?;
+    let unloaded = http::end_to_end(
+        std::slice::from_ref(&server.base),
+        "noop",
+        1,
+        setup.scale(2000, 200),
+    )
+    .await?;
     server.stop();
     println!(
         "\nNo-op jobs end to end (submit -> start is send -> `running` event received on /v1/events; {}):",
@@ -353,6 +379,57 @@ async fn end_to_end(setup: &Setup) -> anyhow::Result<serde_json::Value> {
         );
     }
     Ok(json!({ "store": setup.store_name(), "saturated": saturated, "unloaded": unloaded }))
+}
+
+/// A cluster of 1, 2 and 3 nodes on the PostgreSQL database.
+async fn cluster(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let url = setup.postgres.as_deref().expect("a database");
+    let mut figures = Vec::new();
+    for nodes in 1..=3 {
+        empty_kiln_tables(url).await?;
+        let config = format!("{SERVER_CONFIG}\n[store]\nurl = \"{url}\"\n");
+        let servers = (0..nodes)
+            .map(|node| {
+                let dir = setup.data.path().join(format!("cluster-{nodes}-{node}"));
+                server::KilnServer::start(&dir, setup.plugins.path(), &config)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Nodes claim once their plugins are loaded, which the first heartbeat follows.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        figures.push(
+            cluster::measure(&servers, setup.scale(10_000, 1000), setup.scale(300, 50)).await?,
+        );
+        for server in servers {
+            server.stop();
+        }
+    }
+    println!("\nA cluster on one PostgreSQL (no-op jobs; starts seen on the first node's feed):");
+    println!(
+        "  {:<6} {:>10} {:>16} {:>16} {:>12} {:>18} {:>18}",
+        "nodes",
+        "jobs/s",
+        "to start p50 us",
+        "to start p99 us",
+        "1/node p50",
+        "cross-node p50 us",
+        "cross-node p99 us"
+    );
+    for f in &figures {
+        let (p50, p99) = f
+            .cross_node_sse
+            .map_or((f64::NAN, f64::NAN), |s| (s.p50_us, s.p99_us));
+        println!(
+            "  {:<6} {:>10.0} {:>16.1} {:>16.1} {:>12.1} {:>18.1} {:>18.1}",
+            f.nodes,
+            f.saturated.jobs_per_second,
+            f.saturated.submit_to_start.p50_us,
+            f.saturated.submit_to_start.p99_us,
+            f.unloaded.submit_to_start.p50_us,
+            p50,
+            p99
+        );
+    }
+    Ok(json!(figures))
 }
 
 /// 4. SSE fan-out.

@@ -454,15 +454,16 @@ impl PgStore {
     pub(super) async fn orphaned(
         &self,
         lease_ms: u64,
+        this_node: Uuid,
     ) -> Result<Vec<(Uuid, u32, Option<Uuid>)>, StoreError> {
         let rows = self
             .query(
                 &format!(
                     "SELECT j.id, j.record FROM kiln_jobs j LEFT JOIN kiln_nodes n ON n.id = j.node \
-                     WHERE j.status = 1 AND (n.id IS NULL OR n.heartbeat_ms < {DB_NOW_MS} - $1 \
+                     WHERE j.status = 1 AND j.node IS DISTINCT FROM $2 AND (n.id IS NULL OR n.heartbeat_ms < {DB_NOW_MS} - $1 \
                      OR n.record::jsonb ->> 'stopped_at_ms' IS NOT NULL) ORDER BY j.id LIMIT 1000"
                 ),
-                &[&i64_of(lease_ms)?],
+                &[&i64_of(lease_ms)?, &this_node],
             )
             .await?;
         rows.iter()
