@@ -861,6 +861,15 @@ async fn dashboard_queues_table_fits_its_column_at_1400_px() {
              return ['characters', 'documents', 'factions'].every((q) => text.includes(q));",
         )
         .await;
+    // The nodes table (one node here: this one, alive, from GET /v1/nodes).
+    browser
+        .wait_for(
+            "this node in the nodes table",
+            "const rows = [...document.querySelectorAll('[data-testid=node]')];
+             return rows.length === 1 && rows[0].dataset.status === 'alive'
+                 && rows[0].textContent.includes('this node');",
+        )
+        .await;
     let shot = browser.screenshot("queues").await;
     let geometry = browser
         .js(

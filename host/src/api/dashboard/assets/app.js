@@ -1,8 +1,9 @@
 // Kiln dashboard: plain JavaScript, no framework, no build step.
 //
-// State comes from one initial load (GET /v1/jobs?limit=100, /v1/plugins, /v1/queues) and
-// is then kept current by the event stream GET /v1/events, resumed after a cut; there is
-// no polling of job state. Queue figures (GET /v1/queues) are refreshed every 5 s. Everything the page
+// State comes from one initial load (GET /v1/jobs?limit=100, /v1/plugins, /v1/queues,
+// /v1/nodes) and is then kept current by the event stream GET /v1/events, resumed after a
+// cut; there is no polling of job state. Queue and node figures (GET /v1/queues,
+// /v1/nodes) are refreshed every 5 s. Everything the page
 // shows that came from the server is inserted as text, never as HTML.
 'use strict';
 
@@ -259,6 +260,25 @@
     } catch (error) {
       const text = error.status === 403 ? 'queue figures need an admin key' : `could not read queues: ${error.message}`;
       $('#queue-rows').replaceChildren(el('tr', {}, el('td', { text })));
+    }
+  }
+
+  // The nodes serving the store (several when they share a PostgreSQL database): which
+  // one leads, which one answered, and which stopped answering.
+  async function loadNodes() {
+    try {
+      const { nodes } = await api('GET', '/v1/nodes');
+      $('#node-rows').replaceChildren(...nodes.map((n) => {
+        const marks = [n.leader ? 'leader' : '', n.this_node ? 'this node' : ''].filter(Boolean);
+        const name = `…${n.id.slice(-8)}${marks.length ? ` (${marks.join(', ')})` : ''}`;
+        return el('tr', { 'data-testid': 'node', 'data-node': n.id, 'data-status': n.status },
+          el('td', { text: name, title: n.id }), el('td', { text: n.address }),
+          el('td', { text: n.status }), el('td', { text: String(n.running_jobs) }),
+          el('td', { text: n.last_heartbeat_at }));
+      }));
+    } catch (error) {
+      const text = error.status === 403 ? 'nodes need an admin key' : `could not read nodes: ${error.message}`;
+      $('#node-rows').replaceChildren(el('tr', {}, el('td', { text, colspan: '5' })));
     }
   }
 
@@ -697,10 +717,11 @@
     $('.filters').addEventListener('submit', (e) => e.preventDefault());
 
     connect(); // reads the job list once its stream is open, so nothing is missed
-    Promise.all([loadPlugins(), loadQueues()])
+    Promise.all([loadPlugins(), loadQueues(), loadNodes()])
       .then(() => { window.kilnDashboard.setup = true; })
       .catch((e) => notice(`loading: ${e.message}`, true));
     setInterval(loadQueues, 5000); // queue figures only; job state comes from events
+    setInterval(loadNodes, 5000);
     setInterval(flushRefreshes, 1000);
     setInterval(() => { if (jobs.size) scheduleRender(); }, 1000); // ages and run times
   }
