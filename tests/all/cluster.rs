@@ -138,6 +138,20 @@ impl Cluster {
         }
     }
 
+    /// Submits `payload` (a hostile job) to node 0 and waits until it runs: its id, the job
+    /// as it started, and the index of the node running it.
+    async fn run_hostile(&self, payload: Value) -> (String, Value, usize) {
+        let id = submit_ok(
+            &self.client,
+            &self.base(0),
+            json!({"type": "hostile", "payload": payload}),
+        )
+        .await;
+        let job = self.wait_job(0, &id, |j| j["status"] == "running").await;
+        let runner = self.index_of(&job["node"]).await;
+        (id, job, runner)
+    }
+
     /// A node other than those in `not`.
     fn other_than(&self, not: &[usize]) -> usize {
         self.alive()
@@ -300,14 +314,9 @@ async fn five_hundred_jobs_run_once_across_three_nodes_through_a_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_follows_a_job_on_another_node_and_resumes_on_a_third() {
     let cluster = Cluster::start(3, &["fixture:hostile"], "").await;
-    let id = submit_ok(
-        &cluster.client,
-        &cluster.base(0),
-        json!({"type": "hostile", "payload": {"mode": "events", "n": 40, "pace_ms": 50}}),
-    )
-    .await;
-    let job = cluster.wait_job(0, &id, |j| j["status"] == "running").await;
-    let runner = cluster.index_of(&job["node"]).await;
+    let (id, _, runner) = cluster
+        .run_hostile(json!({"mode": "events", "n": 40, "pace_ms": 50}))
+        .await;
     let first = cluster.other_than(&[runner]);
     let third = cluster.other_than(&[runner, first]);
 
@@ -355,14 +364,7 @@ async fn a_node_stopped_past_its_lease_cannot_commit_its_old_attempt() {
     .await;
     let config = provider_config(&fake, "");
     let mut cluster = Cluster::start(3, &["fixture:hostile"], &config).await;
-    let id = submit_ok(
-        &cluster.client,
-        &cluster.base(0),
-        json!({"type": "hostile", "payload": {"mode": "sleep_llm"}}),
-    )
-    .await;
-    let job = cluster.wait_job(0, &id, |j| j["status"] == "running").await;
-    let stale = cluster.index_of(&job["node"]).await;
+    let (id, job, stale) = cluster.run_hostile(json!({"mode": "sleep_llm"})).await;
     let deadline = Instant::now() + LONG;
     while fake.calls() == 0 {
         assert!(Instant::now() < deadline, "{}", cluster.logs());
@@ -424,14 +426,7 @@ async fn a_node_stopped_past_its_lease_cannot_commit_its_old_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_on_one_node_stops_a_loop_running_on_another() {
     let cluster = Cluster::start(3, &["fixture:hostile"], "").await;
-    let id = submit_ok(
-        &cluster.client,
-        &cluster.base(0),
-        json!({"type": "hostile", "payload": {"mode": "loop"}}),
-    )
-    .await;
-    let job = cluster.wait_job(0, &id, |j| j["status"] == "running").await;
-    let runner = cluster.index_of(&job["node"]).await;
+    let (id, _, runner) = cluster.run_hostile(json!({"mode": "loop"})).await;
     let other = cluster.other_than(&[runner]);
     let asked = Instant::now();
     let (status, body) = post_empty(
@@ -455,14 +450,9 @@ async fn a_cancel_on_one_node_stops_a_loop_running_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_running_jobs_back_to_the_cluster() {
     let mut cluster = Cluster::start(2, &["fixture:hostile"], "").await;
-    let id = submit_ok(
-        &cluster.client,
-        &cluster.base(0),
-        json!({"type": "hostile", "payload": {"mode": "events", "n": 100, "pace_ms": 50}}),
-    )
-    .await;
-    let job = cluster.wait_job(0, &id, |j| j["status"] == "running").await;
-    let runner = cluster.index_of(&job["node"]).await;
+    let (id, _, runner) = cluster
+        .run_hostile(json!({"mode": "events", "n": 100, "pace_ms": 50}))
+        .await;
     let other = cluster.other_than(&[runner]);
     // Only the other node may take it: stop it claiming until the runner has exited.
     cluster.signal(other, "-STOP");

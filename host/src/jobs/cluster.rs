@@ -243,14 +243,7 @@ impl JobService {
                     if status != JobStatus::Running {
                         self.inner.wake.notify_one();
                     }
-                    let mine = self
-                        .inner
-                        .running
-                        .lock()
-                        .expect("running lock")
-                        .get(&id)
-                        .cloned();
-                    if let Some(running) = mine {
+                    if let Some(running) = self.running_here(id) {
                         self.check_attempts(vec![(id, running)]).await;
                     }
                 }

@@ -536,19 +536,22 @@ impl JobService {
                 .remove(&job.queue, id);
         }
         if job.status == JobStatus::Running {
-            let running = self
-                .inner
-                .running
-                .lock()
-                .expect("running lock")
-                .get(&id)
-                .cloned();
-            if let Some(running) = running {
+            if let Some(running) = self.running_here(id) {
                 running.cancel.cancel();
             }
             self.until_terminal(follow, wait).await;
         }
         self.get(id).await
+    }
+
+    /// The attempt of job `id` this node runs, if it runs one.
+    fn running_here(&self, id: Uuid) -> Option<Arc<RunningJob>> {
+        self.inner
+            .running
+            .lock()
+            .expect("running lock")
+            .get(&id)
+            .cloned()
     }
 
     /// Runs a failed or cancelled job again: same id, next attempt, its event log goes on.
