@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::{JobService, RunningJob, lifecycle};
-use crate::store::{ClaimRequest, JobRecord, JobStatus, QueueCount, now_ms};
+use crate::store::{ClaimRequest, JobRecord, JobStatus, now_ms};
 
 /// A node's jobs are given to other nodes after this long without its heartbeat; the
 /// leader's lease lasts as long.
@@ -43,12 +43,6 @@ const FENCE_CHECK: Duration = Duration::from_secs(1);
 
 /// Most jobs one claim starts per queue.
 const CLAIM_BATCH: usize = 64;
-
-/// What the cluster's queues hold, as `/v1/queues` last read it.
-#[derive(Debug, Default)]
-pub(super) struct ClusterQueues {
-    pub counts: HashMap<String, QueueCount>,
-}
 
 impl JobService {
     /// The queues this node claims from: those of its loaded job types, with their limits.
@@ -142,11 +136,10 @@ impl JobService {
     pub(super) async fn refresh_cluster_queues(&self) {
         match self.inner.store.queue_counts().await {
             Ok(counts) => {
-                let counts = counts
+                *self.inner.cluster_counts.lock().expect("cluster lock") = counts
                     .into_iter()
                     .map(|count| (count.queue.clone(), count))
                     .collect();
-                self.inner.cluster.lock().expect("cluster lock").counts = counts;
             }
             Err(error) => tracing::debug!(%error, "could not read the cluster's queues"),
         }

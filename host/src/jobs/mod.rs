@@ -176,8 +176,8 @@ struct Inner {
     started: tokio::sync::watch::Sender<bool>,
     /// When this node's service was made, ms since the epoch.
     started_at_ms: u64,
-    /// With a shared store: the cluster's queues as last read.
-    cluster: Mutex<cluster::ClusterQueues>,
+    /// With a shared store: each queue's cluster-wide counts as last read.
+    cluster_counts: Mutex<std::collections::HashMap<String, crate::store::QueueCount>>,
     /// With a shared store: until when this node holds the leader's lease.
     leader_until: Mutex<Option<std::time::Instant>>,
 }
@@ -229,7 +229,7 @@ impl JobService {
                 metrics,
                 started: tokio::sync::watch::Sender::new(false),
                 started_at_ms: now_ms(),
-                cluster: Mutex::default(),
+                cluster_counts: Mutex::default(),
                 leader_until: Mutex::new(None),
             }),
         }
@@ -581,13 +581,9 @@ impl JobService {
             })
             .collect();
         if self.inner.store.is_shared() {
-            let cluster = self.inner.cluster.lock().expect("cluster lock");
+            let counts = self.inner.cluster_counts.lock().expect("cluster lock");
             for report in &mut reports {
-                let count = cluster
-                    .counts
-                    .get(&report.name)
-                    .cloned()
-                    .unwrap_or_default();
+                let count = counts.get(&report.name).cloned().unwrap_or_default();
                 report.depth = usize::try_from(count.queued).unwrap_or(usize::MAX);
                 report.running = usize::try_from(count.running).unwrap_or(usize::MAX);
                 report.oldest_ready_since_ms = count.oldest_due_ms;
@@ -849,12 +845,8 @@ impl JobService {
                 }
             }
         }
-        report.queued = self
-            .inner
-            .store
-            .ids_with_status(JobStatus::Queued)
-            .await?
-            .len();
+        let queued = self.inner.store.queued_total().await?.unwrap_or(0);
+        report.queued = usize::try_from(queued).unwrap_or(usize::MAX);
         Ok(report)
     }
 }
