@@ -54,6 +54,8 @@ pub struct Config {
     pub shutdown_grace_secs: Option<u64>,
     /// Queued jobs beyond which submits get 429. Default 100,000.
     pub max_queued: Option<usize>,
+    /// Most items of one `POST /v1/batches`. Default 10,000.
+    pub max_batch_items: Option<usize>,
     /// Attempts per job by default. Default 3.
     pub default_max_attempts: Option<u32>,
     /// Running jobs per queue by default. Default 16.
@@ -440,6 +442,7 @@ impl Config {
                 .unwrap_or(defaults.default_max_attempts),
             max_attempts_cap: defaults.max_attempts_cap,
             max_queued: self.max_queued.unwrap_or(defaults.max_queued),
+            max_batch_items: self.max_batch_items.unwrap_or(defaults.max_batch_items),
             retry_base: self.retry_base_ms.map_or(defaults.retry_base, ms),
             retry_max: self.retry_max_ms.map_or(defaults.retry_max, ms),
             job_ttl: self.job_ttl_secs.map_or(defaults.job_ttl, secs),

@@ -8,11 +8,13 @@
 //! - `api/`: the HTTP API (axum routes, SSE framing, the error shape). Talks to `jobs/`
 //!   only (it uses the store's record types through `jobs/`'s re-exports).
 //! - `jobs/`: the scheduler: queues, limits, retries, timeouts, cancellation, recovery,
-//!   expiry; the job lifecycle's transitions (`jobs/lifecycle.rs`) and following an event
-//!   log (`jobs/events.rs`). Uses `store/` for state and `runtime/` to run attempts.
+//!   expiry; the job lifecycle's transitions (`jobs/lifecycle.rs`), batches
+//!   (`jobs/batches.rs`) and following an event log (`jobs/events.rs`). Uses `store/` for
+//!   state and `runtime/` to run attempts.
 //! - `store/`: the storage contract over two backends (`redb/`, the embedded default, and
 //!   `postgres/`), the only module that opens transactions (group commit, `batch.rs`),
-//!   where upload and artifact bytes are kept (`bytes.rs`), and the live event bus.
+//!   where upload and artifact bytes are kept (`bytes.rs`), and the live event bus. Its
+//!   writer keeps each batch's counts and log in the same commit as its jobs' changes.
 //! - `runtime/`: the wasmtime sandbox that runs job types; reaches `llm/` only through the
 //!   host imports it implements.
 //! - `llm/`: LLM providers behind the [`llm::LlmClient`] trait, including `offline`.

@@ -1071,3 +1071,63 @@ async fn serve_takes_paths_in_the_config_file_relative_to_its_folder() {
     );
     assert!(log.contains("scripts/build-plugins"), "{log}");
 }
+
+#[tokio::test]
+async fn batch_submit_watch_follows_a_batch_and_exits_by_how_its_jobs_ended() {
+    let kiln = kiln("").await;
+    let items = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        items.path(),
+        "{\"mode\": \"ok\"}\n{\"mode\": \"ok\"}\n{\"mode\": \"ok\"}\n",
+    )
+    .unwrap();
+    let file = format!("@{}", items.path().display());
+    let out = kiln_cli(
+        &kiln.base,
+        &["batch", "submit", "hostile", "--items", &file, "--watch"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("submitted batch"), "{out:?}");
+    assert_eq!(out.stderr.matches(": completed").count(), 3, "{out:?}");
+    let batch: Value = serde_json::from_str(&out.stdout).expect("the batch's JSON on stdout");
+    assert_eq!(batch["counts"]["completed"], 3, "{out:?}");
+
+    // One failing item: exit 1; watching the finished batch again says the same.
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "batch",
+            "submit",
+            "hostile",
+            "--items",
+            r#"[{"mode": "ok"}, {"mode": "permanent"}]"#,
+            "--max-attempts",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let id = out.stdout.trim().to_string();
+    let out = kiln_cli(&kiln.base, &["batch", "watch", &id]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("permanent"), "{out:?}");
+    let out = kiln_cli(&kiln.base, &["batch", "watch", &id]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // A bad item: the API's error naming it, exit 1.
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "batch",
+            "submit",
+            "hostile",
+            "--items",
+            r#"[{"mode": "ok"}, {"mode": "explode"}]"#,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("items[1]"), "{out:?}");
+    kiln.stop().await;
+}

@@ -8,6 +8,7 @@ mod support;
 mod api;
 mod auth;
 mod bad_input;
+mod batches;
 mod browser;
 mod cli;
 mod cluster;

@@ -207,7 +207,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
             "kiln",
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_schema"
         ),
-        "1,2,3,4,5"
+        "1,2,3,4,5,6"
     );
     drop((a, b));
 
@@ -217,7 +217,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
         Err(error) => format!("{error:#}"),
     };
     assert!(
-        refused.contains("schema is version 99, newer than this Kiln knows (5)"),
+        refused.contains("schema is version 99, newer than this Kiln knows (6)"),
         "{refused}"
     );
     assert_eq!(pg.psql("kiln", "SELECT count(*) FROM kiln_jobs"), "0");
@@ -533,14 +533,26 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
     let url = pg.database("kiln");
     pg.restore("kiln", &fixture.join("kiln.sql"));
     assert_eq!(pg.psql("kiln", "SELECT max(version) FROM kiln_schema"), "1");
-    let newest = "5";
+    // The fixture's upload expired a day after it was made: give it a day from now, as
+    // if it had just been made, so the test does not depend on the fixture's age. (Its
+    // finished jobs are kept by `job_ttl_secs` below for the same reason.)
+    let expires = unix_ms() + 24 * 3600 * 1000;
+    pg.psql(
+        "kiln",
+        &format!(
+            "UPDATE kiln_files SET expires_ms = {expires}, \
+             record = jsonb_set(record::jsonb, '{{expires_at_ms}}', '{expires}')::text"
+        ),
+    );
+    let newest = "6";
     let data = tempfile::tempdir().unwrap();
     copy_dir(&fixture.join("data"), data.path());
     let plugins = plugins_dir(&["characters", "documents"]);
     let client = reqwest::Client::new();
     let pdf = std::fs::read(repo_root().join("examples/files/harbour-report.pdf")).unwrap();
 
-    let old = KilnProcess::start(data.path(), plugins.path(), &store_table(&url));
+    let config = format!("job_ttl_secs = 3153600000\n{}", store_table(&url));
+    let old = KilnProcess::start(data.path(), plugins.path(), &config);
     let log = || old.log();
     assert_eq!(
         pg.psql("kiln", "SELECT max(version) FROM kiln_schema"),
@@ -591,7 +603,7 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
     drop(old);
 
     let fresh = tempfile::tempdir().unwrap();
-    let other = KilnProcess::start(fresh.path(), plugins.path(), &store_table(&url));
+    let other = KilnProcess::start(fresh.path(), plugins.path(), &config);
     let log = || other.log();
     assert_eq!(
         download(

@@ -102,7 +102,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable: `malformed_json`, `invalid_request`, `invalid_payload`,
-    /// `unknown_type`, `unsupported_media_type`, `body_too_large`, `invalid_query`,
+    /// `unknown_type`, `batch_too_large`, `unsupported_media_type`, `body_too_large`, `invalid_query`,
     /// `invalid_cursor`, `invalid_last_event_id`, `not_found`, `method_not_allowed`,
     /// `conflict`, `queue_full`, `too_many_streams`, `shutting_down`, `storage_unavailable`, `unauthorized`,
     /// `forbidden`, `key_in_url`, `open_mode`, `internal`.

@@ -152,7 +152,7 @@ pub async fn submit(
 
 /// Parses an RFC 3339 time with its offset (`Z` or `±hh:mm`) into ms since the epoch.
 /// A time without an offset is refused rather than guessed.
-fn parse_time(text: &str) -> Result<u64, ApiError> {
+pub(super) fn parse_time(text: &str) -> Result<u64, ApiError> {
     let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
             ApiError::bad_request(
@@ -197,6 +197,8 @@ pub struct ListParams {
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only the jobs of this batch (its id).
+    pub batch: Option<uuid::Uuid>,
 }
 
 /// A page of `GET /v1/jobs`.
@@ -256,6 +258,7 @@ pub async fn list(
             tenant: caller.tenant_filter().map(str::to_string),
             limit,
             before,
+            batch: params.batch,
         })
         .await?;
     let mut jobs = Vec::with_capacity(page.jobs.len());

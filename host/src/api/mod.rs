@@ -4,6 +4,7 @@
 //! drive it on `127.0.0.1:0`.
 
 mod access;
+mod batches;
 mod dashboard;
 mod error;
 mod extract;
@@ -156,6 +157,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/v1/jobs/{id}/token", post(access::job_token))
+        .route("/v1/batches", post(batches::submit))
+        .route("/v1/batches/{id}", get(batches::get))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/batches/{id}/retry", post(batches::retry))
+        .route("/v1/batches/{id}/events", get(batches::events))
         .route("/v1/jobs/{id}/artifacts/{name}", get(files::artifact))
         .route(
             "/v1/files",

@@ -18,6 +18,7 @@ use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, T
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Schema};
 
 use super::access::{EventsToken, SessionView};
+use super::batches::{BatchBody, BatchChange, BatchLinks, BatchSubmitView, BatchView};
 use super::error::{ErrorBody, ErrorDetail, Violation};
 use super::files::FileView;
 use super::jobs::{JobPage, SubmitBody, SubmitView};
@@ -25,7 +26,7 @@ use super::system::{
     Healthz, NodeList, NodeView, PluginList, PluginView, QueueList, QueueView, RecentView,
 };
 use super::view::{ArtifactView, JobView, Links};
-use crate::jobs::{ErrorInfo, JobStatus};
+use crate::jobs::{ErrorInfo, JobStatus, StatusCounts};
 use crate::llm::Usage;
 
 /// The generated part of the document.
@@ -45,6 +46,11 @@ use crate::llm::Usage;
         super::jobs::cancel,
         super::jobs::retry,
         super::access::job_token,
+        super::batches::submit,
+        super::batches::get,
+        super::batches::cancel,
+        super::batches::retry,
+        super::batches::events,
         super::files::upload,
         super::files::metadata,
         super::files::content,
@@ -62,10 +68,11 @@ use crate::llm::Usage;
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Violation, JobView, Links, ArtifactView, FileView, Usage, ErrorInfo, JobStatus,
-        SubmitBody, SubmitView, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
+        SubmitBody, SubmitView, BatchBody, BatchView, BatchLinks, BatchSubmitView, BatchChange, StatusCounts, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
     )),
     tags(
         (name = "jobs", description = "Submit, read, list, cancel and retry jobs"),
+        (name = "batches", description = "Submit many jobs in one call; follow, cancel and retry them together"),
         (name = "files", description = "Upload files for jobs to read"),
         (name = "events", description = "Server-Sent Events of one job or of every job"),
         (name = "system", description = "Health, job types, queues, metrics, this document"),
@@ -91,12 +98,21 @@ pub fn document() -> utoipa::openapi::OpenApi {
 fn describe_event_streams(doc: &mut utoipa::openapi::OpenApi) {
     use crate::jobs::event_names::*;
     let names = [
-        STATUS, PROGRESS, PARTIAL, TOKEN, REPLAYED, COMPLETED, FAILED, CANCELLED,
+        STATUS,
+        PROGRESS,
+        PARTIAL,
+        TOKEN,
+        REPLAYED,
+        COMPLETED,
+        FAILED,
+        CANCELLED,
+        crate::jobs::batch_event_names::COMPLETED,
     ];
     let event = ObjectBuilder::new()
         .description(Some(
             "One Server-Sent Event. A job stream's `id` is the event's sequence number in \
-             the job's log; the dashboard stream's events have no `id`.",
+             the job's log, a batch stream's in the batch's log (which ends with \
+             `batch_completed`); the dashboard stream's events have no `id`.",
         ))
         .property(
             "event",

@@ -88,7 +88,7 @@ pub async fn job_events(
 
 /// A job-stream event on the wire: `id:` its sequence number, `event:` its name, `data:`
 /// its JSON (encoded once for every subscriber).
-fn job_frame(event: &JobEvent) -> Event {
+pub(super) fn job_frame(event: &JobEvent) -> Event {
     let data = event.encodings.slots[0].get_or_init(|| event.data.to_string());
     Event::default()
         .id(event.seq.to_string())
@@ -194,7 +194,7 @@ fn feed_expired(after: u64, first: u64) -> ApiError {
 
 /// The SSE response of `frames`: a reconnect hint first, keep-alives, and an end at
 /// shutdown; the stream holds its `permit` while it is open.
-fn sse_response(
+pub(super) fn sse_response(
     frames: impl Stream<Item = Event> + Send + 'static,
     state: &AppState,
     permit: OwnedSemaphorePermit,
@@ -218,7 +218,7 @@ fn sse_response(
     response
 }
 
-fn stream_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+pub(super) fn stream_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     state.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -232,7 +232,10 @@ fn stream_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
 /// (an empty value counts as none). Each given value must be a plain decimal (`5`, not `+5`
 /// or ` 5 `) that fits in 64 bits, or the request is a `400`, whichever of the two it is
 /// in: a client that sends a broken id has lost its place and must be told.
-fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<u64>, ApiError> {
+pub(super) fn last_event_id(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<u64>, ApiError> {
     let header = match headers.get("last-event-id") {
         Some(value) => parse_event_id(value.as_bytes())?,
         None => None,

@@ -50,6 +50,8 @@ pub struct JobView {
     /// While it runs: whether a client asked to cancel it (the node running it is
     /// stopping it). Always `false` once it has ended.
     pub cancel_requested: bool,
+    /// The batch it was submitted in (`POST /v1/batches`), if any.
+    pub batch: Option<Uuid>,
     /// Where to read and follow it.
     pub links: Links,
 }
@@ -106,6 +108,7 @@ impl JobView {
             usage: job.usage,
             node,
             cancel_requested: job.cancel_requested,
+            batch: job.batch,
             artifacts: job
                 .artifacts
                 .into_iter()

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 pub use token::{Signer, TokenKind};
 
-use crate::store::JobRecord;
+use crate::store::{BatchRecord, JobRecord};
 
 /// Every API key starts with this, so one found in a URL or a log is recognisable.
 pub const KEY_PREFIX: &str = "kiln_";
@@ -140,6 +140,15 @@ impl Principal {
         match self {
             Self::JobReader(id) => *id == job.id,
             _ => self.sees_tenant(job.tenant.as_deref()),
+        }
+    }
+
+    /// Whether `batch` exists for this caller (a batch's events token reads that batch
+    /// only).
+    pub fn sees_batch(&self, batch: &BatchRecord) -> bool {
+        match self {
+            Self::JobReader(id) => *id == batch.id,
+            _ => self.sees_tenant(batch.tenant.as_deref()),
         }
     }
 

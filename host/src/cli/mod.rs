@@ -1,5 +1,6 @@
 //! The `kiln` command line. One file per command; each is a thin layer over the library.
 
+mod batch;
 mod build;
 mod client;
 mod doctor;
@@ -44,6 +45,9 @@ pub enum Command {
     /// List, show, cancel or retry jobs on a running server.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Submit a batch (one job per item) or follow one to its end.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
     /// Report stuck jobs, recent failures, plugins and provider reachability; fix them.
     Doctor(doctor::DoctorArgs),
     /// Make API keys for `[[auth.keys]]`.
@@ -117,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Submit(args) => submit::run(args).await,
         Command::Watch(args) => watch::run(args).await,
         Command::Jobs(command) => jobs::run(command).await,
+        Command::Batch(command) => batch::run(command).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Keys(command) => keys::run(command).map(|()| std::process::ExitCode::SUCCESS),
     }

@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::client::{Client, ServerArgs, failure};
 
 /// Consecutive failed connections before `watch` gives up.
-const MAX_RECONNECTS: u32 = 30;
+pub(super) const MAX_RECONNECTS: u32 = 30;
 
 /// First pause before reconnecting; doubles per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -57,14 +57,14 @@ pub(super) async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One parsed SSE event.
-struct Frame {
-    id: Option<u64>,
-    event: String,
-    data: Value,
+pub(super) struct Frame {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
 }
 
 /// Splits complete frames off the front of `buffer`.
-fn frames(buffer: &mut String) -> Vec<Frame> {
+pub(super) fn frames(buffer: &mut String) -> Vec<Frame> {
     let mut out = Vec::new();
     loop {
         let normalized_end = buffer.find("\n\n");
@@ -194,14 +194,14 @@ fn summary(value: &Value) -> String {
 
 /// How the progress is drawn: one redrawn line on a terminal, a line per report
 /// otherwise.
-struct Display {
+pub(super) struct Display {
     tty: bool,
     bar_shown: bool,
     view: View,
 }
 
 impl Display {
-    fn new(show: ShowArgs) -> Self {
+    pub(super) fn new(show: ShowArgs) -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
             bar_shown: false,
@@ -219,7 +219,7 @@ impl Display {
         )
     }
 
-    fn progress(&mut self, progress: u64, message: &str) {
+    pub(super) fn progress(&mut self, progress: u64, message: &str) {
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{}", Self::bar(progress, message));
@@ -231,7 +231,7 @@ impl Display {
     }
 
     /// A line of its own, above the bar.
-    fn line(&mut self, text: &str) {
+    pub(super) fn line(&mut self, text: &str) {
         let mut err = std::io::stderr().lock();
         if self.bar_shown {
             let _ = write!(err, "\r\x1b[2K");
@@ -240,7 +240,7 @@ impl Display {
         let _ = writeln!(err, "{text}");
     }
 
-    fn end(&mut self) {
+    pub(super) fn end(&mut self) {
         if self.bar_shown {
             let _ = writeln!(std::io::stderr());
             self.bar_shown = false;
@@ -364,7 +364,7 @@ pub(super) async fn follow(client: &Client, id: &str, show: ShowArgs) -> anyhow:
     }
 }
 
-async fn backoff(display: &mut Display, failures: u32, last_id: Option<u64>) {
+pub(super) async fn backoff(display: &mut Display, failures: u32, last_id: Option<u64>) {
     let pause = FIRST_BACKOFF
         .saturating_mul(1 << failures.min(8).saturating_sub(1))
         .min(MAX_BACKOFF);

@@ -15,7 +15,9 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{JobService, ServiceError};
-use crate::store::{Bus, JobEvent, JobRecord, JobStatus, Store, StoreError};
+use crate::store::{
+    BatchRecord, Bus, JobEvent, JobRecord, JobStatus, Store, StoreError, batch_event_names,
+};
 
 /// The names of the events of a job's log, which SSE sends as the `event:` field.
 pub mod event_names {
@@ -83,6 +85,33 @@ impl EventLog for JobLog {
 
     fn ends_after(event: &JobEvent) -> bool {
         event_names::is_terminal(&event.name)
+    }
+}
+
+/// A batch's own log; positions are its event sequence numbers.
+struct BatchLog {
+    store: Arc<Store>,
+    batch: BatchRecord,
+    _release: ReleaseJobChannel,
+}
+
+impl EventLog for BatchLog {
+    async fn after(&self, after: u64, limit: usize) -> Result<Vec<JobEvent>, StoreError> {
+        self.store
+            .batch_events_after(&self.batch, after, limit)
+            .await
+    }
+
+    fn position(event: &JobEvent) -> u64 {
+        event.seq
+    }
+
+    fn shows(&self, _event: &JobEvent) -> bool {
+        true
+    }
+
+    fn ends_after(event: &JobEvent) -> bool {
+        event.name == batch_event_names::COMPLETED
     }
 }
 
@@ -240,6 +269,14 @@ pub struct JobEvents {
     pub events: std::pin::Pin<Box<dyn Stream<Item = Arc<JobEvent>> + Send>>,
 }
 
+/// A batch's events from a position on, as [`JobService::follow_batch`] gives them.
+pub struct BatchEvents {
+    /// The batch as it was when the follow began (after subscribing).
+    pub batch: BatchRecord,
+    /// Its events after the position, in order, ending after `batch_completed`.
+    pub events: std::pin::Pin<Box<dyn Stream<Item = Arc<JobEvent>> + Send>>,
+}
+
 /// Why the feed cannot be followed from a position.
 #[derive(Debug)]
 pub enum FeedRefusal {
@@ -275,6 +312,31 @@ impl JobService {
         };
         let events = Box::pin(LogFollower::new(log, live, after).into_stream());
         Ok(JobEvents { job, events })
+    }
+
+    /// Follows batch `id`'s log after position `after` (with none: after its newest
+    /// event): replayed, then live, ending after `batch_completed`.
+    pub async fn follow_batch(
+        &self,
+        id: Uuid,
+        after: Option<u64>,
+    ) -> Result<BatchEvents, ServiceError> {
+        let store = self.inner.store.clone();
+        // Subscribed before the batch is read, so no event committed in between is missed.
+        let live = store.bus.subscribe_job(id);
+        let release = ReleaseJobChannel {
+            bus: store.bus.clone(),
+            id,
+        };
+        let batch = self.batch(id).await?;
+        let after = after.unwrap_or(batch.last_seq);
+        let log = BatchLog {
+            store,
+            batch: batch.clone(),
+            _release: release,
+        };
+        let events = Box::pin(LogFollower::new(log, live, after).into_stream());
+        Ok(BatchEvents { batch, events })
     }
 
     /// Follows the feed of every job's events after position `after` (with none: from the

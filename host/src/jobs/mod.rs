@@ -6,6 +6,7 @@
 //! the transitions of [`lifecycle`], the job state machine. The in-memory
 //! [`queues`] only decide what runs next; they are rebuilt from the store at start.
 
+mod batches;
 mod cluster;
 mod events;
 mod files;
@@ -16,8 +17,9 @@ mod queues;
 mod runner;
 mod settings;
 
+pub use batches::BatchRequest;
 pub use cluster::LEASE_MS;
-pub use events::{FeedFilter, FeedRefusal, JobEvents, event_names};
+pub use events::{BatchEvents, FeedFilter, FeedRefusal, JobEvents, event_names};
 pub use files::{FILE_FORMAT, file_refs};
 pub use nodes::{HEARTBEAT, NodeInfo, NodeStatus, UNRESPONSIVE_AFTER_MS};
 pub use ops::{
@@ -27,8 +29,8 @@ pub use queues::QueueStats;
 pub use settings::ServiceSettings;
 // The records the API shows, as the store keeps them.
 pub use crate::store::{
-    ArtifactRecord, ByteStream, ErrorInfo, FileRecord, JobEvent, JobRecord, JobStatus, ListQuery,
-    Page, now_ms, rfc3339,
+    ArtifactRecord, BatchRecord, ByteStream, ErrorInfo, FileRecord, JobEvent, JobRecord, JobStatus,
+    ListQuery, Page, StatusCounts, batch_event_names, now_ms, rfc3339,
 };
 
 use std::collections::HashMap;
@@ -332,10 +334,31 @@ impl JobService {
 
     /// Submits a job: validates it, stores it durably, queues it.
     pub async fn submit(&self, request: SubmitRequest) -> Result<(JobRecord, bool), ServiceError> {
-        let settings = &self.inner.settings;
         if self.inner.stopping.is_cancelled() {
             return Err(ServiceError::ShuttingDown);
         }
+        let (job, payload) = self.prepare_job(request).await?;
+        self.check_room(1).await?;
+        let event = lifecycle::status_event(&job);
+        if self.reserve_slot(&job) {
+            return self.submit_and_start(job, payload, event).await;
+        }
+        match self.inner.store.insert(job, payload, event).await? {
+            Inserted::Created(job) => {
+                self.enqueue(&job);
+                Ok((job, true))
+            }
+            Inserted::Existing(job) => Ok((job, false)),
+        }
+    }
+
+    /// Checks a submit (known type, payload matching its schema, options in range, files
+    /// it names readable by the tenant) and builds the job's record and payload text.
+    pub(super) async fn prepare_job(
+        &self,
+        request: SubmitRequest,
+    ) -> Result<(JobRecord, String), ServiceError> {
+        let settings = &self.inner.settings;
         let plugin = self.inner.plugins.get(&request.job_type).ok_or_else(|| {
             bad_request(
                 "unknown_type",
@@ -389,15 +412,6 @@ impl JobService {
                 ),
             ));
         }
-        // With a shared store, the cluster's count: exact for submits one after another;
-        // submits racing on several nodes may pass it by as many as race.
-        let depth = match self.inner.store.queued_total().await? {
-            Some(total) => usize::try_from(total).unwrap_or(usize::MAX),
-            None => self.inner.queues.lock().expect("queues lock").total_depth(),
-        };
-        if depth >= settings.max_queued {
-            return Err(ServiceError::QueueFull(depth));
-        }
         if let Some(key) = &request.idempotency_key
             && (key.is_empty() || key.len() > 255)
         {
@@ -432,6 +446,7 @@ impl JobService {
             artifacts: Vec::new(),
             node: None,
             cancel_requested: false,
+            batch: None,
         };
         if plugin.reads_files() {
             self.check_payload_files(
@@ -441,18 +456,21 @@ impl JobService {
             )
             .await?;
         }
-        let payload = request.payload.to_string();
-        let event = lifecycle::status_event(&job);
-        if self.reserve_slot(&job) {
-            return self.submit_and_start(job, payload, event).await;
+        Ok((job, request.payload.to_string()))
+    }
+
+    /// Refuses `adding` more queued jobs when the queues already hold `max_queued`.
+    pub(super) async fn check_room(&self, adding: usize) -> Result<(), ServiceError> {
+        // With a shared store, the cluster's count: exact for submits one after another;
+        // submits racing on several nodes may pass it by as many as race.
+        let depth = match self.inner.store.queued_total().await? {
+            Some(total) => usize::try_from(total).unwrap_or(usize::MAX),
+            None => self.inner.queues.lock().expect("queues lock").total_depth(),
+        };
+        if depth.saturating_add(adding) > self.inner.settings.max_queued {
+            return Err(ServiceError::QueueFull(depth));
         }
-        match self.inner.store.insert(job, payload, event).await? {
-            Inserted::Created(job) => {
-                self.enqueue(&job);
-                Ok((job, true))
-            }
-            Inserted::Existing(job) => Ok((job, false)),
-        }
+        Ok(())
     }
 
     /// Takes a slot of `job`'s queue for it if one is free and no job is due ahead of it.

@@ -199,6 +199,7 @@ impl JobService {
                         job_type: filter.job_type.clone(),
                         limit: PAGE,
                         before,
+                        batch: None,
                     })
                     .await?;
                 for job in &page.jobs {
@@ -278,6 +279,7 @@ impl JobService {
                     job_type: None,
                     limit: PAGE,
                     before,
+                    batch: None,
                 })
                 .await?;
             for job in page.jobs {

@@ -11,13 +11,13 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::StoreError;
 use super::bus::Bus;
-use super::model::{JobEvent, JobRecord, Lease, NewEvent, now_ms};
+use super::model::{BatchRecord, JobEvent, JobRecord, JobStatus, Lease, NewEvent, now_ms, rfc3339};
 use crate::llm::Usage;
 
 /// Most changes one commit takes; bounds a transaction's size under a flood.
@@ -81,6 +81,13 @@ pub enum Inserted {
     Existing(JobRecord),
 }
 
+/// A job to create: its record, payload and first event.
+pub struct NewJob {
+    pub job: JobRecord,
+    pub payload: String,
+    pub event: NewEvent,
+}
+
 /// One change sent to a writer.
 pub(super) enum Op {
     Insert {
@@ -88,6 +95,12 @@ pub(super) enum Op {
         payload: String,
         event: NewEvent,
         reply: oneshot::Sender<Result<Inserted, StoreError>>,
+    },
+    /// Creates a batch and all its jobs (whose `batch` names it) in one commit.
+    InsertBatch {
+        batch: Box<BatchRecord>,
+        jobs: Vec<NewJob>,
+        reply: oneshot::Sender<Result<(BatchRecord, Vec<JobRecord>), StoreError>>,
     },
     Update {
         id: Uuid,
@@ -130,7 +143,9 @@ impl Op {
     pub(super) fn jobs(&self) -> Vec<Uuid> {
         match self {
             // A claim's jobs are chosen by the backend (see [`WriteSet::claimed`]).
-            Op::Insert { .. } | Op::Flush { .. } | Op::Claim { .. } => Vec::new(),
+            Op::Insert { .. } | Op::InsertBatch { .. } | Op::Flush { .. } | Op::Claim { .. } => {
+                Vec::new()
+            }
             Op::Update { id, .. } | Op::Detached { id, .. } => vec![*id],
             Op::Journal { job, .. } => vec![*job],
             Op::Delete { ids, .. } => ids.clone(),
@@ -183,6 +198,20 @@ pub(super) trait WriteSet {
     fn put_journal(&mut self, job: Uuid, index: u64, entry: &[u8]) -> Result<(), StoreError>;
     /// Deletes a job with everything it owns.
     fn delete_job(&mut self, job: &JobRecord) -> Result<(), StoreError>;
+    /// A batch's current record (PostgreSQL loads those of the batch's jobs up front).
+    fn batch(&mut self, id: Uuid) -> Result<Option<BatchRecord>, StoreError>;
+    /// Writes a batch's record.
+    fn put_batch(&mut self, batch: &BatchRecord) -> Result<(), StoreError>;
+    /// Appends event `seq` to a batch's log (kept with the jobs' logs, under the batch's
+    /// id; never in the feed).
+    fn put_batch_event(
+        &mut self,
+        batch: &BatchRecord,
+        seq: u64,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError>;
+    /// Deletes a batch's record and log (its last job is gone).
+    fn delete_batch(&mut self, id: Uuid) -> Result<(), StoreError>;
     /// Drops the feed positions below `keep_from`.
     fn trim_feed(&mut self, keep_from: u64) -> Result<(), StoreError>;
     /// The jobs the next claim of the batch takes (already chosen and locked by the
@@ -205,6 +234,10 @@ pub(super) enum Reply {
     Insert(
         oneshot::Sender<Result<Inserted, StoreError>>,
         Result<Inserted, StoreError>,
+    ),
+    InsertBatch(
+        oneshot::Sender<Result<(BatchRecord, Vec<JobRecord>), StoreError>>,
+        Result<(BatchRecord, Vec<JobRecord>), StoreError>,
     ),
     Update(
         oneshot::Sender<Result<JobRecord, StoreError>>,
@@ -233,6 +266,7 @@ impl Reply {
         // The outcome is replaced by `fail` before it is sent.
         match op {
             Op::Insert { reply, .. } => Reply::Insert(reply, Err(StoreError::Closed)),
+            Op::InsertBatch { reply, .. } => Reply::InsertBatch(reply, Err(StoreError::Closed)),
             Op::Update { reply, .. } => Reply::Update(reply, Err(StoreError::Closed)),
             detached @ Op::Detached { .. } => Reply::Detached(Some(detached), Ok(())),
             Op::Delete { reply, .. } => Reply::Delete(reply, Err(StoreError::Closed)),
@@ -247,6 +281,7 @@ impl Reply {
     pub(super) fn fail(self, error: &StoreError) -> Option<Op> {
         match self {
             Reply::Insert(tx, _) => drop(tx.send(Err(error.clone()))),
+            Reply::InsertBatch(tx, _) => drop(tx.send(Err(error.clone()))),
             Reply::Update(tx, _) => drop(tx.send(Err(error.clone()))),
             Reply::Delete(tx, _) => drop(tx.send(Err(error.clone()))),
             Reply::Journal(tx, _) => drop(tx.send(Err(error.clone()))),
@@ -266,6 +301,7 @@ impl Reply {
     fn send(self) {
         match self {
             Reply::Insert(tx, r) => drop(tx.send(r)),
+            Reply::InsertBatch(tx, r) => drop(tx.send(r)),
             Reply::Update(tx, r) => drop(tx.send(r)),
             Reply::Detached(_, Err(error)) => {
                 // Progress of a job that is gone or finished.
@@ -302,6 +338,7 @@ pub(super) fn drain(first: Op, rx: &mut mpsc::UnboundedReceiver<Op>) -> Vec<Op> 
 /// One batch being applied: its replies and the events it will publish.
 pub(super) struct Applied {
     pub replies: Vec<Reply>,
+    /// Jobs' events, and batches' events (those with no feed position, `feed_seq` 0).
     pub published: Vec<JobEvent>,
     /// The feed as it was before the batch, restored if the commit fails.
     feed_before: Feed,
@@ -360,7 +397,12 @@ pub(super) fn settle(
     match outcome {
         Ok(()) => {
             for event in applied.published {
-                bus.publish(Arc::new(event));
+                if event.feed_seq == 0 {
+                    // A batch's event: for its own followers, not the feed's.
+                    bus.publish_job(Arc::new(event));
+                } else {
+                    bus.publish(Arc::new(event));
+                }
             }
             applied.replies.into_iter().for_each(Reply::send);
             Vec::new()
@@ -394,6 +436,9 @@ fn apply(
             reply,
             Ok(insert(set, feed, *job, &payload, event, published)?),
         ),
+        Op::InsertBatch { batch, jobs, reply } => {
+            Reply::InsertBatch(reply, Ok(insert_batch(set, feed, *batch, jobs, published)?))
+        }
         Op::Update { id, mutate, reply } => {
             Reply::Update(reply, update(set, feed, id, mutate, published)?)
         }
@@ -406,6 +451,7 @@ fn apply(
             for id in ids {
                 if let Some(job) = set.job(id)? {
                     set.delete_job(&job)?;
+                    forget_in_batch(set, &job, published)?;
                     deleted += 1;
                 }
             }
@@ -497,7 +543,164 @@ fn update(
     }
     append(set, feed, &mut job, change.events, published)?;
     set.put_job(Some(&before), &job)?;
+    track_in_batch(set, &before, &job, published)?;
     Ok(Ok(job))
+}
+
+/// Stores a new batch and its jobs. Their first events go to the jobs' logs and the feed
+/// only: the batch's own log begins with their changes.
+fn insert_batch(
+    set: &mut impl WriteSet,
+    feed: &mut Feed,
+    mut batch: BatchRecord,
+    jobs: Vec<NewJob>,
+    published: &mut Vec<JobEvent>,
+) -> Result<(BatchRecord, Vec<JobRecord>), StoreError> {
+    let mut records = Vec::with_capacity(jobs.len());
+    for NewJob {
+        mut job,
+        payload,
+        event,
+    } in jobs
+    {
+        set.put_payload(&job, &payload)?;
+        append(set, feed, &mut job, vec![event], published)?;
+        set.put_job(None, &job)?;
+        records.push(job);
+    }
+    batch.jobs = records.len() as u64;
+    batch.counts = Default::default();
+    for job in &records {
+        *batch.counts.of(job.status) += 1;
+        batch.progress_sum += BatchRecord::progress_share(job);
+    }
+    set.put_batch(&batch)?;
+    Ok((batch, records))
+}
+
+/// Keeps the batch of a changed job up to date, in the same commit: its counts and
+/// progress, and its log (the job's status change or progress, then `batch_completed`
+/// once every job is final).
+fn track_in_batch(
+    set: &mut impl WriteSet,
+    before: &JobRecord,
+    job: &JobRecord,
+    published: &mut Vec<JobEvent>,
+) -> Result<(), StoreError> {
+    let Some(id) = job.batch else {
+        return Ok(());
+    };
+    let progressed = before.progress != job.progress || before.message != job.message;
+    if before.status == job.status && !progressed {
+        return Ok(());
+    }
+    let Some(mut batch) = set.batch(id)? else {
+        return Ok(());
+    };
+    let count = batch.counts.of(before.status);
+    *count = count.saturating_sub(1);
+    *batch.counts.of(job.status) += 1;
+    batch.progress_sum = (batch.progress_sum + BatchRecord::progress_share(job))
+        .saturating_sub(BatchRecord::progress_share(before));
+    let event = if before.status == job.status {
+        NewEvent::new(
+            batch_event_names::PROGRESS,
+            json!({
+                "job_id": job.id,
+                "progress": job.progress,
+                "message": job.message,
+                "batch_progress": batch.progress(),
+            }),
+        )
+    } else {
+        let mut data = json!({
+            "job_id": job.id,
+            "status": job.status.as_str(),
+            "attempt": job.attempt,
+            "batch_progress": batch.progress(),
+            "counts": batch.counts,
+        });
+        if let Some(error) = &job.error
+            && job.status != JobStatus::Completed
+        {
+            data["error"] = json!(error);
+        }
+        NewEvent::new(batch_event_names::STATUS, data)
+    };
+    save_batch(set, batch, vec![event], published)
+}
+
+/// Takes a deleted job out of its batch's counts; deletes the batch with its last job.
+fn forget_in_batch(
+    set: &mut impl WriteSet,
+    job: &JobRecord,
+    published: &mut Vec<JobEvent>,
+) -> Result<(), StoreError> {
+    let Some(id) = job.batch else {
+        return Ok(());
+    };
+    let Some(mut batch) = set.batch(id)? else {
+        return Ok(());
+    };
+    batch.jobs = batch.jobs.saturating_sub(1);
+    if batch.jobs == 0 {
+        return set.delete_batch(id);
+    }
+    let count = batch.counts.of(job.status);
+    *count = count.saturating_sub(1);
+    batch.progress_sum = batch
+        .progress_sum
+        .saturating_sub(BatchRecord::progress_share(job));
+    save_batch(set, batch, Vec::new(), published)
+}
+
+/// Appends `events` to the batch's log, then `batch_completed` if it has just become
+/// finished (a retry that reopens it clears `finished_at_ms`), and writes its record.
+fn save_batch(
+    set: &mut impl WriteSet,
+    mut batch: BatchRecord,
+    mut events: Vec<NewEvent>,
+    published: &mut Vec<JobEvent>,
+) -> Result<(), StoreError> {
+    let at_ms = now_ms();
+    match (batch.is_finished(), batch.finished_at_ms) {
+        (true, None) => {
+            batch.finished_at_ms = Some(at_ms);
+            events.push(NewEvent::new(
+                batch_event_names::COMPLETED,
+                json!({
+                    "counts": batch.counts,
+                    "progress": batch.progress(),
+                    "finished_at": rfc3339(at_ms),
+                }),
+            ));
+        }
+        (false, Some(_)) => batch.finished_at_ms = None,
+        _ => {}
+    }
+    for event in events {
+        batch.last_seq += 1;
+        let stored = StoredEvent {
+            name: event.name.to_string(),
+            data: event.data,
+            at_ms,
+        };
+        set.put_batch_event(&batch, batch.last_seq, &stored)?;
+        published.push(super::batch_event(&batch, batch.last_seq, stored));
+    }
+    set.put_batch(&batch)
+}
+
+/// The names of the events of a batch's log.
+pub mod batch_event_names {
+    /// One of its jobs changed status: `{job_id, status, attempt, error?, batch_progress,
+    /// counts}`.
+    pub const STATUS: &str = "status";
+    /// One of its running jobs reported progress: `{job_id, progress, message,
+    /// batch_progress}`.
+    pub const PROGRESS: &str = "progress";
+    /// Every job is final: `{counts, progress, finished_at}`. Ends the stream.
+    pub const COMPLETED: &str = "batch_completed";
 }
 
 fn append(

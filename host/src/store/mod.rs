@@ -15,12 +15,12 @@ mod model;
 mod postgres;
 mod redb;
 
-pub use batch::{Change, ClaimRequest, Claimed, Inserted, Mutation};
+pub use batch::{Change, ClaimRequest, Claimed, Inserted, Mutation, NewJob, batch_event_names};
 pub use bus::Bus;
 pub use files::{ArtifactRecord, BlobDir, ByteStream, FileRecord, read_range};
 pub use model::{
-    Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, Lease, NewEvent, NodeRecord,
-    idempotency_slot, now_ms, rfc3339,
+    BatchRecord, Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, Lease, NewEvent, NodeRecord,
+    StatusCounts, idempotency_slot, now_ms, rfc3339,
 };
 pub use postgres::{PostgresOptions, redact_url};
 
@@ -62,6 +62,8 @@ pub struct ListQuery {
     pub job_type: Option<String>,
     /// Only jobs of this tenant.
     pub tenant: Option<String>,
+    /// Only jobs of this batch.
+    pub batch: Option<Uuid>,
     /// Page size.
     pub limit: usize,
     /// Only jobs older than this one (the previous page's last id).
@@ -74,6 +76,7 @@ impl ListQuery {
         self.job_type.as_ref().is_none_or(|t| *t == job.job_type)
             && self.status.is_none_or(|s| s == job.status)
             && (self.tenant.is_none() || self.tenant == job.tenant)
+            && (self.batch.is_none() || self.batch == job.batch)
     }
 }
 
@@ -190,6 +193,48 @@ impl Store {
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a new batch with its jobs (each naming it in `batch`) in one commit; durable
+    /// when this returns. Returns the batch and the jobs as stored.
+    pub async fn insert_batch(
+        &self,
+        batch: BatchRecord,
+        jobs: Vec<NewJob>,
+    ) -> Result<(BatchRecord, Vec<JobRecord>), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::InsertBatch {
+            batch: Box::new(batch),
+            jobs,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// One batch.
+    pub async fn batch(&self, id: Uuid) -> Result<Option<BatchRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.batch(id),
+            Backend::Postgres(db) => db.batch(id).await,
+        }
+    }
+
+    /// Up to `limit` events of a batch's log with a sequence number above `after`, in
+    /// order.
+    pub async fn batch_events_after(
+        &self,
+        batch: &BatchRecord,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        let stored = match &self.backend {
+            Backend::Redb(db) => db.log_after(batch.id, after, limit)?,
+            Backend::Postgres(db) => db.log_after(batch.id, after, limit).await?,
+        };
+        Ok(stored
+            .into_iter()
+            .map(|(seq, event)| batch_event(batch, seq, event))
+            .collect())
     }
 
     /// Applies `mutate` to the job's current record; durable when this returns.
@@ -548,6 +593,23 @@ fn node_id_of(data_dir: &Path) -> anyhow::Result<Uuid> {
             Ok(id)
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// A stored event of a batch's log as readers get it: under the batch's id, with no feed
+/// position.
+fn batch_event(batch: &BatchRecord, seq: u64, stored: StoredEvent) -> JobEvent {
+    JobEvent {
+        job_id: batch.id,
+        seq,
+        feed_seq: 0,
+        name: stored.name,
+        data: stored.data,
+        at_ms: stored.at_ms,
+        job_type: batch.job_type.clone(),
+        status: batch.status(),
+        tenant: batch.tenant.clone(),
+        encodings: Default::default(),
     }
 }
 

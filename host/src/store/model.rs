@@ -160,6 +160,10 @@ pub struct JobRecord {
     /// should that node die first, the job is cancelled instead of retried).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
+    /// The batch it was submitted in (`POST /v1/batches`), whose counts and log its
+    /// changes keep up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Uuid>,
 }
 
 /// The fencing token of a running attempt: which attempt, on which node. Every write an
@@ -213,6 +217,90 @@ impl JobRecord {
             artifacts: Vec::new(),
             node: None,
             cancel_requested: false,
+            batch: None,
+        }
+    }
+}
+
+/// A batch of jobs submitted in one call, as stored. Its counts are kept by the writer in
+/// the same commit as each change of one of its jobs, so they are exact without reading
+/// the jobs, and its log (status changes, progress and endings of its jobs, then
+/// `batch_completed`) has its own sequence numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// UUIDv7.
+    pub id: Uuid,
+    /// The type of its jobs.
+    pub job_type: String,
+    /// The tenant that owns it and its jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Creation time (ms since the epoch).
+    pub created_at_ms: u64,
+    /// Its jobs still stored (expired ones are no longer counted).
+    pub jobs: u64,
+    /// Its jobs by status.
+    pub counts: StatusCounts,
+    /// The sum of its jobs' progress, a finished job counting 100: the mean is this over
+    /// `jobs`.
+    pub progress_sum: u64,
+    /// When its last job reached a final state (`None` while any job is not final).
+    pub finished_at_ms: Option<u64>,
+    /// Sequence number of its log's last event.
+    pub last_seq: u64,
+}
+
+impl BatchRecord {
+    /// The mean progress of its jobs, 0 to 100.
+    pub fn progress(&self) -> u8 {
+        let mean = self.progress_sum.checked_div(self.jobs).unwrap_or(100);
+        u8::try_from(mean.min(100)).unwrap_or(100)
+    }
+
+    /// Whether every job of it is final.
+    pub fn is_finished(&self) -> bool {
+        self.counts.queued == 0 && self.counts.running == 0
+    }
+
+    /// The status its events carry: `completed` once finished (whatever its jobs' ends),
+    /// `running` before.
+    pub fn status(&self) -> JobStatus {
+        if self.is_finished() {
+            JobStatus::Completed
+        } else {
+            JobStatus::Running
+        }
+    }
+
+    /// What `job` adds to [`BatchRecord::progress_sum`].
+    pub fn progress_share(job: &JobRecord) -> u64 {
+        if job.status.is_terminal() {
+            100
+        } else {
+            u64::from(job.progress.min(100))
+        }
+    }
+}
+
+/// Jobs by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatusCounts {
+    pub queued: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl StatusCounts {
+    /// The count of `status`, to change.
+    pub fn of(&mut self, status: JobStatus) -> &mut u64 {
+        match status {
+            JobStatus::Queued => &mut self.queued,
+            JobStatus::Running => &mut self.running,
+            JobStatus::Completed => &mut self.completed,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::Cancelled => &mut self.cancelled,
         }
     }
 }

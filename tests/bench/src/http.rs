@@ -30,6 +30,57 @@ pub struct EndToEndFigure {
     pub submit_to_start: Summary,
 }
 
+/// Bulk enqueue through `POST /v1/batches`: one client, one batch at a time.
+#[derive(Debug, Serialize)]
+pub struct BulkFigure {
+    pub batch_size: usize,
+    pub batches: usize,
+    pub jobs_per_second: f64,
+    /// Per batch call, until its `202` (after the commit of all its jobs).
+    pub latency: Summary,
+}
+
+/// `batches` calls of `POST /v1/batches`, each with `batch_size` copies of `payload`
+/// for `job_type`, scheduled far ahead so no job runs: the enqueue path alone.
+pub async fn bulk(
+    base: &str,
+    job_type: &str,
+    batch_size: usize,
+    batches: usize,
+) -> anyhow::Result<BulkFigure> {
+    let client = client();
+    let url = format!("{base}/v1/batches");
+    let body = json!({
+        "type": job_type,
+        "items": vec![json!({}); batch_size],
+        "run_at": "2099-01-01T00:00:00Z",
+    });
+    // The body is the same for every call: encoded once, outside the timing.
+    let body = serde_json::to_vec(&body)?;
+    let mut samples = Vec::with_capacity(batches);
+    let started = Instant::now();
+    for _ in 0..batches {
+        let sent = Instant::now();
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        anyhow::ensure!(status == 202, "batch submit answered {status}: {text}");
+        samples.push(sent.elapsed());
+    }
+    let wall = started.elapsed();
+    Ok(BulkFigure {
+        batch_size,
+        batches,
+        jobs_per_second: (batch_size * batches) as f64 / wall.as_secs_f64(),
+        latency: summarize(&mut samples),
+    })
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1024)

@@ -33,7 +33,7 @@ struct Args {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only these sections (comma-separated): sandbox, submit, e2e, fanout, restart,
+    /// Only these sections (comma-separated): sandbox, submit, bulk, e2e, fanout, restart,
     /// recovery, fairness, coldstart, cluster (1, 2 and 3 nodes on one database; with
     /// `--store postgres` only). Default: all.
     #[arg(long, value_delimiter = ',')]
@@ -181,6 +181,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants("submit") {
         report.insert("submit".into(), submits(&setup).await?);
+    }
+    if args.wants("bulk") {
+        report.insert("bulk".into(), bulk(&setup).await?);
     }
     if args.wants("e2e") {
         report.insert("end_to_end".into(), end_to_end(&setup).await?);
@@ -334,6 +337,36 @@ async fn submits(setup: &Setup) -> anyhow::Result<serde_json::Value> {
         println!(
             "  {:<12} {:>8} {:>10.0} {:>10.1} {:>10.1}",
             f.concurrency, f.submits, f.per_second, f.latency.p50_us, f.latency.p99_us
+        );
+    }
+    Ok(json!({ "store": setup.store_name(), "figures": figures }))
+}
+
+/// Bulk enqueue through `POST /v1/batches` (batches of 1,000 and of 10,000 no-op jobs,
+/// one client, each batch acknowledged after its one commit).
+async fn bulk(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let server = setup.store_server("bulk").await?;
+    let mut figures = Vec::new();
+    for (size, batches) in [(1000, setup.scale(100, 10)), (10_000, setup.scale(20, 2))] {
+        figures.push(http::bulk(&server.base, "noop", size, batches).await?);
+    }
+    server.stop();
+    println!(
+        "\nBulk enqueue, POST /v1/batches (one client; each batch one durable commit; {}):",
+        setup.store_name()
+    );
+    println!(
+        "  {:<12} {:>8} {:>12} {:>12} {:>12}",
+        "batch size", "batches", "jobs/s", "p50 ms", "p99 ms"
+    );
+    for f in &figures {
+        println!(
+            "  {:<12} {:>8} {:>12.0} {:>12.1} {:>12.1}",
+            f.batch_size,
+            f.batches,
+            f.jobs_per_second,
+            f.latency.p50_us / 1000.0,
+            f.latency.p99_us / 1000.0
         );
     }
     Ok(json!({ "store": setup.store_name(), "figures": figures }))

@@ -3,6 +3,8 @@
 //! published to this process's subscribers of those jobs. Events this process wrote are
 //! already published by its own writer, after their commit.
 //!
+//! A batch's events come the same way (`batch_id:seq`, read from the batch's log).
+//!
 //! Lines `!job_id:status` tell of status changes (and cancel requests): they go to the
 //! job service, which starts queued jobs, fills freed slots and stops attempts cancelled
 //! on another node.
@@ -101,10 +103,20 @@ async fn listen(
                 continue;
             }
             let after = published.get(&id).copied().unwrap_or(seq.saturating_sub(1));
-            let Some(job) = reader.get(id).await? else {
-                continue;
+            let events = match reader.get(id).await? {
+                Some(job) => reader.events_after(&job, after, READ_LIMIT).await?,
+                // Not a job: a batch's log.
+                None => match reader.batch(id).await? {
+                    Some(batch) => {
+                        let log = reader.log_after(id, after, READ_LIMIT).await?;
+                        log.into_iter()
+                            .map(|(seq, stored)| super::super::batch_event(&batch, seq, stored))
+                            .collect()
+                    }
+                    None => continue,
+                },
             };
-            for event in reader.events_after(&job, after, READ_LIMIT).await? {
+            for event in events {
                 published.insert(id, event.seq);
                 bus.publish_job(Arc::new(event));
             }

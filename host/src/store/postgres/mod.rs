@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::batch::{Feed, Op, StoredEvent};
 use super::bus::Bus;
-use super::model::{JobEvent, JobRecord, JobStatus, NodeRecord};
+use super::model::{BatchRecord, JobEvent, JobRecord, JobStatus, NodeRecord};
 use super::{FileRecord, ListQuery, Page, StoreError};
 
 pub(super) use blobs::copy_checked;
@@ -251,25 +251,42 @@ impl PgStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<JobEvent>, StoreError> {
+        Ok(self
+            .log_after(job.id, after, limit)
+            .await?
+            .into_iter()
+            .map(|(seq, stored)| super::event_of(job, seq, 0, stored, job.status))
+            .collect())
+    }
+
+    /// Up to `limit` events of the log kept under `id` (a job's or a batch's) after
+    /// `after`, with their sequence numbers.
+    pub(super) async fn log_after(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
         let rows = self
             .query(
                 "SELECT seq, name, data, at_ms FROM kiln_events \
                  WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[&job.id, &i64_of(after)?, &i64_of(limit as u64)?],
+                &[&id, &i64_of(after)?, &i64_of(limit as u64)?],
             )
             .await?;
         rows.iter()
             .map(|row| {
                 let stored = stored_event(row.get(1), row.get(2), row.get(3))?;
-                Ok(super::event_of(
-                    job,
-                    u64_of(row.get(0))?,
-                    0,
-                    stored,
-                    job.status,
-                ))
+                Ok((u64_of(row.get(0))?, stored))
             })
             .collect()
+    }
+
+    pub(super) async fn batch(&self, id: Uuid) -> Result<Option<BatchRecord>, StoreError> {
+        let rows = self
+            .query("SELECT record FROM kiln_batches WHERE id = $1", &[&id])
+            .await?;
+        rows.first().map(|row| decode_batch(row.get(0))).transpose()
     }
 
     pub(super) async fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
@@ -350,6 +367,10 @@ impl PgStore {
         if let Some(tenant) = &query.tenant {
             params.push(tenant);
             sql.push_str(&format!(" AND tenant = ${}", params.len()));
+        }
+        if let Some(batch) = &query.batch {
+            params.push(batch);
+            sql.push_str(&format!(" AND batch = ${}", params.len()));
         }
         params.push(&fetch);
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
@@ -630,6 +651,11 @@ fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
 
 fn decode_job(text: &str) -> Result<JobRecord, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Storage(format!("corrupt job record: {e}")))
+}
+
+fn decode_batch(text: &str) -> Result<BatchRecord, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Storage(format!("corrupt batch record: {e}")))
 }
 
 fn stored_event(name: String, data: &str, at_ms: i64) -> Result<StoredEvent, StoreError> {

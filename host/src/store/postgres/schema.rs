@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_nodes.sql")),
     (4, include_str!("migrations/0004_cluster.sql")),
     (5, include_str!("migrations/0005_provider_limits.sql")),
+    (6, include_str!("migrations/0006_batches.sql")),
 ];
 
 /// The advisory lock key that serialises migrations ("kiln" in ASCII).

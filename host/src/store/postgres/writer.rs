@@ -24,8 +24,8 @@ use uuid::Uuid;
 use super::super::StoreError;
 use super::super::batch::{self, Applied, ClaimRequest, Feed, Op, Reply, StoredEvent, WriteSet};
 use super::super::bus::Bus;
-use super::super::model::{JobRecord, JobStatus};
-use super::{NOTIFY_CHANNEL, PgConnector, classify, decode_job, i64_of};
+use super::super::model::{BatchRecord, JobRecord, JobStatus};
+use super::{NOTIFY_CHANNEL, PgConnector, classify, decode_batch, decode_job, i64_of};
 
 /// Detached changes kept while the database is unreachable; past this, the oldest are
 /// dropped (with a warning) rather than growing without bound.
@@ -212,6 +212,9 @@ struct Statements {
     insert_feed: Statement,
     upsert_journal: Statement,
     delete_jobs: [Statement; 7],
+    lock_batches: Statement,
+    upsert_batches: Statement,
+    delete_batches: [Statement; 2],
     trim_feed: Statement,
     notify: Statement,
 }
@@ -259,9 +262,9 @@ impl Statements {
             .await?,
             upsert_jobs: prepare(
                 "INSERT INTO kiln_jobs (id, status, job_type, tenant, finished_ms, record, \
-                 queue, priority, run_at_ms, node) \
+                 queue, priority, run_at_ms, node, batch) \
                  SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::text[], $5::int8[], \
-                 $6::text[], $7::text[], $8::int4[], $9::int8[], $10::uuid[]) \
+                 $6::text[], $7::text[], $8::int4[], $9::int8[], $10::uuid[], $11::uuid[]) \
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
                  finished_ms = excluded.finished_ms, record = excluded.record, \
                  priority = excluded.priority, run_at_ms = excluded.run_at_ms, node = excluded.node",
@@ -316,6 +319,22 @@ impl Statements {
                 prepare("DELETE FROM kiln_journal WHERE job_id = ANY($1)", uuids).await?,
                 prepare("DELETE FROM kiln_idempotency WHERE job_id = ANY($1)", uuids).await?,
                 prepare("DELETE FROM kiln_artifact_chunks WHERE job_id = ANY($1)", uuids).await?,
+            ],
+            lock_batches: prepare(
+                "SELECT id, record FROM kiln_batches WHERE id = ANY($1) FOR UPDATE",
+                uuids,
+            )
+            .await?,
+            upsert_batches: prepare(
+                "INSERT INTO kiln_batches (id, tenant, record) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) \
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                &[],
+            )
+            .await?,
+            delete_batches: [
+                prepare("DELETE FROM kiln_batches WHERE id = ANY($1)", uuids).await?,
+                prepare("DELETE FROM kiln_events WHERE job_id = ANY($1)", uuids).await?,
             ],
             trim_feed: prepare("DELETE FROM kiln_feed WHERE position < $1", &[Type::INT8])
                 .await?,
@@ -433,6 +452,11 @@ async fn transact(
         }
         set.claims.push_back((ids, next_due_ms));
     }
+    if let Err(error) = set.load_batches(client, statements).await {
+        rollback(client).await;
+        unapplied.extend(ops);
+        return Err(error);
+    }
     if let Err((error, rest)) = batch::apply_all(&mut set, feed, ops, applied) {
         rollback(client).await;
         unapplied.extend(rest);
@@ -484,6 +508,46 @@ struct Rows {
     feed_head: Option<i64>,
     /// How many more (or fewer) jobs are queued cluster-wide after the batch.
     queued_delta: i64,
+    /// The batches of the jobs the batch touches (loaded, locked) and those it creates;
+    /// `None`: deleted.
+    batches: HashMap<Uuid, Option<BatchRecord>>,
+    dirty_batches: HashSet<Uuid>,
+    deleted_batches: HashSet<Uuid>,
+}
+
+impl Rows {
+    /// Loads and locks the batches of the loaded jobs: one more round trip, only for a
+    /// batch that touches jobs of batches. (The feed head, locked first, orders this
+    /// lock too.)
+    async fn load_batches(
+        &mut self,
+        client: &Client,
+        statements: &Statements,
+    ) -> Result<(), StoreError> {
+        let mut ids: Vec<Uuid> = self
+            .jobs
+            .values()
+            .flatten()
+            .filter_map(|job| job.batch)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let rows = client
+            .query(&statements.lock_batches, &[&ids])
+            .await
+            .map_err(classify)?;
+        for id in &ids {
+            self.batches.insert(*id, None);
+        }
+        for row in rows {
+            self.batches
+                .insert(row.get(0), Some(decode_batch(row.get(1))?));
+        }
+        Ok(())
+    }
 }
 
 impl WriteSet for Rows {
@@ -569,6 +633,45 @@ impl WriteSet for Rows {
         Ok(())
     }
 
+    fn batch(&mut self, id: Uuid) -> Result<Option<BatchRecord>, StoreError> {
+        match self.batches.get(&id) {
+            Some(batch) => Ok(batch.clone()),
+            None => Err(StoreError::Storage(format!(
+                "batch {id} was not loaded for the batch of changes"
+            ))),
+        }
+    }
+
+    fn put_batch(&mut self, batch: &BatchRecord) -> Result<(), StoreError> {
+        self.batches.insert(batch.id, Some(batch.clone()));
+        self.dirty_batches.insert(batch.id);
+        self.deleted_batches.remove(&batch.id);
+        Ok(())
+    }
+
+    fn put_batch_event(
+        &mut self,
+        batch: &BatchRecord,
+        seq: u64,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError> {
+        // Beside the jobs' logs, but not in the feed.
+        self.events.push((
+            batch.id,
+            i64_of(seq)?,
+            event.name.clone(),
+            event.data.to_string(),
+            i64_of(event.at_ms)?,
+        ));
+        Ok(())
+    }
+
+    fn delete_batch(&mut self, id: Uuid) -> Result<(), StoreError> {
+        self.batches.insert(id, None);
+        self.deleted_batches.insert(id);
+        Ok(())
+    }
+
     fn trim_feed(&mut self, keep_from: u64) -> Result<(), StoreError> {
         self.trim_below = Some(i64_of(keep_from)?);
         Ok(())
@@ -630,7 +733,7 @@ impl Rows {
         statements: &Statements,
         node: Uuid,
     ) -> Result<(), tokio_postgres::Error> {
-        let gone = |id: &Uuid| self.deleted.contains(id);
+        let gone = |id: &Uuid| self.deleted.contains(id) || self.deleted_batches.contains(id);
 
         let mut jobs = JobColumns::default();
         for id in &self.dirty {
@@ -675,6 +778,13 @@ impl Rows {
             journal.push(*id, *index, entry);
         }
         let deleted: Vec<Uuid> = self.deleted.iter().copied().collect();
+        let deleted_batches: Vec<Uuid> = self.deleted_batches.iter().copied().collect();
+        let mut batches = BatchColumns::default();
+        for id in &self.dirty_batches {
+            if let Some(Some(batch)) = self.batches.get(id).filter(|_| !gone(id)) {
+                batches.push(batch);
+            }
+        }
         let notices = notices(node, &self.events, &self.changed, &self.deleted);
 
         // Jobs first: a job row exists before anything of it is written. The connection
@@ -682,6 +792,9 @@ impl Rows {
         let mut statements_sent: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
         if !jobs.ids.is_empty() {
             statements_sent.push((&statements.upsert_jobs, jobs.params()));
+        }
+        if !batches.ids.is_empty() {
+            statements_sent.push((&statements.upsert_batches, batches.params()));
         }
         if !payload_ids.is_empty() {
             statements_sent.push((&statements.insert_payloads, vec![&payload_ids, &payloads]));
@@ -707,6 +820,11 @@ impl Rows {
         if !deleted.is_empty() {
             for statement in &statements.delete_jobs {
                 statements_sent.push((statement, vec![&deleted]));
+            }
+        }
+        if !deleted_batches.is_empty() {
+            for statement in &statements.delete_batches {
+                statements_sent.push((statement, vec![&deleted_batches]));
             }
         }
         let trim = self.trim_below;
@@ -779,6 +897,7 @@ struct JobColumns {
     priorities: Vec<i32>,
     run_at: Vec<Option<i64>>,
     nodes: Vec<Option<Uuid>>,
+    batches: Vec<Option<Uuid>>,
 }
 
 impl JobColumns {
@@ -798,6 +917,7 @@ impl JobColumns {
             .push(job.run_at_ms.and_then(|ms| i64::try_from(ms).ok()));
         // Only a running job holds a lease.
         self.nodes.push(job.lease().map(|lease| lease.node));
+        self.batches.push(job.batch);
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
@@ -812,7 +932,29 @@ impl JobColumns {
             &self.priorities,
             &self.run_at,
             &self.nodes,
+            &self.batches,
         ]
+    }
+}
+
+#[derive(Default)]
+struct BatchColumns {
+    ids: Vec<Uuid>,
+    tenants: Vec<Option<String>>,
+    records: Vec<String>,
+}
+
+impl BatchColumns {
+    fn push(&mut self, batch: &BatchRecord) {
+        self.ids.push(batch.id);
+        self.tenants.push(batch.tenant.clone());
+        // A record always serialises: every field is plain data.
+        self.records
+            .push(serde_json::to_string(batch).unwrap_or_default());
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.ids, &self.tenants, &self.records]
     }
 }
 

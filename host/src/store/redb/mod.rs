@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::batch::{Feed, Op, StoredEvent};
 use super::bus::Bus;
-use super::model::{JobEvent, JobRecord, JobStatus};
+use super::model::{BatchRecord, JobEvent, JobRecord, JobStatus};
 use super::{FileRecord, ListQuery, Page, StoreError};
 use tables::*;
 
@@ -29,6 +29,11 @@ pub(super) fn storage(error: impl Into<redb::Error>) -> StoreError {
 pub(super) fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Storage(format!("corrupt job record: {e}")))
+}
+
+pub(super) fn decode_batch(bytes: &[u8]) -> Result<BatchRecord, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Storage(format!("corrupt batch record: {e}")))
 }
 
 fn decode_event(bytes: &[u8]) -> Result<StoredEvent, StoreError> {
@@ -70,6 +75,8 @@ impl RedbStore {
         txn.open_table(JOURNAL)?;
         txn.open_table(FILES)?;
         txn.open_table(FILES_BY_EXPIRY)?;
+        txn.open_table(BATCHES)?;
+        txn.open_table(BY_BATCH)?;
         let next_feed = {
             let feed = txn.open_table(FEED)?;
             feed.last()?.map_or(1, |(key, _)| key.value() + 1)
@@ -151,9 +158,24 @@ impl RedbStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<JobEvent>, StoreError> {
+        Ok(self
+            .log_after(job.id, after, limit)?
+            .into_iter()
+            .map(|(seq, stored)| super::event_of(job, seq, 0, stored, job.status))
+            .collect())
+    }
+
+    /// Up to `limit` events of the log kept under `id` (a job's or a batch's) after
+    /// `after`, with their sequence numbers.
+    pub(super) fn log_after(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredEvent)>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
-        let id = job.id.as_u128();
+        let id = id.as_u128();
         let start = after.saturating_add(1);
         let mut out = Vec::new();
         for entry in events
@@ -162,10 +184,18 @@ impl RedbStore {
             .take(limit)
         {
             let (key, value) = entry.map_err(storage)?;
-            let stored = decode_event(value.value())?;
-            out.push(super::event_of(job, key.value().1, 0, stored, job.status));
+            out.push((key.value().1, decode_event(value.value())?));
         }
         Ok(out)
+    }
+
+    pub(super) fn batch(&self, id: Uuid) -> Result<Option<BatchRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let batches = txn.open_table(BATCHES).map_err(storage)?;
+        let Some(bytes) = batches.get(id.as_u128()).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode_batch(bytes.value()).map(Some)
     }
 
     pub(super) fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
@@ -215,6 +245,16 @@ impl RedbStore {
         // the record.
         let ids: Box<dyn Iterator<Item = Result<u128, StoreError>>> =
             match (&query.status, &query.job_type) {
+                _ if query.batch.is_some() => {
+                    let batch = query.batch.map_or(0, |id| id.as_u128());
+                    let index = txn.open_table(BY_BATCH).map_err(storage)?;
+                    let range = index.range((batch, 0)..(batch, before)).map_err(storage)?;
+                    Box::new(
+                        range
+                            .rev()
+                            .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
+                    )
+                }
                 _ if query.tenant.is_some() => {
                     let tenant = query.tenant.as_deref().unwrap_or_default();
                     let index = txn.open_table(BY_TENANT).map_err(storage)?;

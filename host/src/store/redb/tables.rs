@@ -35,3 +35,8 @@ pub(super) const FILES: TableDefinition<u128, &[u8]> = TableDefinition::new("fil
 /// (expires at ms, file id): the sweeper's index of uploads.
 pub(super) const FILES_BY_EXPIRY: TableDefinition<(u64, u128), ()> =
     TableDefinition::new("files_by_expiry");
+/// Batch id -> JSON of a [`crate::store::BatchRecord`] (added in 0.3.0; an older file
+/// gains it empty). A batch's log is kept in [`EVENTS`] under the batch's id.
+pub(super) const BATCHES: TableDefinition<u128, &[u8]> = TableDefinition::new("batches");
+/// (batch id, job id): a batch's jobs, for listing and for cancelling or retrying them all.
+pub(super) const BY_BATCH: TableDefinition<(u128, u128), ()> = TableDefinition::new("by_batch");

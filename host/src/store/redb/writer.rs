@@ -11,9 +11,9 @@ use uuid::Uuid;
 use super::super::StoreError;
 use super::super::batch::{self, Applied, Feed, Op, StoredEvent, WriteSet};
 use super::super::bus::Bus;
-use super::super::model::JobRecord;
+use super::super::model::{BatchRecord, JobRecord};
 use super::tables::*;
-use super::{decode_job, storage};
+use super::{decode_batch, decode_job, storage};
 
 /// The writer loop: runs on its own thread until every sender is dropped.
 pub(super) fn run(
@@ -63,6 +63,8 @@ struct Tables<'txn> {
     by_tenant: Table<'txn, (&'static str, u128), ()>,
     idempotency: Table<'txn, &'static str, u128>,
     journal: Table<'txn, (u128, u64), &'static [u8]>,
+    batches: Table<'txn, u128, &'static [u8]>,
+    by_batch: Table<'txn, (u128, u128), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -79,6 +81,8 @@ impl<'txn> Tables<'txn> {
             by_tenant: txn.open_table(BY_TENANT).map_err(storage)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
             journal: txn.open_table(JOURNAL).map_err(storage)?,
+            batches: txn.open_table(BATCHES).map_err(storage)?,
+            by_batch: txn.open_table(BY_BATCH).map_err(storage)?,
         })
     }
 }
@@ -123,6 +127,11 @@ impl WriteSet for Tables<'_> {
             if let Some(tenant) = &job.tenant {
                 self.by_tenant
                     .insert((tenant.as_str(), key), ())
+                    .map_err(storage)?;
+            }
+            if let Some(batch) = job.batch {
+                self.by_batch
+                    .insert((batch.as_u128(), key), ())
                     .map_err(storage)?;
             }
         }
@@ -196,6 +205,11 @@ impl WriteSet for Tables<'_> {
         if let Some(at) = job.finished_at_ms {
             self.by_finish.remove((at, key)).map_err(storage)?;
         }
+        if let Some(batch) = job.batch {
+            self.by_batch
+                .remove((batch.as_u128(), key))
+                .map_err(storage)?;
+        }
         if let Some(slot) = &job.idempotency_key {
             self.idempotency.remove(slot.as_str()).map_err(storage)?;
         }
@@ -203,6 +217,43 @@ impl WriteSet for Tables<'_> {
             .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
             .map_err(storage)?;
         self.journal
+            .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn batch(&mut self, id: Uuid) -> Result<Option<BatchRecord>, StoreError> {
+        let Some(bytes) = self.batches.get(id.as_u128()).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode_batch(bytes.value()).map(Some)
+    }
+
+    fn put_batch(&mut self, batch: &BatchRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(batch).map_err(|e| StoreError::Storage(e.to_string()))?;
+        self.batches
+            .insert(batch.id.as_u128(), bytes.as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn put_batch_event(
+        &mut self,
+        batch: &BatchRecord,
+        seq: u64,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(event).map_err(|e| StoreError::Storage(e.to_string()))?;
+        self.events
+            .insert((batch.id.as_u128(), seq), bytes.as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn delete_batch(&mut self, id: Uuid) -> Result<(), StoreError> {
+        let key = id.as_u128();
+        self.batches.remove(key).map_err(storage)?;
+        self.events
             .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
             .map_err(storage)?;
         Ok(())
