@@ -191,6 +191,8 @@ async fn one_bad_item_refuses_the_batch_naming_its_index_and_creates_nothing() {
     ] {
         let (status, body) = get_json(&kiln.client, &kiln.url(&path)).await;
         assert_eq!(status, 404, "{path}: {body:#}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("no batch with id"), "{path}: {body:#}");
     }
 }
 

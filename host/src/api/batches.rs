@@ -5,7 +5,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -14,9 +13,9 @@ use uuid::Uuid;
 use super::AppState;
 use super::access::{Caller, EventsToken, authenticate_events};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiQuery, JobId, JsonBody};
+use super::extract::{ApiQuery, BatchId, JsonBody};
 use super::jobs::parse_time;
-use super::sse::{JobEventsQuery, job_frame, last_event_id, sse_response, stream_permit};
+use super::sse::{JobEventsQuery, last_event_id, log_stream, stream_permit};
 use crate::jobs::{BatchRecord, BatchRequest, ServiceError, StatusCounts, rfc3339};
 
 /// The body of `POST /v1/batches`.
@@ -163,7 +162,7 @@ async fn visible_batch(
     if caller.sees_batch(&batch) {
         Ok(batch)
     } else {
-        Err(ServiceError::NotFound(id).into())
+        Err(ServiceError::BatchNotFound(id).into())
     }
 }
 
@@ -178,7 +177,7 @@ async fn visible_batch(
 pub async fn get(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    JobId(id): JobId,
+    BatchId(id): BatchId,
 ) -> Result<Json<BatchView>, ApiError> {
     let batch = visible_batch(&state, &caller, id).await?;
     Ok(Json(BatchView::of(&batch)))
@@ -205,7 +204,7 @@ pub struct BatchChange {
 pub async fn cancel(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    JobId(id): JobId,
+    BatchId(id): BatchId,
 ) -> Result<Json<BatchChange>, ApiError> {
     visible_batch(&state, &caller, id).await?;
     let changed = state.service.cancel_batch(id).await?;
@@ -227,7 +226,7 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    JobId(id): JobId,
+    BatchId(id): BatchId,
 ) -> Result<(StatusCode, Json<BatchChange>), ApiError> {
     visible_batch(&state, &caller, id).await?;
     let changed = state.service.retry_batch(id).await?;
@@ -256,7 +255,7 @@ pub async fn retry(
     ))]
 pub async fn events(
     State(state): State<AppState>,
-    JobId(id): JobId,
+    BatchId(id): BatchId,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<JobEventsQuery>,
 ) -> Result<Response, ApiError> {
@@ -267,22 +266,17 @@ pub async fn events(
     let follow = state.service.follow_batch(id, Some(after)).await?;
     let batch = &follow.batch;
     if !caller.sees_batch(batch) {
-        return Err(ServiceError::NotFound(id).into());
+        return Err(ServiceError::BatchNotFound(id).into());
     }
-    if batch.is_finished() && after >= batch.last_seq {
-        // Nothing follows until a retry: 204 tells EventSource to stop reconnecting.
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    if after > batch.last_seq {
-        return Err(ApiError::bad_request(
-            "invalid_last_event_id",
-            format!(
-                "Last-Event-ID {after} is beyond this batch's last event ({}); resume from \
-                 an id this stream sent",
-                batch.last_seq
-            ),
-        ));
-    }
-    let frames = follow.events.map(|event| job_frame(&event));
-    Ok(sse_response(frames, &state, permit))
+    // Finished until a retry reopens it.
+    let (over, last_seq) = (batch.is_finished(), batch.last_seq);
+    log_stream(
+        &state,
+        permit,
+        "batch",
+        over,
+        last_seq,
+        after,
+        follow.events,
+    )
 }

@@ -107,12 +107,33 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Path::<String>::from_request_parts(parts, state).await {
-            Ok(Path(text)) => job_id(&text).map(JobId),
-            Err(_) => Err(ApiError::not_found(
-                "no job with that id (it is not even text)",
-            )),
-        }
+        path_id(parts, state, "job").await.map(JobId)
+    }
+}
+
+/// The `{id}` of a batch route, read like [`JobId`].
+pub struct BatchId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for BatchId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        path_id(parts, state, "batch").await.map(BatchId)
+    }
+}
+
+/// The UUID `{id}` of a route about a `what`; anything else names none: `404`.
+async fn path_id<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    what: &str,
+) -> Result<Uuid, ApiError> {
+    match Path::<String>::from_request_parts(parts, state).await {
+        Ok(Path(text)) => Uuid::parse_str(&text)
+            .map_err(|_| ApiError::not_found(format!("no {what} with id {text:?}"))),
+        Err(_) => Err(ApiError::not_found(format!(
+            "no {what} with that id (it is not even text)"
+        ))),
     }
 }
 

@@ -8,6 +8,7 @@
 //! lags past its buffer is closed; it reconnects and replays.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -66,29 +67,45 @@ pub async fn job_events(
     if !caller.sees(job) {
         return Err(ServiceError::NotFound(id).into());
     }
-    if job.status.is_terminal() && after >= job.last_seq {
-        // Nothing will ever follow: 204 tells EventSource to stop reconnecting.
+    let over = job.status.is_terminal();
+    let last_seq = job.last_seq;
+    log_stream(&state, permit, "job", over, last_seq, after, follow.events)
+}
+
+/// The answer of a log's stream (a job's or a batch's, `what`) resumed after `after`:
+/// `204` when the log is `over` and nothing follows the id, `400` for an id beyond its
+/// last event, else `events` as SSE.
+pub(super) fn log_stream(
+    state: &AppState,
+    permit: OwnedSemaphorePermit,
+    what: &str,
+    over: bool,
+    last_seq: u64,
+    after: u64,
+    events: impl Stream<Item = Arc<JobEvent>> + Send + 'static,
+) -> Result<Response, ApiError> {
+    if over && after >= last_seq {
+        // Nothing will follow: 204 tells EventSource to stop reconnecting.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    if after > job.last_seq {
+    if after > last_seq {
         // Events are stored before anyone sees them, so no client can hold a later id;
         // following from there would silently drop everything, the ending included.
         return Err(ApiError::bad_request(
             "invalid_last_event_id",
             format!(
-                "Last-Event-ID {after} is beyond this job's last event ({}); resume from an \
-                 id this stream sent",
-                job.last_seq
+                "Last-Event-ID {after} is beyond this {what}'s last event ({last_seq}); resume \
+                 from an id this stream sent"
             ),
         ));
     }
-    let frames = follow.events.map(|event| job_frame(&event));
-    Ok(sse_response(frames, &state, permit))
+    let frames = events.map(|event| job_frame(&event));
+    Ok(sse_response(frames, state, permit))
 }
 
 /// A job-stream event on the wire: `id:` its sequence number, `event:` its name, `data:`
 /// its JSON (encoded once for every subscriber).
-pub(super) fn job_frame(event: &JobEvent) -> Event {
+fn job_frame(event: &JobEvent) -> Event {
     let data = event.encodings.slots[0].get_or_init(|| event.data.to_string());
     Event::default()
         .id(event.seq.to_string())
@@ -194,7 +211,7 @@ fn feed_expired(after: u64, first: u64) -> ApiError {
 
 /// The SSE response of `frames`: a reconnect hint first, keep-alives, and an end at
 /// shutdown; the stream holds its `permit` while it is open.
-pub(super) fn sse_response(
+fn sse_response(
     frames: impl Stream<Item = Event> + Send + 'static,
     state: &AppState,
     permit: OwnedSemaphorePermit,

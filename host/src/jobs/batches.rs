@@ -104,7 +104,7 @@ impl JobService {
             .store
             .batch(id)
             .await?
-            .ok_or(ServiceError::NotFound(id))
+            .ok_or(ServiceError::BatchNotFound(id))
     }
 
     /// The ids of a batch's jobs, oldest first.

@@ -87,6 +87,9 @@ pub enum ServiceError {
     /// No such job.
     #[error("no job with id {0}")]
     NotFound(Uuid),
+    /// No such batch (or all its jobs expired).
+    #[error("no batch with id {0}")]
+    BatchNotFound(Uuid),
     /// Not allowed in the job's state.
     #[error("{0}")]
     Conflict(String),

@@ -597,9 +597,7 @@ fn track_in_batch(
     let Some(mut batch) = set.batch(id)? else {
         return Ok(());
     };
-    let count = batch.counts.of(before.status);
-    *count = count.saturating_sub(1);
-    *batch.counts.of(job.status) += 1;
+    batch.counts.moved(before.status, Some(job.status));
     batch.progress_sum = (batch.progress_sum + BatchRecord::progress_share(job))
         .saturating_sub(BatchRecord::progress_share(before));
     let event = if before.status == job.status {
@@ -646,8 +644,7 @@ fn forget_in_batch(
     if batch.jobs == 0 {
         return set.delete_batch(id);
     }
-    let count = batch.counts.of(job.status);
-    *count = count.saturating_sub(1);
+    batch.counts.moved(job.status, None);
     batch.progress_sum = batch
         .progress_sum
         .saturating_sub(BatchRecord::progress_share(job));

@@ -293,6 +293,15 @@ pub struct StatusCounts {
 }
 
 impl StatusCounts {
+    /// Counts a job that left `from` for `to` (`None`: it was deleted).
+    pub fn moved(&mut self, from: JobStatus, to: Option<JobStatus>) {
+        let count = self.of(from);
+        *count = count.saturating_sub(1);
+        if let Some(to) = to {
+            *self.of(to) += 1;
+        }
+    }
+
     /// The count of `status`, to change.
     pub fn of(&mut self, status: JobStatus) -> &mut u64 {
         match status {
