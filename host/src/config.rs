@@ -150,6 +150,10 @@ pub struct TypeConfig {
 pub struct QueueConfig {
     /// Max running jobs of the queue.
     pub max_concurrent: Option<usize>,
+    /// Max running jobs of the queue with one `concurrency_key` (e.g. one end user), so
+    /// one key's backlog cannot hold every slot. Default: no limit but `max_concurrent`
+    /// (the key with the fewest running jobs still goes first).
+    pub max_per_key: Option<usize>,
 }
 
 /// `[providers.NAME]`: one LLM provider and its limits.
@@ -394,6 +398,12 @@ impl Config {
                 .or_else(|| self.plugins_dir.as_deref().map(|p| self.file_path(p)))
                 .unwrap_or_else(|| "plugins/dist".into()),
         );
+        for (name, queue) in &self.queues {
+            anyhow::ensure!(
+                queue.max_per_key.is_none_or(|max| max >= 1),
+                "[queues.{name}] max_per_key must be at least 1"
+            );
+        }
         let store = match overrides
             .database_url
             .filter(|url| !url.trim().is_empty())
@@ -433,6 +443,11 @@ impl Config {
                 .queues
                 .iter()
                 .filter_map(|(name, q)| q.max_concurrent.map(|n| (name.clone(), n)))
+                .collect(),
+            queue_key_limits: self
+                .queues
+                .iter()
+                .filter_map(|(name, q)| q.max_per_key.map(|n| (name.clone(), n)))
                 .collect(),
             default_max_concurrent: self
                 .default_max_concurrent
@@ -673,6 +688,25 @@ mod tests {
         assert_eq!(resolved.service.limit_of("heavy"), 2);
         assert_eq!(resolved.service.limits_of("documents").memory_mib, 512);
         assert_eq!(resolved.runtime.max_memory_mib, 512);
+    }
+
+    #[test]
+    fn max_per_key_is_a_positive_cap() {
+        let config = |max: u32| -> Config {
+            toml::from_str(&format!(
+                "[queues.chat]\nmax_concurrent = 8\nmax_per_key = {max}"
+            ))
+            .unwrap()
+        };
+        let resolved = config(2).resolve(Overrides::default()).unwrap();
+        assert_eq!(resolved.service.queue_limits("chat"), ("chat", 8, Some(2)));
+        assert_eq!(resolved.service.key_limit_of("other"), None);
+        let err = config(0).resolve(Overrides::default()).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("[queues.chat] max_per_key must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

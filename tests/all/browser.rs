@@ -695,11 +695,11 @@ async fn dashboard_shows_the_end_of_each_job_id_and_copies_the_whole_id_on_click
 
     // UUIDv7 ids made in the same minute share their first 8 hex digits.
     let mut ids = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         let (status, job) = submit(
             &kiln.client,
             &kiln.base,
-            json!({"type": "noop", "payload": {}}),
+            json!({"type": "noop", "payload": {}, "concurrency_key": format!("user-{i}")}),
         )
         .await;
         assert_eq!(status, 202, "{job}");
@@ -790,6 +790,20 @@ async fn dashboard_shows_the_end_of_each_job_id_and_copies_the_whole_id_on_click
         json!(target),
         "the clipboard does not hold the job's id"
     );
+    // The detail names the job's queue and concurrency key.
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{target}\"] [data-testid=job-type]"),
+    )
+    .await;
+    let queue = browser
+        .wait_for(
+            "the detail's queue",
+            "const q = document.querySelector('[data-testid=detail-queue]').textContent;
+             return q || null;",
+        )
+        .await;
+    assert_eq!(queue, json!("noop, key user-1"), "{queue}");
     browser.close().await;
     kiln.stop().await;
 }

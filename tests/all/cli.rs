@@ -1131,3 +1131,43 @@ async fn batch_submit_watch_follows_a_batch_and_exits_by_how_its_jobs_ended() {
     assert!(out.stderr.contains("items[1]"), "{out:?}");
     kiln.stop().await;
 }
+
+#[tokio::test]
+async fn submit_and_batch_submit_send_the_concurrency_key() {
+    let kiln = kiln("").await;
+    let out = kiln_cli(
+        &kiln.base,
+        &["submit", "noop", "--concurrency-key", "user-7", "--json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let job: Value = serde_json::from_str(&out.stdout).expect("the job's JSON on stdout");
+    assert_eq!(job["concurrency_key"], "user-7", "{out:?}");
+
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "batch",
+            "submit",
+            "noop",
+            "--items",
+            "[{}, {}]",
+            "--concurrency-key",
+            "user-8",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let batch: Value = serde_json::from_str(&out.stdout).expect("the batch's JSON on stdout");
+    for id in batch["jobs"].as_array().expect("job ids") {
+        let url = kiln.url(&format!("/v1/jobs/{}", id.as_str().unwrap()));
+        let (_, job) = get_json(&kiln.client, &url).await;
+        assert_eq!(job["concurrency_key"], "user-8", "{job:#}");
+    }
+
+    // The server's refusal comes through: exit 1 with its message.
+    let out = kiln_cli(&kiln.base, &["submit", "noop", "--concurrency-key", ""]).await;
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("concurrency_key"), "{out:?}");
+}

@@ -613,6 +613,56 @@ async fn the_queue_bound_and_idempotency_keys_hold_across_nodes() {
     assert_eq!(answers.len(), 1, "one job for one key: {answers:#?}");
 }
 
+/// A queue's `max_per_key` holds for the whole cluster: one key's jobs, submitted to
+/// both nodes, never run two at once, while another key's run beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_per_key_holds_across_nodes() {
+    let config = "[queues.hostile]\nmax_concurrent = 4\nmax_per_key = 1\n";
+    let cluster = Cluster::start(2, &["fixture:hostile"], config).await;
+    let job = |key: &str| {
+        json!({"type": "hostile", "payload": {"mode": "events", "n": 3, "pace_ms": 150},
+               "concurrency_key": key})
+    };
+    let mut a = Vec::new();
+    for index in [0, 1, 0, 1] {
+        a.push(submit_ok(&cluster.client, &cluster.base(index), job("user-a")).await);
+    }
+    let mut b = Vec::new();
+    for index in [1, 0] {
+        b.push(submit_ok(&cluster.client, &cluster.base(index), job("user-b")).await);
+    }
+    let mut a_jobs = Vec::new();
+    for id in &a {
+        a_jobs.push(
+            cluster
+                .wait_job(0, id, |j| j["status"] == "completed")
+                .await,
+        );
+    }
+    let mut b_jobs = Vec::new();
+    for id in &b {
+        b_jobs.push(
+            cluster
+                .wait_job(1, id, |j| j["status"] == "completed")
+                .await,
+        );
+    }
+    let shown = || format!("a: {a_jobs:#?}\nb: {b_jobs:#?}\n{}", cluster.logs());
+    assert_eq!(most_at_once(&a_jobs), 1, "{}", shown());
+    let last_a_start = a_jobs
+        .iter()
+        .filter_map(|j| time_ms(j, "started_at"))
+        .max()
+        .unwrap();
+    for job in &b_jobs {
+        assert!(
+            time_ms(job, "started_at").unwrap() < last_a_start,
+            "user b waited behind user a's jobs: {}",
+            shown()
+        );
+    }
+}
+
 /// A provider's `max_concurrent = 2` and `requests_per_minute = 12` hold for three nodes
 /// together: the provider never has more than 2 requests in flight nor more than 12 in any
 /// 60 s, and the cluster uses both limits in full (per node, 18 jobs would all be sent in

@@ -247,9 +247,9 @@ async fn follow(shared: Arc<Shared>, id: String) -> Followed {
         if let Some(seq) = last {
             request = request.header("last-event-id", seq.to_string());
         }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(_) => {
+        let response = match tokio::time::timeout(REQUEST_TIMEOUT, request.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) | Err(_) => {
                 // Down: try again soon.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -378,9 +378,9 @@ fn job_is_terminal(job: &Value) -> bool {
 async fn wait_all_terminal(
     client: &reqwest::Client,
     base: &str,
+    deadline: Instant,
     problems: &mut Vec<String>,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + LONG;
     loop {
         let mut listing_problems = Vec::new();
         let jobs = list_all(client, base, &mut listing_problems).await;
@@ -472,6 +472,7 @@ async fn check_stream(
     base: &str,
     followed: &Followed,
     jobs: &BTreeMap<String, Value>,
+    deadline: Instant,
     problems: &mut Vec<String>,
 ) {
     let id = &followed.id;
@@ -495,7 +496,10 @@ async fn check_stream(
             "job {id}: the attempts of its status events go back: {attempts:?}"
         ));
     }
-    let stored = all_events(client, base, id, LONG).await;
+    // What is left of the hang guard, so a job that never ends costs it once, not once
+    // per stream (and the test reports before the runner kills it).
+    let left = deadline.saturating_duration_since(Instant::now());
+    let stored = all_events(client, base, id, left.max(Duration::from_secs(2))).await;
     if stored != followed.events {
         let at = stored
             .iter()
@@ -574,6 +578,8 @@ async fn repeated_kill_9_loses_no_job_and_no_event() {
         kiln = start(&addr, &data, plugins.path(), config).await;
     }
     shared.stop.store(true, Ordering::SeqCst);
+    // One hang guard for everything after the final restart.
+    let deadline = Instant::now() + LONG;
     shared
         .final_deadline_ms
         .store(unix_ms() + LONG.as_millis() as u64, Ordering::SeqCst);
@@ -591,7 +597,7 @@ async fn repeated_kill_9_loses_no_job_and_no_event() {
     let mut problems = std::mem::take(&mut *shared.problems.lock().unwrap());
     let submissions = shared.submissions.lock().unwrap().clone();
 
-    let jobs = wait_all_terminal(&client, &base, &mut problems).await;
+    let jobs = wait_all_terminal(&client, &base, deadline, &mut problems).await;
     check_submissions(&submissions, &jobs, &mut problems);
     for submission in &submissions {
         if let Outcome::Acked(id, _) = &submission.outcome {
@@ -606,7 +612,7 @@ async fn repeated_kill_9_loses_no_job_and_no_event() {
     check_keys_replay(&client, &base, &submissions, &mut problems).await;
     let by_id: BTreeMap<String, Value> = jobs.iter().map(|j| (id_of(j), j.clone())).collect();
     for stream in &followed {
-        check_stream(&client, &base, stream, &by_id, &mut problems).await;
+        check_stream(&client, &base, stream, &by_id, deadline, &mut problems).await;
     }
     logs.push(kiln.log());
     for (run, log) in logs.iter().enumerate() {

@@ -13,6 +13,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod compat;
+mod concurrency_keys;
 mod contract_v2;
 mod crash;
 mod durability;

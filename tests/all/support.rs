@@ -769,3 +769,34 @@ pub async fn queues(kiln: &InProcess) -> std::collections::BTreeMap<String, Valu
         .map(|q| (q["name"].as_str().unwrap().to_string(), q.clone()))
         .collect()
 }
+
+/// A job's `started_at` or `finished_at`, ms since the epoch.
+pub fn time_ms(job: &Value, field: &str) -> Option<u64> {
+    let text = job[field].as_str()?;
+    let time = humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{field} {text}: {e}"));
+    let since = time
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    Some(since.as_millis() as u64)
+}
+
+/// The most of `jobs` that ran at one moment, from their start and finish times.
+pub fn most_at_once(jobs: &[Value]) -> usize {
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    for job in jobs {
+        let (Some(start), Some(end)) = (time_ms(job, "started_at"), time_ms(job, "finished_at"))
+        else {
+            panic!("job has not run: {job:#}");
+        };
+        // An end sorts before a start at the same millisecond: a slot handed over.
+        edges.push((start, 1));
+        edges.push((end, -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}

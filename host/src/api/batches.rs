@@ -36,6 +36,9 @@ pub struct BatchBody {
     pub timeout_s: Option<u64>,
     /// RFC 3339 time before which no job of the batch starts.
     pub run_at: Option<String>,
+    /// Who every job runs for (e.g. your end user's id), 1 to 255 bytes: a queue shares its
+    /// slots fairly between keys, and its `max_per_key` caps one key's running jobs.
+    pub concurrency_key: Option<String>,
 }
 
 /// A batch as clients see it.
@@ -138,6 +141,7 @@ pub async fn submit(
             timeout_s: body.timeout_s,
             run_at_ms,
             tenant: caller.tenant().map(str::to_string),
+            concurrency_key: body.concurrency_key,
         })
         .await?;
     let view = BatchSubmitView {

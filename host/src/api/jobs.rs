@@ -36,6 +36,9 @@ pub struct SubmitBody {
     pub timeout_s: Option<u64>,
     /// RFC 3339 time before which the job does not start.
     pub run_at: Option<String>,
+    /// Who the job runs for (e.g. your end user's id), 1 to 255 bytes: a queue shares its
+    /// slots fairly between keys, and its `max_per_key` caps one key's running jobs.
+    pub concurrency_key: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -123,6 +126,7 @@ pub async fn submit(
         run_at_ms,
         idempotency_key,
         tenant: caller.tenant().map(str::to_string),
+        concurrency_key: body.concurrency_key,
     };
     let (mut job, created) = state.service.submit(request).await?;
     if let Some(wait) = wait {

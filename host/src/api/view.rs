@@ -52,6 +52,8 @@ pub struct JobView {
     pub cancel_requested: bool,
     /// The batch it was submitted in (`POST /v1/batches`), if any.
     pub batch: Option<Uuid>,
+    /// The `concurrency_key` it was submitted with, if any.
+    pub concurrency_key: Option<String>,
     /// Where to read and follow it.
     pub links: Links,
 }
@@ -109,6 +111,7 @@ impl JobView {
             node,
             cancel_requested: job.cancel_requested,
             batch: job.batch,
+            concurrency_key: job.concurrency_key,
             artifacts: job
                 .artifacts
                 .into_iter()

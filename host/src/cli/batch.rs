@@ -33,15 +33,8 @@ pub struct SubmitArgs {
     /// them from a file.
     #[arg(long)]
     pub items: String,
-    /// Higher runs first within the queue (-1000..=1000).
-    #[arg(long, allow_hyphen_values = true)]
-    pub priority: Option<i32>,
-    /// Attempts before a retryable failure is final.
-    #[arg(long)]
-    pub max_attempts: Option<u32>,
-    /// Per-attempt timeout, seconds.
-    #[arg(long)]
-    pub timeout_s: Option<u64>,
+    #[command(flatten)]
+    pub options: super::submit::JobOptions,
     /// Follow the batch to its end, like `kiln batch watch`.
     #[arg(long)]
     pub watch: bool,
@@ -99,15 +92,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
     let items = parse_items(&args.items)?;
     let mut body = json!({ "type": args.job_type, "items": items });
-    if let Some(priority) = args.priority {
-        body["priority"] = json!(priority);
-    }
-    if let Some(max_attempts) = args.max_attempts {
-        body["max_attempts"] = json!(max_attempts);
-    }
-    if let Some(timeout_s) = args.timeout_s {
-        body["timeout_s"] = json!(timeout_s);
-    }
+    args.options.write_into(&mut body);
     let answer = client.post("/v1/batches", Some(&body)).await?;
     let id = answer["id"]
         .as_str()

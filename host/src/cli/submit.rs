@@ -16,15 +16,8 @@ pub struct SubmitArgs {
     /// The payload, as JSON, or `@FILE` to read it from a file.
     #[arg(long, default_value = "{}")]
     pub payload: String,
-    /// Higher runs first within the queue (-1000..=1000).
-    #[arg(long, allow_hyphen_values = true)]
-    pub priority: Option<i32>,
-    /// Attempts before a retryable failure is final.
-    #[arg(long)]
-    pub max_attempts: Option<u32>,
-    /// Per-attempt timeout, seconds.
-    #[arg(long)]
-    pub timeout_s: Option<u64>,
+    #[command(flatten)]
+    pub options: JobOptions,
     /// Same key, same job: a repeated submit returns the first job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -41,6 +34,42 @@ pub struct SubmitArgs {
     pub server: ServerArgs,
 }
 
+/// The job options `kiln submit` and `kiln batch submit` share.
+#[derive(Debug, clap::Args)]
+pub struct JobOptions {
+    /// Higher runs first within the queue (-1000..=1000).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Attempts before a retryable failure is final.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout, seconds.
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
+    /// Who the job runs for (e.g. your end user's id): its queue shares slots fairly
+    /// between keys, and `max_per_key` caps one key's running jobs.
+    #[arg(long)]
+    pub concurrency_key: Option<String>,
+}
+
+impl JobOptions {
+    /// Sets the options given in a submit's JSON `body`.
+    pub(super) fn write_into(&self, body: &mut serde_json::Value) {
+        if let Some(priority) = self.priority {
+            body["priority"] = json!(priority);
+        }
+        if let Some(max_attempts) = self.max_attempts {
+            body["max_attempts"] = json!(max_attempts);
+        }
+        if let Some(timeout_s) = self.timeout_s {
+            body["timeout_s"] = json!(timeout_s);
+        }
+        if let Some(key) = &self.concurrency_key {
+            body["concurrency_key"] = json!(key);
+        }
+    }
+}
+
 pub(super) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server)?;
     let payload = match super::read_payload(&args.payload)? {
@@ -48,15 +77,7 @@ pub(super) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let mut body = json!({ "type": args.job_type, "payload": payload });
-    if let Some(priority) = args.priority {
-        body["priority"] = json!(priority);
-    }
-    if let Some(max_attempts) = args.max_attempts {
-        body["max_attempts"] = json!(max_attempts);
-    }
-    if let Some(timeout_s) = args.timeout_s {
-        body["timeout_s"] = json!(timeout_s);
-    }
+    args.options.write_into(&mut body);
     let mut request = client.http().post(client.url("/v1/jobs")).json(&body);
     if let Some(key) = &args.idempotency_key {
         request = request.header("idempotency-key", key);

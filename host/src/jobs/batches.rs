@@ -31,6 +31,8 @@ pub struct BatchRequest {
     pub run_at_ms: Option<u64>,
     /// The tenant that will own the batch and its jobs.
     pub tenant: Option<String>,
+    /// The concurrency key of every job.
+    pub concurrency_key: Option<String>,
 }
 
 impl JobService {
@@ -68,6 +70,7 @@ impl JobService {
                     run_at_ms: request.run_at_ms,
                     idempotency_key: None,
                     tenant: request.tenant.clone(),
+                    concurrency_key: request.concurrency_key.clone(),
                 })
                 .await
                 .map_err(|error| at_item(index, error))?;

@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::{JobService, RunningJob, lifecycle};
-use crate::store::{ClaimRequest, JobRecord, JobStatus, now_ms};
+use crate::store::{ClaimQueue, ClaimRequest, JobRecord, JobStatus, now_ms};
 
 /// A node's jobs are given to other nodes after this long without its heartbeat; the
 /// leader's lease lasts as long.
@@ -46,17 +46,20 @@ const CLAIM_BATCH: usize = 64;
 
 impl JobService {
     /// The queues this node claims from: those of its loaded job types, with their limits.
-    fn claimable_queues(&self) -> Vec<(String, usize)> {
+    fn claimable_queues(&self) -> Vec<ClaimQueue> {
         let settings = &self.inner.settings;
-        let mut queues: Vec<(String, usize)> = self
+        let mut queues: Vec<ClaimQueue> = self
             .inner
             .plugins
             .names()
             .iter()
             .map(|name| {
-                let queue = settings.queue_of(name);
-                let limit = settings.limit_of(&queue);
-                (queue, limit)
+                let name = settings.queue_of(name);
+                ClaimQueue {
+                    limit: settings.limit_of(&name),
+                    max_per_key: settings.key_limit_of(&name),
+                    name,
+                }
             })
             .collect();
         queues.sort();
@@ -70,8 +73,8 @@ impl JobService {
         {
             // The in-memory queues keep this node's figures (`/v1/queues` stats).
             let mut local = self.inner.queues.lock().expect("queues lock");
-            for (name, limit) in &queues {
-                local.queue(name, *limit);
+            for queue in &queues {
+                local.queue((&queue.name, queue.limit, queue.max_per_key));
             }
         }
         let node = self.inner.store.node_id();

@@ -69,7 +69,13 @@ pub struct SubmitRequest {
     pub idempotency_key: Option<String>,
     /// The tenant that will own the job.
     pub tenant: Option<String>,
+    /// Who the job runs for (e.g. the app's end user): the queue shares its slots fairly
+    /// between keys, within `max_per_key`.
+    pub concurrency_key: Option<String>,
 }
+
+/// Longest `concurrency_key`, bytes.
+const MAX_KEY_BYTES: usize = 255;
 
 /// Why a service call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -424,6 +430,18 @@ impl JobService {
             ));
         }
 
+        if let Some(key) = &request.concurrency_key
+            && (key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control))
+        {
+            return Err(bad_request(
+                "invalid_request",
+                format!(
+                    "concurrency_key must be 1 to {MAX_KEY_BYTES} bytes with no control \
+                     characters"
+                ),
+            ));
+        }
+
         let job = JobRecord {
             id: Uuid::now_v7(),
             queue: settings.queue_of(&request.job_type),
@@ -450,6 +468,7 @@ impl JobService {
             node: None,
             cancel_requested: false,
             batch: None,
+            concurrency_key: request.concurrency_key,
         };
         if plugin.reads_files() {
             self.check_payload_files(
@@ -486,15 +505,11 @@ impl JobService {
         {
             return false;
         }
-        let limit = self.inner.settings.limit_of(&job.queue);
+        let limits = self.inner.settings.queue_limits(&job.queue);
         let mut queues = self.inner.queues.lock().expect("queues lock");
-        let queue = queues.queue(&job.queue, limit);
-        if queue.running < queue.limit && !queue.has_due(now) {
-            queue.running += 1;
-            true
-        } else {
-            false
-        }
+        queues
+            .queue(limits)
+            .try_reserve(job.id, &queues::key_of(job), now)
     }
 
     /// The fast path of a submit that got a slot: the insert and the start go to the
@@ -716,12 +731,10 @@ impl JobService {
             self.inner.wake.notify_one();
             return;
         }
-        let limit = self.inner.settings.limit_of(&job.queue);
+        let limits = self.inner.settings.queue_limits(&job.queue);
         self.inner.queues.lock().expect("queues lock").push(
-            (&job.queue, limit),
-            job.id,
-            job.priority,
-            job.run_at_ms,
+            limits,
+            queues::Waiting::of(job),
             now_ms(),
         );
         self.inner.wake.notify_one();

@@ -88,7 +88,7 @@ impl JobService {
             // outcome is committed, so a queue's throughput is not bounded by its
             // limit divided by two commit times. (For a moment the store may show the
             // next job running before this one's end: the limit is on running plugins.)
-            self.release_slot(&queue);
+            self.release_slot(&queue, id);
             if let Some((job, outcome, artifacts)) = outcome {
                 self.finish(job, outcome, artifacts, &running).await;
             }
@@ -108,9 +108,9 @@ impl JobService {
         }
     }
 
-    /// Gives a slot of `queue` back and wakes the dispatcher.
-    pub(super) fn release_slot(&self, queue: &str) {
-        self.with_queue(queue, |q| q.running = q.running.saturating_sub(1));
+    /// Gives job `id`'s slot of `queue` back and wakes the dispatcher.
+    pub(super) fn release_slot(&self, queue: &str, id: Uuid) {
+        self.with_queue(queue, |q| q.release(id));
         self.inner.wake.notify_one();
     }
 

@@ -20,6 +20,9 @@ pub struct ServiceSettings {
     /// Queue name -> max jobs running at once; a queue not listed gets
     /// `default_max_concurrent`.
     pub queue_limits: HashMap<String, usize>,
+    /// Queue name -> max jobs running at once with one concurrency key; a queue not
+    /// listed has no such limit.
+    pub queue_key_limits: HashMap<String, usize>,
     /// Running jobs per queue when not configured. Default 16.
     pub default_max_concurrent: usize,
     /// Attempts per job when the client does not say. Default 3.
@@ -58,6 +61,7 @@ impl Default for ServiceSettings {
             type_limits: HashMap::new(),
             type_queues: HashMap::new(),
             queue_limits: HashMap::new(),
+            queue_key_limits: HashMap::new(),
             default_max_concurrent: 16,
             default_max_attempts: 3,
             max_attempts_cap: 20,
@@ -91,6 +95,16 @@ impl ServiceSettings {
             .copied()
             .unwrap_or(self.default_max_concurrent)
             .max(1)
+    }
+
+    /// A queue's name with its limits, as the in-memory queues take them.
+    pub fn queue_limits<'a>(&self, queue: &'a str) -> (&'a str, usize, Option<usize>) {
+        (queue, self.limit_of(queue), self.key_limit_of(queue))
+    }
+
+    /// Max running jobs of a queue with one concurrency key, if limited.
+    pub fn key_limit_of(&self, queue: &str) -> Option<usize> {
+        self.queue_key_limits.get(queue).map(|&max| max.max(1))
     }
 
     /// The sandbox limits of a job type.

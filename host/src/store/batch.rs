@@ -63,13 +63,22 @@ pub struct Claimed {
     pub next_due_ms: Option<u64>,
 }
 
-/// What a node asks a claim for: up to `max` due jobs of each of `queues` (name and
-/// cluster-wide limit of running jobs) as of `now_ms`.
+/// What a node asks a claim for: up to `max` due jobs of each of `queues` as of `now_ms`.
 #[derive(Clone, Debug)]
 pub struct ClaimRequest {
-    pub queues: Vec<(String, usize)>,
+    pub queues: Vec<ClaimQueue>,
     pub max: usize,
     pub now_ms: u64,
+}
+
+/// A queue a claim takes jobs from, with its cluster-wide limits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClaimQueue {
+    pub name: String,
+    /// Most jobs running at once (`max_concurrent`).
+    pub limit: usize,
+    /// Most jobs running at once with one concurrency key (`max_per_key`).
+    pub max_per_key: Option<usize>,
 }
 
 /// How an insert went.

@@ -15,7 +15,9 @@ mod model;
 mod postgres;
 mod redb;
 
-pub use batch::{Change, ClaimRequest, Claimed, Inserted, Mutation, NewJob, batch_event_names};
+pub use batch::{
+    Change, ClaimQueue, ClaimRequest, Claimed, Inserted, Mutation, NewJob, batch_event_names,
+};
 pub use bus::Bus;
 pub use files::{ArtifactRecord, BlobDir, ByteStream, FileRecord, read_range};
 pub use model::{

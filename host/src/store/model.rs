@@ -164,6 +164,11 @@ pub struct JobRecord {
     /// changes keep up to date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<Uuid>,
+    /// Who it is run for (e.g. the app's end user), as the client said at submit: the
+    /// queue shares its slots fairly between keys, and `max_per_key` caps one key's
+    /// running jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
 }
 
 /// The fencing token of a running attempt: which attempt, on which node. Every write an
@@ -218,6 +223,7 @@ impl JobRecord {
             node: None,
             cancel_requested: false,
             batch: None,
+            concurrency_key: None,
         }
     }
 }

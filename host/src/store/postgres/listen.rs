@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures::StreamExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
@@ -34,15 +34,31 @@ use super::{NOTIFY_CHANNEL, PgConnector, PgStore, classify};
 /// Events read per wake-up and job.
 const READ_LIMIT: usize = 512;
 
-/// Listens until aborted, reconnecting after a lost connection.
-pub(super) async fn run(connector: PgConnector, pool: Pool, bus: Arc<Bus>, node: Uuid) {
+/// Listens until aborted, reconnecting after a lost connection. `listening` is told once
+/// the first `LISTEN` has taken effect.
+pub(super) async fn run(
+    connector: PgConnector,
+    pool: Pool,
+    bus: Arc<Bus>,
+    node: Uuid,
+    listening: oneshot::Sender<()>,
+) {
     let reader = PgStore {
         pool,
         tasks: Vec::new(),
     };
     let mut published: HashMap<Uuid, u64> = HashMap::new();
+    let mut listening = Some(listening);
     loop {
-        if let Err(error) = listen(&connector, &reader, &bus, node, &mut published).await {
+        let result = listen(
+            &connector,
+            &reader,
+            &bus,
+            node,
+            &mut published,
+            &mut listening,
+        );
+        if let Err(error) = result.await {
             tracing::debug!(%error, "the PostgreSQL listener reconnects");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -55,6 +71,7 @@ async fn listen(
     bus: &Bus,
     node: Uuid,
     published: &mut HashMap<Uuid, u64>,
+    listening: &mut Option<oneshot::Sender<()>>,
 ) -> Result<(), StoreError> {
     let (client, mut connection) = connector.config.connect(NoTls).await.map_err(classify)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -72,6 +89,9 @@ async fn listen(
         .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
         .await
         .map_err(classify)?;
+    if let Some(listening) = listening.take() {
+        let _ = listening.send(());
+    }
     let own = node.to_string();
     while let Some(payload) = rx.recv().await {
         let mut lines = payload.lines();

@@ -185,10 +185,19 @@ impl PgStore {
             node,
             retry: Default::default(),
         };
+        let (listening, heard) = tokio::sync::oneshot::channel();
         let tasks = vec![
             tokio::spawn(writer.run(rx, client)),
-            tokio::spawn(listen::run(connector, pool.clone(), bus, node)),
+            tokio::spawn(listen::run(connector, pool.clone(), bus, node, listening)),
         ];
+        // A node that answers requests should already hear the others' wake-ups: a
+        // subscriber that joins later would otherwise wait for a gap to see their events.
+        if tokio::time::timeout(options.connect_timeout, heard)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the PostgreSQL listener is not listening yet; it keeps trying");
+        }
         Ok((Self { pool, tasks }, tx))
     }
 

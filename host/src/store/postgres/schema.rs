@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("migrations/0004_cluster.sql")),
     (5, include_str!("migrations/0005_provider_limits.sql")),
     (6, include_str!("migrations/0006_batches.sql")),
+    (7, include_str!("migrations/0007_concurrency_keys.sql")),
 ];
 
 /// The advisory lock key that serialises migrations ("kiln" in ASCII).

@@ -235,12 +235,10 @@ impl Statements {
                 &[Type::INT8, Type::INT8],
             )
                 .await?,
-            // Per queue, its free slots cluster-wide (the writers are serialised by the
-            // feed head, so the count is exact), then that many due jobs in order, skipping
-            // rows other transactions hold.
+            // One queue's due jobs in fair order (see the file), run once per queue.
             claim: prepare(
-                "WITH free AS (                    SELECT w.queue, w.lim - (SELECT count(*) FROM kiln_jobs r                      WHERE r.status = 1 AND r.queue = w.queue) AS slots                    FROM unnest($1::text[], $2::int8[]) AS w(queue, lim))                  SELECT c.id, c.record FROM free f CROSS JOIN LATERAL (                    SELECT j.id, j.record FROM kiln_jobs j                    WHERE j.status = 0 AND j.queue = f.queue AND coalesce(j.run_at_ms, 0) <= $3                    ORDER BY j.priority DESC, coalesce(j.run_at_ms, 0), j.id                    LIMIT greatest(least(f.slots, $4), 0)                    FOR UPDATE SKIP LOCKED) c",
-                &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::INT8, Type::INT8],
+                include_str!("claim.sql"),
+                &[Type::TEXT, Type::INT8, Type::INT8, Type::INT8, Type::INT8],
             )
             .await?,
             next_due: prepare(
@@ -262,9 +260,10 @@ impl Statements {
             .await?,
             upsert_jobs: prepare(
                 "INSERT INTO kiln_jobs (id, status, job_type, tenant, finished_ms, record, \
-                 queue, priority, run_at_ms, node, batch) \
+                 queue, priority, run_at_ms, node, batch, concurrency_key) \
                  SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::text[], $5::int8[], \
-                 $6::text[], $7::text[], $8::int4[], $9::int8[], $10::uuid[], $11::uuid[]) \
+                 $6::text[], $7::text[], $8::int4[], $9::int8[], $10::uuid[], $11::uuid[], \
+                 $12::text[]) \
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
                  finished_ms = excluded.finished_ms, record = excluded.record, \
                  priority = excluded.priority, run_at_ms = excluded.run_at_ms, node = excluded.node",
@@ -684,43 +683,51 @@ impl WriteSet for Rows {
     }
 }
 
-/// A claim's parameters, as the claim query takes them.
+/// A claim's parameters, as the claim queries take them.
 struct ClaimParams {
-    queues: Vec<String>,
-    limits: Vec<i64>,
+    /// Per queue: its name, `max_concurrent` and `max_per_key`.
+    queues: Vec<(String, i64, Option<i64>)>,
+    names: Vec<String>,
     now_ms: i64,
     max: i64,
 }
 
 impl ClaimParams {
     fn of(request: &ClaimRequest) -> Self {
-        let (queues, limits) = request
-            .queues
-            .iter()
-            .map(|(name, limit)| (name.clone(), i64::try_from(*limit).unwrap_or(i64::MAX)))
-            .unzip();
+        let int = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         Self {
-            queues,
-            limits,
+            queues: request
+                .queues
+                .iter()
+                .map(|q| (q.name.clone(), int(q.limit), q.max_per_key.map(int)))
+                .collect(),
+            names: request.queues.iter().map(|q| q.name.clone()).collect(),
             now_ms: i64::try_from(request.now_ms).unwrap_or(i64::MAX),
-            max: i64::try_from(request.max).unwrap_or(i64::MAX),
+            max: int(request.max),
         }
     }
 
-    /// The claimed rows (locked), and the next due time of a delayed job.
+    /// The claimed rows (locked) of every queue, and the next due time of a delayed job.
     async fn run(
         &self,
         client: &Client,
         statements: &Statements,
     ) -> Result<(Vec<tokio_postgres::Row>, Option<u64>), tokio_postgres::Error> {
-        let claim: [&(dyn ToSql + Sync); 4] = [&self.queues, &self.limits, &self.now_ms, &self.max];
-        let due: [&(dyn ToSql + Sync); 2] = [&self.queues, &self.now_ms];
+        let claims = self.queues.iter().map(|(name, limit, max_per_key)| {
+            let params: [&(dyn ToSql + Sync); 5] =
+                [name, limit, &self.now_ms, &self.max, max_per_key];
+            async move { client.query(&statements.claim, &params).await }
+        });
+        let due: [&(dyn ToSql + Sync); 2] = [&self.names, &self.now_ms];
         let (rows, next) = futures::try_join!(
-            client.query(&statements.claim, &claim),
+            futures::future::try_join_all(claims),
             client.query_one(&statements.next_due, &due),
         )?;
         let next: Option<i64> = next.get(0);
-        Ok((rows, next.and_then(|ms| u64::try_from(ms).ok())))
+        Ok((
+            rows.into_iter().flatten().collect(),
+            next.and_then(|ms| u64::try_from(ms).ok()),
+        ))
     }
 }
 
@@ -898,6 +905,7 @@ struct JobColumns {
     run_at: Vec<Option<i64>>,
     nodes: Vec<Option<Uuid>>,
     batches: Vec<Option<Uuid>>,
+    concurrency_keys: Vec<Option<String>>,
 }
 
 impl JobColumns {
@@ -918,6 +926,7 @@ impl JobColumns {
         // Only a running job holds a lease.
         self.nodes.push(job.lease().map(|lease| lease.node));
         self.batches.push(job.batch);
+        self.concurrency_keys.push(job.concurrency_key.clone());
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
@@ -933,6 +942,7 @@ impl JobColumns {
             &self.run_at,
             &self.nodes,
             &self.batches,
+            &self.concurrency_keys,
         ]
     }
 }

@@ -13,7 +13,7 @@
   const EVENT_NAMES = ['status', 'progress', 'partial', 'token', 'replayed', 'completed', 'failed', 'cancelled'];
   const RANK = { queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
   // Fields of a job that do not change as it runs: safe to take from any snapshot.
-  const FIXED = ['created_at', 'queue', 'priority', 'max_attempts', 'run_at', 'links', 'type'];
+  const FIXED = ['created_at', 'queue', 'priority', 'max_attempts', 'run_at', 'links', 'type', 'concurrency_key'];
   const MAX_JOBS = 1000; // jobs kept in memory
   const MAX_ROWS = 200; // rows shown
   const MAX_ACTIVITY = 60;
@@ -457,6 +457,7 @@
     status.className = `status status-${job.status}`;
     field('message').textContent = job.message || '';
     field('attempt').textContent = job.attempt ? `${job.attempt} of ${job.max_attempts || '?'}` : '';
+    field('queue').textContent = job.concurrency_key ? `${job.queue || ''}, key ${job.concurrency_key}` : job.queue || '';
     field('created_at').textContent = job.created_at || '';
     const u = job.usage;
     field('usage').textContent = u
