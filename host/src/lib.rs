@@ -7,7 +7,8 @@
 //! - `cli/`: the `kiln` command line (`serve`, `plugin check`, `plugin run`, …). Thin.
 //! - `api/`: the HTTP API (axum routes, SSE framing, the error shape). Talks to `jobs/`
 //!   only (it uses the store's record types through `jobs/`'s re-exports).
-//! - `jobs/`: the scheduler: queues, limits, retries, timeouts, cancellation, recovery,
+//! - `jobs/`: the scheduler: queues (shared fairly between concurrency keys,
+//!   `jobs/queues.rs`), limits, retries, timeouts, cancellation, recovery,
 //!   expiry; the job lifecycle's transitions (`jobs/lifecycle.rs`), batches
 //!   (`jobs/batches.rs`) and following an event log (`jobs/events.rs`). Uses `store/` for
 //!   state and `runtime/` to run attempts.

@@ -633,3 +633,41 @@ async fn keys_new_prints_a_key_and_the_hash_that_accepts_it() {
         .unwrap();
     assert!(!refused.status.success(), "a client key without a tenant");
 }
+
+#[tokio::test]
+async fn a_tenant_lists_and_reads_only_its_own_batches() {
+    let keys = Keys::new();
+    let server = kiln(&keys.config("")).await;
+    let batch = json!({"type": "hostile", "items": [{"mode": "ok"}]});
+    let (status, of_a) =
+        json_of(call(&server, Method::POST, "/v1/batches", &keys.a).json(&batch)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{of_a}");
+    let (status, of_b) =
+        json_of(call(&server, Method::POST, "/v1/batches", &keys.b).json(&batch)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{of_b}");
+    let listed = |key: String| {
+        let server = &server;
+        async move {
+            let (status, page) = json_of(call(server, Method::GET, "/v1/batches", &key)).await;
+            assert_eq!(status, 200, "{page}");
+            page["batches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let (a_id, b_id) = (id_of(&of_a), id_of(&of_b));
+    assert_eq!(listed(keys.a.clone()).await, vec![a_id.clone()]);
+    assert_eq!(listed(keys.b.clone()).await, vec![b_id.clone()]);
+    assert_eq!(listed(keys.admin.clone()).await, vec![b_id, a_id.clone()]);
+    let (status, body) = json_of(call(
+        &server,
+        Method::GET,
+        &format!("/v1/batches/{a_id}"),
+        &keys.b,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

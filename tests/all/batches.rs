@@ -431,3 +431,54 @@ async fn a_batch_acknowledged_before_a_kill_9_is_all_there_after_it() {
         "{events:#?}"
     );
 }
+
+#[tokio::test]
+async fn batches_are_listed_newest_first_in_pages() {
+    let kiln = kiln("").await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let (status, body) = submit_batch(
+            &kiln.client,
+            &kiln.base,
+            json!({"type": "hostile", "items": items("ok", n)}),
+        )
+        .await;
+        assert_eq!(status, 202, "{body:#}");
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    let (status, page) = get_json(&kiln.client, &kiln.url("/v1/batches?limit=2")).await;
+    assert_eq!(status, 200, "{page:#}");
+    let listed: Vec<&str> = page["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()], "{page:#}");
+    assert_eq!(page["batches"][0]["total"], 3, "{page:#}");
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let (status, page) = get_json(
+        &kiln.client,
+        &kiln.url(&format!("/v1/batches?limit=2&cursor={cursor}")),
+    )
+    .await;
+    assert_eq!(status, 200, "{page:#}");
+    assert_eq!(page["batches"].as_array().unwrap().len(), 1, "{page:#}");
+    assert_eq!(page["batches"][0]["id"], ids[0].as_str(), "{page:#}");
+    assert!(page["next_cursor"].is_null(), "{page:#}");
+
+    for (query, kind) in [
+        ("limit=0", "invalid_query"),
+        ("limit=101", "invalid_query"),
+        ("cursor=nope", "invalid_cursor"),
+        ("status=queued", "invalid_query"),
+    ] {
+        let (status, body) =
+            get_json(&kiln.client, &kiln.url(&format!("/v1/batches?{query}"))).await;
+        assert_eq!(status, 400, "{query}: {body:#}");
+        assert_eq!(body["error"]["kind"], kind, "{query}: {body:#}");
+    }
+}

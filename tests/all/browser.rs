@@ -1399,3 +1399,55 @@ async fn dashboard_reads_the_jobs_again_when_its_position_has_expired() {
         "the dashboard did not read the job list again after 410"
     );
 }
+
+/// The dashboard's Batches table shows a batch's mean progress and counts as its jobs run,
+/// and its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_batch_with_its_progress_and_counts() {
+    let _turn = ONE_BROWSER.lock().await;
+    let kiln = InProcess::start_cached(
+        &["fixture:hostile"],
+        "[queues.hostile]\nmax_concurrent = 1\n",
+    )
+    .await;
+    let browser = Browser::start("dashboard-batches").await;
+    open_dashboard(&browser, &kiln).await;
+    let items: Vec<Value> = (0..4)
+        .map(|_| json!({"mode": "events", "n": 4, "pace_ms": 400}))
+        .collect();
+    let response = kiln
+        .client
+        .post(kiln.url("/v1/batches"))
+        .json(&json!({"type": "hostile", "items": items}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let id = id_of(&body);
+    let row = |condition: &str| {
+        format!(
+            "const row = document.querySelector('[data-testid=batch][data-batch=\"{id}\"]');
+             if (!row) return null;
+             const s = {{progress: row.querySelector('[data-testid=batch-progress]').textContent.trim(),
+                        counts: row.querySelector('[data-testid=batch-counts]').textContent,
+                        finished: row.dataset.finished}};
+             return ({condition}) ? s : null;"
+        )
+    };
+    let midway = browser
+        .wait_for(
+            "the batch part done",
+            &row("s.finished === 'no' && s.progress !== '0%' && s.counts.includes('completed')"),
+        )
+        .await;
+    println!("midway {midway}");
+    browser.screenshot("batch-midway").await;
+    let done = browser
+        .wait_for("the batch finished", &row("s.finished === 'yes'"))
+        .await;
+    assert_eq!(done["progress"], "100%", "{done}");
+    assert_eq!(done["counts"], "4: 4 completed", "{done}");
+    browser.close().await;
+    kiln.stop().await;
+}

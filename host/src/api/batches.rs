@@ -7,14 +7,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
 use super::access::{Caller, EventsToken, authenticate_events};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, BatchId, JsonBody};
-use super::jobs::parse_time;
+use super::jobs::{page_params, parse_time};
 use super::sse::{JobEventsQuery, last_event_id, log_stream, stream_permit};
 use crate::jobs::{BatchRecord, BatchRequest, ServiceError, StatusCounts, rfc3339};
 
@@ -154,6 +154,51 @@ pub async fn submit(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// Query of `GET /v1/batches`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BatchListParams {
+    /// Page size, 1..=100, default 20.
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of `GET /v1/batches`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchList {
+    /// Newest first.
+    pub batches: Vec<BatchView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// `GET /v1/batches`: `{batches, next_cursor}`, newest first (a client key sees its
+/// tenant's).
+#[utoipa::path(get, path = "/v1/batches", tag = "batches",
+    params(BatchListParams),
+    responses(
+        (status = 200, description = "A page of batches, newest first, with their counts and mean progress", body = BatchList),
+        (status = 400, description = "`invalid_query` or `invalid_cursor`", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiQuery(params): ApiQuery<BatchListParams>,
+) -> Result<Json<BatchList>, ApiError> {
+    let (limit, before) = page_params(params.limit, params.cursor.as_deref())?;
+    let page = state
+        .service
+        .list_batches(caller.tenant_filter(), before, limit)
+        .await?;
+    Ok(Json(BatchList {
+        batches: page.batches.iter().map(BatchView::of).collect(),
+        next_cursor: page.next,
+    }))
 }
 
 /// The batch `id` if the caller may see it; else `404`, as for an unknown one.

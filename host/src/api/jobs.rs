@@ -214,6 +214,30 @@ pub struct JobPage {
     pub next_cursor: Option<uuid::Uuid>,
 }
 
+/// A listing's page size (1 to 100, default 20) and the id its page starts after.
+pub(super) fn page_params(
+    limit: Option<usize>,
+    cursor: Option<&str>,
+) -> Result<(usize, Option<uuid::Uuid>), ApiError> {
+    let limit = limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let before = match cursor {
+        Some(text) => Some(uuid::Uuid::parse_str(text).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                format!("{text:?} is not a cursor from this API"),
+            )
+        })?),
+        None => None,
+    };
+    Ok((limit, before))
+}
+
 /// `GET /v1/jobs`: `{jobs, next_cursor}`, newest first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
     params(ListParams),
@@ -238,22 +262,7 @@ pub async fn list(
         })?),
         None => None,
     };
-    let limit = params.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 100",
-        ));
-    }
-    let before = match params.cursor.as_deref() {
-        Some(text) => Some(uuid::Uuid::parse_str(text).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                format!("{text:?} is not a cursor from this API"),
-            )
-        })?),
-        None => None,
-    };
+    let (limit, before) = page_params(params.limit, params.cursor.as_deref())?;
     let page = state
         .service
         .list(&ListQuery {

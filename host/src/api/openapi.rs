@@ -18,7 +18,7 @@ use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, T
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Schema};
 
 use super::access::{EventsToken, SessionView};
-use super::batches::{BatchBody, BatchChange, BatchLinks, BatchSubmitView, BatchView};
+use super::batches::{BatchBody, BatchChange, BatchLinks, BatchList, BatchSubmitView, BatchView};
 use super::error::{ErrorBody, ErrorDetail, Violation};
 use super::files::FileView;
 use super::jobs::{JobPage, SubmitBody, SubmitView};
@@ -47,6 +47,7 @@ use crate::llm::Usage;
         super::jobs::retry,
         super::access::job_token,
         super::batches::submit,
+        super::batches::list,
         super::batches::get,
         super::batches::cancel,
         super::batches::retry,
@@ -68,7 +69,7 @@ use crate::llm::Usage;
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Violation, JobView, Links, ArtifactView, FileView, Usage, ErrorInfo, JobStatus,
-        SubmitBody, SubmitView, BatchBody, BatchView, BatchLinks, BatchSubmitView, BatchChange, StatusCounts, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
+        SubmitBody, SubmitView, BatchBody, BatchView, BatchLinks, BatchSubmitView, BatchChange, BatchList, StatusCounts, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
     )),
     tags(
         (name = "jobs", description = "Submit, read, list, cancel and retry jobs"),

@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{JobService, ServiceError, SubmitRequest, bad_request, lifecycle};
-use crate::store::{BatchRecord, JobRecord, ListQuery, NewJob, now_ms};
+use crate::store::{BatchPage, BatchRecord, JobRecord, ListQuery, NewJob, now_ms};
 
 /// Jobs changed at once by a batch's cancel or retry: enough to share group commits,
 /// few enough not to flood the writer.
@@ -108,6 +108,17 @@ impl JobService {
             .batch(id)
             .await?
             .ok_or(ServiceError::BatchNotFound(id))
+    }
+
+    /// A page of batches, newest first: up to `limit` older than `before`, only
+    /// `tenant`'s if given.
+    pub async fn list_batches(
+        &self,
+        tenant: Option<&str>,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<BatchPage, ServiceError> {
+        Ok(self.inner.store.list_batches(tenant, before, limit).await?)
     }
 
     /// The ids of a batch's jobs, oldest first.

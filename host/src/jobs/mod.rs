@@ -29,8 +29,8 @@ pub use queues::QueueStats;
 pub use settings::ServiceSettings;
 // The records the API shows, as the store keeps them.
 pub use crate::store::{
-    ArtifactRecord, BatchRecord, ByteStream, ErrorInfo, FileRecord, JobEvent, JobRecord, JobStatus,
-    ListQuery, Page, StatusCounts, batch_event_names, now_ms, rfc3339,
+    ArtifactRecord, BatchPage, BatchRecord, ByteStream, ErrorInfo, FileRecord, JobEvent, JobRecord,
+    JobStatus, ListQuery, Page, StatusCounts, batch_event_names, now_ms, rfc3339,
 };
 
 use std::collections::HashMap;

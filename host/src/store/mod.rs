@@ -92,15 +92,34 @@ pub struct Page {
 }
 
 impl Page {
-    /// The page of `limit` out of `jobs`, read one past the limit: that one record tells
-    /// whether there is a next page.
     fn of(mut jobs: Vec<JobRecord>, limit: usize) -> Self {
-        let next = (jobs.len() > limit).then(|| {
-            jobs.truncate(limit);
-            jobs[limit - 1].id
-        });
+        let next = cut_page(&mut jobs, limit, |job| job.id);
         Self { jobs, next }
     }
+}
+
+/// A page of batches, newest first.
+#[derive(Clone, Debug)]
+pub struct BatchPage {
+    pub batches: Vec<BatchRecord>,
+    /// Pass as `before` to get the next page; `None` on the last page.
+    pub next: Option<Uuid>,
+}
+
+impl BatchPage {
+    fn of(mut batches: Vec<BatchRecord>, limit: usize) -> Self {
+        let next = cut_page(&mut batches, limit, |batch| batch.id);
+        Self { batches, next }
+    }
+}
+
+/// Cuts `items`, read one past `limit`, to the page of `limit`: the extra one tells
+/// whether there is a next page, which starts after the returned id.
+fn cut_page<T>(items: &mut Vec<T>, limit: usize, id: fn(&T) -> Uuid) -> Option<Uuid> {
+    (items.len() > limit).then(|| {
+        items.truncate(limit);
+        id(&items[limit - 1])
+    })
 }
 
 /// One queue's figures in a shared store.
@@ -219,6 +238,21 @@ impl Store {
             Backend::Redb(db) => db.batch(id),
             Backend::Postgres(db) => db.batch(id).await,
         }
+    }
+
+    /// Up to `limit` batches older than `before`, newest first; only `tenant`'s if given.
+    pub async fn list_batches(
+        &self,
+        tenant: Option<&str>,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<BatchPage, StoreError> {
+        let limit = limit.max(1);
+        let batches = match &self.backend {
+            Backend::Redb(db) => db.list_batches(tenant, before, limit + 1)?,
+            Backend::Postgres(db) => db.list_batches(tenant, before, limit + 1).await?,
+        };
+        Ok(BatchPage::of(batches, limit))
     }
 
     /// Up to `limit` events of a batch's log with a sequence number above `after`, in

@@ -298,6 +298,35 @@ impl PgStore {
         rows.first().map(|row| decode_batch(row.get(0))).transpose()
     }
 
+    /// Up to `fetch` batches older than `before`, newest first; only `tenant`'s if given.
+    pub(super) async fn list_batches(
+        &self,
+        tenant: Option<&str>,
+        before: Option<Uuid>,
+        fetch: usize,
+    ) -> Result<Vec<BatchRecord>, StoreError> {
+        let before = before.unwrap_or(Uuid::max());
+        let fetch = i64_of(fetch as u64)?;
+        let rows = match tenant {
+            Some(tenant) => {
+                self.query(
+                    "SELECT record FROM kiln_batches WHERE id < $1 AND tenant = $2 \
+                     ORDER BY id DESC LIMIT $3",
+                    &[&before, &tenant, &fetch],
+                )
+                .await?
+            }
+            None => {
+                self.query(
+                    "SELECT record FROM kiln_batches WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                    &[&before, &fetch],
+                )
+                .await?
+            }
+        };
+        rows.iter().map(|row| decode_batch(row.get(0))).collect()
+    }
+
     pub(super) async fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
         let rows = self
             .query("SELECT min(position), max(position) FROM kiln_feed", &[])

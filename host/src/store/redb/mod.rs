@@ -198,6 +198,31 @@ impl RedbStore {
         decode_batch(bytes.value()).map(Some)
     }
 
+    /// Up to `fetch` batches older than `before`, newest first; only `tenant`'s if given
+    /// (checked on the record: batches are few next to jobs).
+    pub(super) fn list_batches(
+        &self,
+        tenant: Option<&str>,
+        before: Option<Uuid>,
+        fetch: usize,
+    ) -> Result<Vec<BatchRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let batches = txn.open_table(BATCHES).map_err(storage)?;
+        let before = before.map_or(u128::MAX, |id| id.as_u128());
+        let mut page = Vec::new();
+        for entry in batches.range(..before).map_err(storage)?.rev() {
+            let (_, bytes) = entry.map_err(storage)?;
+            let batch = decode_batch(bytes.value())?;
+            if tenant.is_none_or(|tenant| batch.tenant.as_deref() == Some(tenant)) {
+                page.push(batch);
+                if page.len() == fetch {
+                    break;
+                }
+            }
+        }
+        Ok(page)
+    }
+
     pub(super) fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let feed = txn.open_table(FEED).map_err(storage)?;

@@ -3,7 +3,8 @@
 // State comes from one initial load (GET /v1/jobs?limit=100, /v1/plugins, /v1/queues,
 // /v1/nodes) and is then kept current by the event stream GET /v1/events, resumed after a
 // cut; there is no polling of job state. Queue and node figures (GET /v1/queues,
-// /v1/nodes) are refreshed every 5 s. Everything the page
+// /v1/nodes) are refreshed every 5 s, the newest batches (GET /v1/batches) every 2 s.
+// Everything the page
 // shows that came from the server is inserted as text, never as HTML.
 'use strict';
 
@@ -260,6 +261,26 @@
     } catch (error) {
       const text = error.status === 403 ? 'queue figures need an admin key' : `could not read queues: ${error.message}`;
       $('#queue-rows').replaceChildren(el('tr', {}, el('td', { text })));
+    }
+  }
+
+  // The newest batches with their mean progress and counts (`GET /v1/batches`).
+  async function loadBatches() {
+    try {
+      const { batches } = await api('GET', '/v1/batches?limit=10');
+      const rows = batches.map((b) => {
+        const c = b.counts;
+        const counts = [['queued', c.queued], ['running', c.running], ['completed', c.completed], ['failed', c.failed], ['cancelled', c.cancelled]]
+          .filter(([, n]) => n).map(([name, n]) => `${n} ${name}`).join(', ');
+        return el('tr', { 'data-testid': 'batch', 'data-batch': b.id, 'data-finished': b.finished_at ? 'yes' : 'no' },
+          el('td', {}, el('code', { text: `…${b.id.slice(-8)}`, title: b.id })), el('td', { text: b.type }),
+          el('td', {}, el('progress', { max: '100', value: String(b.progress), title: `${b.progress}%` }), el('span', { class: 'stage', text: ` ${b.progress}%`, 'data-testid': 'batch-progress' })),
+          el('td', { text: `${b.total}: ${counts || 'none left'}`, 'data-testid': 'batch-counts' }),
+          el('td', { text: b.created_at }));
+      });
+      $('#batch-rows').replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { text: 'no batches', colspan: '5' }))]));
+    } catch (error) {
+      $('#batch-rows').replaceChildren(el('tr', {}, el('td', { text: `could not read batches: ${error.message}`, colspan: '5' })));
     }
   }
 
@@ -718,11 +739,12 @@
     $('.filters').addEventListener('submit', (e) => e.preventDefault());
 
     connect(); // reads the job list once its stream is open, so nothing is missed
-    Promise.all([loadPlugins(), loadQueues(), loadNodes()])
+    Promise.all([loadPlugins(), loadQueues(), loadNodes(), loadBatches()])
       .then(() => { window.kilnDashboard.setup = true; })
       .catch((e) => notice(`loading: ${e.message}`, true));
     setInterval(loadQueues, 5000); // queue figures only; job state comes from events
     setInterval(loadNodes, 5000);
+    setInterval(loadBatches, 2000); // their progress moves quickly
     setInterval(flushRefreshes, 1000);
     setInterval(() => { if (jobs.size) scheduleRender(); }, 1000); // ages and run times
   }
