@@ -351,6 +351,54 @@ async fn a_stream_follows_a_job_on_another_node_and_resumes_on_a_third() {
     assert_eq!(seen.last().unwrap().event, "completed", "{seen:#?}");
 }
 
+/// A batch submitted on one node, its jobs claimed by either: its stream, read on the
+/// other node and resumed on the first, is its whole log, 1, 2, 3… to `batch_completed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stream_follows_its_jobs_on_any_node() {
+    let cluster = Cluster::start(2, &["fixture:hostile"], "").await;
+    let items: Vec<Value> = (0..8)
+        .map(|_| json!({"mode": "events", "n": 5, "pace_ms": 60}))
+        .collect();
+    let response = cluster
+        .client
+        .post(cluster.node(0).url("/v1/batches"))
+        .json(&json!({"type": "hostile", "items": items}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let batch: Value = response.json().await.unwrap();
+    let id = id_of(&batch);
+    let url = |index: usize| cluster.node(index).url(&format!("/v1/batches/{id}/events"));
+    let mut reader = SseReader::new(open_sse(&cluster.client, &url(1), None).await);
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        let event = reader
+            .next(LONG)
+            .await
+            .unwrap_or_else(|| panic!("stream ended early: {seen:#?}\n{}", cluster.logs()));
+        seen.push(event);
+    }
+    drop(reader);
+    let last = seen.last().unwrap().id;
+    let mut rest = SseReader::new(open_sse(&cluster.client, &url(0), last).await);
+    seen.extend(rest.read_to_end(LONG).await);
+    let shown = || format!("{seen:#?}\n{}", cluster.logs());
+    for (i, event) in seen.iter().enumerate() {
+        assert_eq!(event.id, Some(i as u64 + 1), "gap or repeat: {}", shown());
+    }
+    let end = seen.last().unwrap();
+    assert_eq!(end.event, "batch_completed", "{}", shown());
+    assert_eq!(end.data["counts"]["completed"], 8, "{}", shown());
+    for job in batch["jobs"].as_array().unwrap() {
+        let url = cluster
+            .node(1)
+            .url(&format!("/v1/jobs/{}", job.as_str().unwrap()));
+        let (_, job) = get_json(&cluster.client, &url).await;
+        assert_eq!(job["status"], "completed", "{job:#}");
+    }
+}
+
 /// A node stopped (SIGSTOP) past its lease loses its job to another node; when it runs
 /// again (SIGCONT) with its provider call answered, it can commit nothing for the old
 /// attempt: the job's result is the second attempt's answer, and the log has one ending.
