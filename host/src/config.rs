@@ -88,10 +88,104 @@ pub struct Config {
     /// Browser origins allowed to call the API (CORS), e.g. `["https://app.example.com"]`.
     /// Default none: only same-origin pages and non-browser clients.
     pub cors_origins: Vec<String>,
+    /// Signing secrets, default URLs and limits of job webhooks (`[webhooks]`).
+    pub webhooks: WebhooksConfig,
     /// The folder of the file this was read from: relative `data_dir` and `plugins_dir`
     /// in the file are relative to it, so `kiln serve --config` works from any directory.
     #[serde(skip)]
     source_dir: Option<PathBuf>,
+}
+
+/// `[webhooks]`: how job ends are POSTed (see `jobs/webhooks.rs`).
+///
+/// ```toml
+/// [webhooks]
+/// secret_env = "KILN_WEBHOOK_SECRET"  # holds whsec_…: signs the jobs of no tenant
+/// url = "https://hooks.example.com/kiln"  # default for those jobs (none by default)
+/// allow_private = false       # loopback and private addresses refused
+/// timeout_secs = 10
+/// retry_for_secs = 86400      # retried with backoff this long after the job's end
+/// retry_base_ms = 5000        # first backoff, doubling per send
+/// retry_max_ms = 3600000      # longest backoff
+/// max_body_bytes = 1048576    # a larger job JSON is sent without its result
+///
+/// [webhooks.tenants.acme]
+/// secret_env = "ACME_WEBHOOK_SECRET"
+/// url = "https://hooks.acme.example/kiln"
+/// ```
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub secret_env: Option<String>,
+    pub url: Option<String>,
+    pub allow_private: Option<bool>,
+    pub timeout_secs: Option<u64>,
+    pub retry_for_secs: Option<u64>,
+    pub retry_base_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
+    pub max_body_bytes: Option<usize>,
+    pub tenants: HashMap<String, TenantWebhooks>,
+}
+
+/// `[webhooks.tenants.NAME]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantWebhooks {
+    pub secret_env: Option<String>,
+    pub url: Option<String>,
+}
+
+impl WebhooksConfig {
+    /// The settings, with every secret read from its variable and checked.
+    fn resolve(&self) -> anyhow::Result<crate::jobs::WebhookSettings> {
+        let defaults = crate::jobs::WebhookSettings::default();
+        let mut settings = crate::jobs::WebhookSettings {
+            allow_private: self.allow_private.unwrap_or(defaults.allow_private),
+            timeout: self
+                .timeout_secs
+                .map_or(defaults.timeout, |s| Duration::from_secs(s.max(1))),
+            retry_for: self
+                .retry_for_secs
+                .map_or(defaults.retry_for, Duration::from_secs),
+            first_retry: self
+                .retry_base_ms
+                .map_or(defaults.first_retry, Duration::from_millis),
+            max_retry: self
+                .retry_max_ms
+                .map_or(defaults.max_retry, Duration::from_millis),
+            max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            ..defaults
+        };
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(name, t)| (Some(name.clone()), t.secret_env.as_ref(), t.url.as_ref()));
+        for (tenant, secret_env, url) in
+            std::iter::once((None, self.secret_env.as_ref(), self.url.as_ref())).chain(tenants)
+        {
+            let place = tenant.as_ref().map_or("[webhooks]".to_string(), |t| {
+                format!("[webhooks.tenants.{t}]")
+            });
+            if let Some(var) = secret_env {
+                let text = std::env::var(var).map_err(|_| {
+                    anyhow::anyhow!("{place} secret_env: the environment variable {var} is not set")
+                })?;
+                let secret = crate::jobs::decode_secret(&text)
+                    .map_err(|e| anyhow::anyhow!("{place} secret_env {var}: {e}"))?;
+                settings.secrets.insert(tenant.clone(), secret);
+            }
+            if let Some(url) = url {
+                anyhow::ensure!(
+                    secret_env.is_some(),
+                    "{place} url needs a secret_env to sign with"
+                );
+                crate::jobs::check_url(url, settings.allow_private)
+                    .map_err(|e| anyhow::anyhow!("{place} url: {e}"))?;
+                settings.default_urls.insert(tenant, url.clone());
+            }
+        }
+        Ok(settings)
+    }
 }
 
 /// `[store]`.
@@ -457,6 +551,7 @@ impl Config {
                 .unwrap_or(defaults.default_max_attempts),
             max_attempts_cap: defaults.max_attempts_cap,
             max_queued: self.max_queued.unwrap_or(defaults.max_queued),
+            webhooks: self.webhooks.resolve()?,
             max_batch_items: self.max_batch_items.unwrap_or(defaults.max_batch_items),
             retry_base: self.retry_base_ms.map_or(defaults.retry_base, ms),
             retry_max: self.retry_max_ms.map_or(defaults.retry_max, ms),

@@ -10,12 +10,14 @@
 //! - `jobs/`: the scheduler: queues (shared fairly between concurrency keys,
 //!   `jobs/queues.rs`), limits, retries, timeouts, cancellation, recovery,
 //!   expiry; the job lifecycle's transitions (`jobs/lifecycle.rs`), batches
-//!   (`jobs/batches.rs`) and following an event log (`jobs/events.rs`). Uses `store/` for
+//!   (`jobs/batches.rs`), sending webhooks (`jobs/webhooks.rs`; the API hands it the job's
+//!   JSON shape at start) and following an event log (`jobs/events.rs`). Uses `store/` for
 //!   state and `runtime/` to run attempts.
 //! - `store/`: the storage contract over two backends (`redb/`, the embedded default, and
 //!   `postgres/`), the only module that opens transactions (group commit, `batch.rs`),
 //!   where upload and artifact bytes are kept (`bytes.rs`), and the live event bus. Its
-//!   writer keeps each batch's counts and log in the same commit as its jobs' changes.
+//!   writer keeps each batch's counts and log, and the webhook delivery of each job
+//!   that ends (the outbox), in the same commit as its jobs' changes.
 //! - `runtime/`: the wasmtime sandbox that runs job types; reaches `llm/` only through the
 //!   host imports it implements.
 //! - `llm/`: LLM providers behind the [`llm::LlmClient`] trait, including `offline`.

@@ -95,6 +95,8 @@ impl Server {
             settings,
             config.metrics.clone(),
         );
+        // Webhook bodies are the job's JSON as the API shows it.
+        service.set_job_renderer(api::render_job);
         let shutdown = CancellationToken::new();
         if auth.is_open() {
             tracing::warn!(%addr, "auth: {}", auth.describe());

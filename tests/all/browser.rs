@@ -1451,3 +1451,41 @@ async fn dashboard_shows_a_batch_with_its_progress_and_counts() {
     browser.close().await;
     kiln.stop().await;
 }
+
+/// The job detail shows the job's webhook and how its delivery went, as it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_jobs_webhook_delivery() {
+    let _turn = ONE_BROWSER.lock().await;
+    let receiver = crate::webhooks::Receiver::start(vec![500], false).await;
+    let (data, plugins) = (
+        tempfile::tempdir().unwrap(),
+        plugins_dir(&["fixture:hostile"]),
+    );
+    let kiln = crate::webhooks::start(data.path(), plugins.path(), &crate::webhooks::config(""));
+    let browser = Browser::start("dashboard-webhook").await;
+    open_dashboard_at(&browser, &kiln.url("/")).await;
+    let url = format!("{}/hook", receiver.url);
+    let body = json!({"type": "hostile", "payload": {"mode": "ok"}, "webhook": {"url": url}});
+    let id = submit_ok(&reqwest::Client::new(), &kiln.base, body).await;
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{id}\"] [data-testid=job-type]"),
+    )
+    .await;
+    let shown = browser
+        .wait_for(
+            "the delivery, retried once",
+            "const t = document.querySelector('[data-testid=detail-webhook]').textContent;
+             return t.includes('delivered') ? t : null;",
+        )
+        .await;
+    browser.screenshot("webhook").await;
+    assert_eq!(
+        shown,
+        json!(format!("{url} (delivered, 2 attempts, 200)")),
+        "{}",
+        kiln.log()
+    );
+    assert_eq!(receiver.received().len(), 2);
+    browser.close().await;
+}

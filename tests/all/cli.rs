@@ -1133,7 +1133,7 @@ async fn batch_submit_watch_follows_a_batch_and_exits_by_how_its_jobs_ended() {
 }
 
 #[tokio::test]
-async fn submit_and_batch_submit_send_the_concurrency_key() {
+async fn submit_and_batch_submit_send_the_concurrency_key_and_webhook() {
     let kiln = kiln("").await;
     let out = kiln_cli(
         &kiln.base,
@@ -1166,7 +1166,23 @@ async fn submit_and_batch_submit_send_the_concurrency_key() {
         assert_eq!(job["concurrency_key"], "user-8", "{job:#}");
     }
 
-    // The server's refusal comes through: exit 1 with its message.
+    // --webhook sends the URL; this server has no secret to sign with, so it refuses,
+    // and the refusal comes through: a failure exit with its message.
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "submit",
+            "noop",
+            "--webhook",
+            "https://hooks.example.com/kiln",
+        ],
+    )
+    .await;
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("webhooks need a signing secret"),
+        "{out:?}"
+    );
     let out = kiln_cli(&kiln.base, &["submit", "noop", "--concurrency-key", ""]).await;
     assert_ne!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stderr.contains("concurrency_key"), "{out:?}");

@@ -51,7 +51,9 @@ impl Cluster {
     fn spawn(&self, index: usize) -> KilnProcess {
         // `[store]` goes last: every key after it would belong to it.
         let config = format!("{}\n[store]\nurl = \"{}\"\n", self.config, self.url);
-        KilnProcess::start(self.dirs[index].path(), self.plugins.path(), &config)
+        // Every node can sign webhooks with the webhook tests' secret.
+        let env = [("KILN_TEST_WEBHOOK_SECRET", crate::webhooks::SECRET)];
+        KilnProcess::start_with_env(self.dirs[index].path(), self.plugins.path(), &config, &env)
     }
 
     fn node(&self, index: usize) -> &KilnProcess {
@@ -709,6 +711,41 @@ async fn max_per_key_holds_across_nodes() {
             shown()
         );
     }
+}
+
+/// Webhooks of jobs submitted to both nodes are sent by the leader alone: each end once,
+/// and a receiver that failed first gets it again from the outbox in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_sent_once_for_the_whole_cluster() {
+    let receiver = crate::webhooks::Receiver::start(vec![500, 500], false).await;
+    let config = crate::webhooks::config("");
+    let cluster = Cluster::start(2, &["fixture:hostile"], &config).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let body = json!({"type": "hostile", "payload": {"mode": "ok"},
+                          "webhook": {"url": receiver.url}});
+        ids.push(submit_ok(&cluster.client, &cluster.base(i % 2), body).await);
+    }
+    for id in &ids {
+        let job = cluster
+            .wait_job(1, id, |j| j["webhook"]["delivery"]["state"] == "delivered")
+            .await;
+        assert_eq!(job["status"], "completed", "{job:#}");
+    }
+    let mut per_job: HashMap<String, usize> = HashMap::new();
+    for received in receiver.received() {
+        *per_job
+            .entry(received.header("webhook-id").to_string())
+            .or_default() += 1;
+    }
+    // Two first sends failed (500), so two ends were sent twice; every other once.
+    assert_eq!(per_job.len(), 10, "{per_job:#?}\n{}", cluster.logs());
+    assert_eq!(
+        per_job.values().sum::<usize>(),
+        12,
+        "{per_job:#?}\n{}",
+        cluster.logs()
+    );
 }
 
 /// A provider's `max_concurrent = 2` and `requests_per_minute = 12` hold for three nodes

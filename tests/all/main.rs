@@ -38,3 +38,4 @@ mod sandbox;
 mod sse;
 mod startup;
 mod storage;
+mod webhooks;

@@ -207,7 +207,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
             "kiln",
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_schema"
         ),
-        "1,2,3,4,5,6,7"
+        "1,2,3,4,5,6,7,8"
     );
     drop((a, b));
 
@@ -217,7 +217,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
         Err(error) => format!("{error:#}"),
     };
     assert!(
-        refused.contains("schema is version 99, newer than this Kiln knows (7)"),
+        refused.contains("schema is version 99, newer than this Kiln knows (8)"),
         "{refused}"
     );
     assert_eq!(pg.psql("kiln", "SELECT count(*) FROM kiln_jobs"), "0");
@@ -544,7 +544,7 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
              record = jsonb_set(record::jsonb, '{{expires_at_ms}}', '{expires}')::text"
         ),
     );
-    let newest = "7";
+    let newest = "8";
     let data = tempfile::tempdir().unwrap();
     copy_dir(&fixture.join("data"), data.path());
     let plugins = plugins_dir(&["characters", "documents"]);

@@ -39,6 +39,18 @@ pub struct SubmitBody {
     /// Who the job runs for (e.g. your end user's id), 1 to 255 bytes: a queue shares its
     /// slots fairly between keys, and its `max_per_key` caps one key's running jobs.
     pub concurrency_key: Option<String>,
+    /// Where to POST the job's JSON when it ends, signed per Standard Webhooks (default:
+    /// the tenant's `[webhooks]` url, if set).
+    pub webhook: Option<WebhookBody>,
+}
+
+/// A submit's `webhook`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    /// `http` or `https`; private and loopback addresses are refused unless
+    /// `[webhooks] allow_private`.
+    pub url: String,
 }
 
 fn empty_object() -> Value {
@@ -127,6 +139,7 @@ pub async fn submit(
         idempotency_key,
         tenant: caller.tenant().map(str::to_string),
         concurrency_key: body.concurrency_key,
+        webhook_url: body.webhook.map(|webhook| webhook.url),
     };
     let (mut job, created) = state.service.submit(request).await?;
     if let Some(wait) = wait {

@@ -20,7 +20,7 @@ mod view;
 
 pub use error::ApiError;
 pub use listener::Listener;
-pub use view::JobView;
+pub use view::{JobView, render_job};
 
 use std::sync::Arc;
 use std::time::Duration;

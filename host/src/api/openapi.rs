@@ -21,11 +21,11 @@ use super::access::{EventsToken, SessionView};
 use super::batches::{BatchBody, BatchChange, BatchLinks, BatchList, BatchSubmitView, BatchView};
 use super::error::{ErrorBody, ErrorDetail, Violation};
 use super::files::FileView;
-use super::jobs::{JobPage, SubmitBody, SubmitView};
+use super::jobs::{JobPage, SubmitBody, SubmitView, WebhookBody};
 use super::system::{
     Healthz, NodeList, NodeView, PluginList, PluginView, QueueList, QueueView, RecentView,
 };
-use super::view::{ArtifactView, JobView, Links};
+use super::view::{ArtifactView, DeliveryView, JobView, Links, WebhookView};
 use crate::jobs::{ErrorInfo, JobStatus, StatusCounts};
 use crate::llm::Usage;
 
@@ -69,7 +69,7 @@ use crate::llm::Usage;
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Violation, JobView, Links, ArtifactView, FileView, Usage, ErrorInfo, JobStatus,
-        SubmitBody, SubmitView, BatchBody, BatchView, BatchLinks, BatchSubmitView, BatchChange, BatchList, StatusCounts, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
+        SubmitBody, WebhookBody, WebhookView, DeliveryView, SubmitView, BatchBody, BatchView, BatchLinks, BatchSubmitView, BatchChange, BatchList, StatusCounts, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
     )),
     tags(
         (name = "jobs", description = "Submit, read, list, cancel and retry jobs"),

@@ -1,10 +1,13 @@
 //! The JSON of a job, as every route returns it.
 
+use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::jobs::{ErrorInfo, JobRecord, JobService, JobStatus, ServiceError, rfc3339};
+use crate::jobs::{
+    ErrorInfo, JobRecord, JobService, JobStatus, ServiceError, WebhookRecord, rfc3339,
+};
 use crate::llm::Usage;
 
 /// A job as clients see it. Field names are fixed by the design.
@@ -54,8 +57,71 @@ pub struct JobView {
     pub batch: Option<Uuid>,
     /// The `concurrency_key` it was submitted with, if any.
     pub concurrency_key: Option<String>,
+    /// Its webhook, with the delivery of its latest end.
+    pub webhook: Option<WebhookView>,
     /// Where to read and follow it.
     pub links: Links,
+}
+
+/// A job's webhook as clients see it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub url: String,
+    /// The delivery of the job's latest end; `null` until it ends.
+    pub delivery: Option<DeliveryView>,
+}
+
+/// How a webhook delivery goes.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    /// The `webhook-id` header, the same on every retry.
+    pub id: String,
+    /// `pending`, `delivered` or `gave_up`.
+    pub state: &'static str,
+    /// Sends so far.
+    pub attempts: u32,
+    /// The receiver's last HTTP status.
+    pub last_status: Option<u16>,
+    /// Why the last send failed.
+    pub last_error: Option<String>,
+    /// RFC 3339, while pending.
+    pub next_attempt_at: Option<String>,
+    /// RFC 3339, once delivered.
+    pub delivered_at: Option<String>,
+}
+
+impl WebhookView {
+    fn of(webhook: WebhookRecord) -> Self {
+        Self {
+            url: webhook.url,
+            delivery: webhook.delivery.map(|d| DeliveryView {
+                state: if d.delivered_at_ms.is_some() {
+                    "delivered"
+                } else if d.gave_up {
+                    "gave_up"
+                } else {
+                    "pending"
+                },
+                id: d.id,
+                attempts: d.attempts,
+                last_status: d.last_status,
+                last_error: d.last_error,
+                next_attempt_at: d.next_at_ms.map(rfc3339),
+                delivered_at: d.delivered_at_ms.map(rfc3339),
+            }),
+        }
+    }
+}
+
+/// A job's JSON as [`JobView`] shows it: the body of its webhook.
+pub fn render_job(
+    job: JobRecord,
+    service: JobService,
+) -> BoxFuture<'static, Result<Value, ServiceError>> {
+    Box::pin(async move {
+        let view = JobView::of(job, &service).await?;
+        serde_json::to_value(view).map_err(|e| ServiceError::Internal(e.to_string()))
+    })
 }
 
 /// One artifact of a job.
@@ -112,6 +178,7 @@ impl JobView {
             cancel_requested: job.cancel_requested,
             batch: job.batch,
             concurrency_key: job.concurrency_key,
+            webhook: job.webhook.map(WebhookView::of),
             artifacts: job
                 .artifacts
                 .into_iter()

@@ -18,6 +18,9 @@ pub struct SubmitArgs {
     pub payload: String,
     #[command(flatten)]
     pub options: JobOptions,
+    /// POST the job's JSON to this URL when it ends, signed (see the README's Webhooks).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
     /// Same key, same job: a repeated submit returns the first job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -78,6 +81,9 @@ pub(super) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let mut body = json!({ "type": args.job_type, "payload": payload });
     args.options.write_into(&mut body);
+    if let Some(url) = &args.webhook {
+        body["webhook"] = json!({ "url": url });
+    }
     let mut request = client.http().post(client.url("/v1/jobs")).json(&body);
     if let Some(key) = &args.idempotency_key {
         request = request.header("idempotency-key", key);

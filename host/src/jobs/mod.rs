@@ -16,6 +16,7 @@ mod ops;
 mod queues;
 mod runner;
 mod settings;
+mod webhooks;
 
 pub use batches::BatchRequest;
 pub use cluster::LEASE_MS;
@@ -27,10 +28,11 @@ pub use ops::{
 };
 pub use queues::QueueStats;
 pub use settings::ServiceSettings;
+pub use webhooks::{JobRenderer, WebhookSettings, check_url, decode_secret, signature};
 // The records the API shows, as the store keeps them.
 pub use crate::store::{
     ArtifactRecord, BatchPage, BatchRecord, ByteStream, ErrorInfo, FileRecord, JobEvent, JobRecord,
-    JobStatus, ListQuery, Page, StatusCounts, batch_event_names, now_ms, rfc3339,
+    JobStatus, ListQuery, Page, StatusCounts, WebhookRecord, batch_event_names, now_ms, rfc3339,
 };
 
 use std::collections::HashMap;
@@ -72,6 +74,8 @@ pub struct SubmitRequest {
     /// Who the job runs for (e.g. the app's end user): the queue shares its slots fairly
     /// between keys, within `max_per_key`.
     pub concurrency_key: Option<String>,
+    /// Where to POST the job's end (else its tenant's default, if any).
+    pub webhook_url: Option<String>,
 }
 
 /// Longest `concurrency_key`, bytes.
@@ -191,6 +195,8 @@ struct Inner {
     cluster_counts: Mutex<std::collections::HashMap<String, crate::store::QueueCount>>,
     /// With a shared store: until when this node holds the leader's lease.
     leader_until: Mutex<Option<std::time::Instant>>,
+    /// The webhook sender.
+    webhooks: webhooks::Outbox,
 }
 
 /// The loaded job types, given once by [`JobService::start`]: the server answers HTTP while
@@ -242,6 +248,7 @@ impl JobService {
                 started_at_ms: now_ms(),
                 cluster_counts: Mutex::default(),
                 leader_until: Mutex::new(None),
+                webhooks: webhooks::Outbox::default(),
             }),
         }
     }
@@ -336,6 +343,7 @@ impl JobService {
             tasks.spawn(self.clone().dispatch_loop());
         }
         tasks.spawn(self.clone().sweep_loop());
+        tasks.spawn(self.clone().webhook_loop());
         tasks.spawn(self.clone().heartbeat_loop());
         self.inner.started.send_replace(true);
         Ok(report)
@@ -442,6 +450,8 @@ impl JobService {
             ));
         }
 
+        let webhook = self.webhook_for(request.webhook_url, request.tenant.as_deref())?;
+
         let job = JobRecord {
             id: Uuid::now_v7(),
             queue: settings.queue_of(&request.job_type),
@@ -469,6 +479,7 @@ impl JobService {
             cancel_requested: false,
             batch: None,
             concurrency_key: request.concurrency_key,
+            webhook,
         };
         if plugin.reads_files() {
             self.check_payload_files(

@@ -286,6 +286,9 @@ impl JobService {
                 if job.status == JobStatus::Queued && !self.inner.stopping.is_cancelled() {
                     self.enqueue(&job);
                 }
+                if job.webhook_due_ms().is_some() {
+                    self.inner.webhooks.wake.notify_one();
+                }
             }
             Err(StoreError::Conflict(refusal)) if lease.is_some() => {
                 tracing::warn!(%refusal, "the attempt's end was not recorded: the job moved on without it");

@@ -48,6 +48,8 @@ pub struct ServiceSettings {
     pub max_file_bytes: u64,
     /// How long uploads are kept. Default 24 h.
     pub file_ttl: Duration,
+    /// Webhook secrets, default URLs and limits.
+    pub webhooks: super::WebhookSettings,
     /// The address this node's API listens on, as `GET /v1/nodes` shows it (set by the
     /// server once it has bound its port).
     pub node_address: String,
@@ -74,6 +76,7 @@ impl Default for ServiceSettings {
             shutdown_grace: Duration::from_secs(30),
             max_file_bytes: 64 * 1024 * 1024,
             file_ttl: Duration::from_secs(24 * 3600),
+            webhooks: Default::default(),
             node_address: String::new(),
         }
     }

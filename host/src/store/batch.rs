@@ -17,7 +17,9 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::bus::Bus;
-use super::model::{BatchRecord, JobEvent, JobRecord, JobStatus, Lease, NewEvent, now_ms, rfc3339};
+use super::model::{
+    BatchRecord, DeliveryRecord, JobEvent, JobRecord, JobStatus, Lease, NewEvent, now_ms, rfc3339,
+};
 use crate::llm::Usage;
 
 /// Most changes one commit takes; bounds a transaction's size under a flood.
@@ -551,9 +553,23 @@ fn update(
         set.put_result(id, None)?;
     }
     append(set, feed, &mut job, change.events, published)?;
+    queue_webhook(&before, &mut job);
     set.put_job(Some(&before), &job)?;
     track_in_batch(set, &before, &job, published)?;
     Ok(Ok(job))
+}
+
+/// The outbox: a job with a webhook that reaches a final state gets a delivery of that
+/// end, due now, in the same commit (so an end is never committed without it).
+fn queue_webhook(before: &JobRecord, job: &mut JobRecord) {
+    let ended =
+        job.status.is_terminal() && (!before.status.is_terminal() || before.attempt != job.attempt);
+    if ended && job.webhook.is_some() {
+        let delivery = DeliveryRecord::of_end(job, job.finished_at_ms.unwrap_or_else(now_ms));
+        if let Some(webhook) = &mut job.webhook {
+            webhook.delivery = Some(delivery);
+        }
+    }
 }
 
 /// Stores a new batch and its jobs. Their first events go to the jobs' logs and the feed

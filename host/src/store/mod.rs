@@ -21,8 +21,8 @@ pub use batch::{
 pub use bus::Bus;
 pub use files::{ArtifactRecord, BlobDir, ByteStream, FileRecord, read_range};
 pub use model::{
-    BatchRecord, Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, Lease, NewEvent, NodeRecord,
-    StatusCounts, idempotency_slot, now_ms, rfc3339,
+    BatchRecord, DeliveryRecord, Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, Lease,
+    NewEvent, NodeRecord, StatusCounts, WebhookRecord, idempotency_slot, now_ms, rfc3339,
 };
 pub use postgres::{PostgresOptions, redact_url};
 
@@ -237,6 +237,19 @@ impl Store {
         match &self.backend {
             Backend::Redb(db) => db.batch(id),
             Backend::Postgres(db) => db.batch(id).await,
+        }
+    }
+
+    /// Up to `limit` jobs whose webhook delivery is due by `now_ms`, soonest first: the
+    /// outbox.
+    pub async fn webhooks_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.webhooks_due(now_ms, limit),
+            Backend::Postgres(db) => db.webhooks_due(now_ms, limit).await,
         }
     }
 

@@ -169,6 +169,57 @@ pub struct JobRecord {
     /// running jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_key: Option<String>,
+    /// Where its end is POSTed, and how the delivery of its latest end goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookRecord>,
+}
+
+/// A job's webhook: its URL, and the delivery of the job's latest end (kept in the job's
+/// record, so the outbox is written in the same commit as the end itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub url: String,
+    /// Set when the job reaches a final state; replaced when it ends again after a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryRecord>,
+}
+
+/// One delivery: the job's end, sent until the receiver answers 2xx or the retry window
+/// passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The `webhook-id` header: the same on every retry of this delivery, so receivers
+    /// can drop repeats (`{job id}.{attempt}`).
+    pub id: String,
+    /// When the job ended, ms: retries stop a window after it.
+    pub created_at_ms: u64,
+    /// Sends so far.
+    pub attempts: u32,
+    /// When to send next, ms; `None` once delivered or given up.
+    pub next_at_ms: Option<u64>,
+    /// The receiver's last HTTP status, if it answered.
+    pub last_status: Option<u16>,
+    /// Why the last send failed (refused address, timeout, non-2xx status).
+    pub last_error: Option<String>,
+    pub delivered_at_ms: Option<u64>,
+    /// The retry window passed without a 2xx.
+    pub gave_up: bool,
+}
+
+impl DeliveryRecord {
+    /// A delivery of the end of `job`'s current attempt, due at once.
+    pub fn of_end(job: &JobRecord, now_ms: u64) -> Self {
+        Self {
+            id: format!("{}.{}", job.id, job.attempt),
+            created_at_ms: now_ms,
+            attempts: 0,
+            next_at_ms: Some(now_ms),
+            last_status: None,
+            last_error: None,
+            delivered_at_ms: None,
+            gave_up: false,
+        }
+    }
 }
 
 /// The fencing token of a running attempt: which attempt, on which node. Every write an
@@ -184,6 +235,11 @@ pub struct Lease {
 }
 
 impl JobRecord {
+    /// When its webhook delivery is due, if one is pending (the outbox's index).
+    pub fn webhook_due_ms(&self) -> Option<u64> {
+        self.webhook.as_ref()?.delivery.as_ref()?.next_at_ms
+    }
+
     /// The lease of the attempt running now (`None` unless the job runs).
     pub fn lease(&self) -> Option<Lease> {
         if self.status != JobStatus::Running {
@@ -224,6 +280,7 @@ impl JobRecord {
             cancel_requested: false,
             batch: None,
             concurrency_key: None,
+            webhook: None,
         }
     }
 }

@@ -298,6 +298,23 @@ impl PgStore {
         rows.first().map(|row| decode_batch(row.get(0))).transpose()
     }
 
+    /// Up to `limit` jobs whose webhook delivery is due by `now_ms`, soonest first.
+    pub(super) async fn webhooks_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let (now, limit) = (i64_of(now_ms)?, i64_of(limit as u64)?);
+        let rows = self
+            .query(
+                "SELECT record FROM kiln_jobs WHERE webhook_due_ms <= $1 \
+                 ORDER BY webhook_due_ms, id LIMIT $2",
+                &[&now, &limit],
+            )
+            .await?;
+        rows.iter().map(|row| decode_job(row.get(0))).collect()
+    }
+
     /// Up to `fetch` batches older than `before`, newest first; only `tenant`'s if given.
     pub(super) async fn list_batches(
         &self,

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("migrations/0005_provider_limits.sql")),
     (6, include_str!("migrations/0006_batches.sql")),
     (7, include_str!("migrations/0007_concurrency_keys.sql")),
+    (8, include_str!("migrations/0008_webhooks.sql")),
 ];
 
 /// The advisory lock key that serialises migrations ("kiln" in ASCII).

@@ -260,13 +260,14 @@ impl Statements {
             .await?,
             upsert_jobs: prepare(
                 "INSERT INTO kiln_jobs (id, status, job_type, tenant, finished_ms, record, \
-                 queue, priority, run_at_ms, node, batch, concurrency_key) \
+                 queue, priority, run_at_ms, node, batch, concurrency_key, webhook_due_ms) \
                  SELECT * FROM unnest($1::uuid[], $2::int2[], $3::text[], $4::text[], $5::int8[], \
                  $6::text[], $7::text[], $8::int4[], $9::int8[], $10::uuid[], $11::uuid[], \
-                 $12::text[]) \
+                 $12::text[], $13::int8[]) \
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
                  finished_ms = excluded.finished_ms, record = excluded.record, \
-                 priority = excluded.priority, run_at_ms = excluded.run_at_ms, node = excluded.node",
+                 priority = excluded.priority, run_at_ms = excluded.run_at_ms, node = excluded.node, \
+                 webhook_due_ms = excluded.webhook_due_ms",
                 &[],
             )
             .await?,
@@ -906,6 +907,7 @@ struct JobColumns {
     nodes: Vec<Option<Uuid>>,
     batches: Vec<Option<Uuid>>,
     concurrency_keys: Vec<Option<String>>,
+    webhooks_due: Vec<Option<i64>>,
 }
 
 impl JobColumns {
@@ -927,6 +929,8 @@ impl JobColumns {
         self.nodes.push(job.lease().map(|lease| lease.node));
         self.batches.push(job.batch);
         self.concurrency_keys.push(job.concurrency_key.clone());
+        self.webhooks_due
+            .push(job.webhook_due_ms().and_then(|ms| i64::try_from(ms).ok()));
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
@@ -943,6 +947,7 @@ impl JobColumns {
             &self.nodes,
             &self.batches,
             &self.concurrency_keys,
+            &self.webhooks_due,
         ]
     }
 }

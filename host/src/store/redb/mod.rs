@@ -77,6 +77,7 @@ impl RedbStore {
         txn.open_table(FILES_BY_EXPIRY)?;
         txn.open_table(BATCHES)?;
         txn.open_table(BY_BATCH)?;
+        txn.open_table(WEBHOOKS_DUE)?;
         let next_feed = {
             let feed = txn.open_table(FEED)?;
             feed.last()?.map_or(1, |(key, _)| key.value() + 1)
@@ -196,6 +197,29 @@ impl RedbStore {
             return Ok(None);
         };
         decode_batch(bytes.value()).map(Some)
+    }
+
+    /// Up to `limit` jobs whose webhook delivery is due by `now_ms`, soonest first.
+    pub(super) fn webhooks_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let due = txn.open_table(WEBHOOKS_DUE).map_err(storage)?;
+        let jobs = txn.open_table(JOBS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in due
+            .range(..=(now_ms, u128::MAX))
+            .map_err(storage)?
+            .take(limit)
+        {
+            let (key, _) = entry.map_err(storage)?;
+            if let Some(bytes) = jobs.get(key.value().1).map_err(storage)? {
+                out.push(decode_job(bytes.value())?);
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `fetch` batches older than `before`, newest first; only `tenant`'s if given

@@ -40,3 +40,7 @@ pub(super) const FILES_BY_EXPIRY: TableDefinition<(u64, u128), ()> =
 pub(super) const BATCHES: TableDefinition<u128, &[u8]> = TableDefinition::new("batches");
 /// (batch id, job id): a batch's jobs, for listing and for cancelling or retrying them all.
 pub(super) const BY_BATCH: TableDefinition<(u128, u128), ()> = TableDefinition::new("by_batch");
+/// (due at ms, job id): the webhook outbox, jobs whose end is still to be delivered (added
+/// in 0.3.0; an older file gains it empty).
+pub(super) const WEBHOOKS_DUE: TableDefinition<(u64, u128), ()> =
+    TableDefinition::new("webhooks_due");

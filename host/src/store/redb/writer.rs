@@ -65,6 +65,7 @@ struct Tables<'txn> {
     journal: Table<'txn, (u128, u64), &'static [u8]>,
     batches: Table<'txn, u128, &'static [u8]>,
     by_batch: Table<'txn, (u128, u128), ()>,
+    webhooks_due: Table<'txn, (u64, u128), ()>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -83,6 +84,7 @@ impl<'txn> Tables<'txn> {
             journal: txn.open_table(JOURNAL).map_err(storage)?,
             batches: txn.open_table(BATCHES).map_err(storage)?,
             by_batch: txn.open_table(BY_BATCH).map_err(storage)?,
+            webhooks_due: txn.open_table(WEBHOOKS_DUE).map_err(storage)?,
         })
     }
 }
@@ -118,6 +120,15 @@ impl WriteSet for Tables<'_> {
             }
             if let Some(at) = job.finished_at_ms {
                 self.by_finish.insert((at, key), ()).map_err(storage)?;
+            }
+        }
+        let due_before = before.and_then(JobRecord::webhook_due_ms);
+        if due_before != job.webhook_due_ms() {
+            if let Some(at) = due_before {
+                self.webhooks_due.remove((at, key)).map_err(storage)?;
+            }
+            if let Some(at) = job.webhook_due_ms() {
+                self.webhooks_due.insert((at, key), ()).map_err(storage)?;
             }
         }
         if before.is_none() {
@@ -209,6 +220,9 @@ impl WriteSet for Tables<'_> {
             self.by_batch
                 .remove((batch.as_u128(), key))
                 .map_err(storage)?;
+        }
+        if let Some(at) = job.webhook_due_ms() {
+            self.webhooks_due.remove((at, key)).map_err(storage)?;
         }
         if let Some(slot) = &job.idempotency_key {
             self.idempotency.remove(slot.as_str()).map_err(storage)?;

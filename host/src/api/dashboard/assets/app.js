@@ -14,7 +14,7 @@
   const EVENT_NAMES = ['status', 'progress', 'partial', 'token', 'replayed', 'completed', 'failed', 'cancelled'];
   const RANK = { queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
   // Fields of a job that do not change as it runs: safe to take from any snapshot.
-  const FIXED = ['created_at', 'queue', 'priority', 'max_attempts', 'run_at', 'links', 'type', 'concurrency_key'];
+  const FIXED = ['created_at', 'queue', 'priority', 'max_attempts', 'run_at', 'links', 'type', 'concurrency_key', 'webhook'];
   const MAX_JOBS = 1000; // jobs kept in memory
   const MAX_ROWS = 200; // rows shown
   const MAX_ACTIVITY = 60;
@@ -398,6 +398,18 @@
 
   // ---- job detail ---------------------------------------------------------------------
 
+  // A job's webhook and how its delivery goes, e.g. "https://… (delivered, 1 attempt, 200)".
+  function webhookText(webhook) {
+    if (!webhook) return '';
+    const d = webhook.delivery;
+    if (!d) return `${webhook.url} (when it ends)`;
+    const parts = [d.state.replace('_', ' '), `${d.attempts} attempt${d.attempts === 1 ? '' : 's'}`];
+    if (d.last_status) parts.push(String(d.last_status));
+    if (d.state !== 'delivered' && d.last_error) parts.push(d.last_error);
+    if (d.next_attempt_at) parts.push(`next ${d.next_attempt_at}`);
+    return `${webhook.url} (${parts.join(', ')})`;
+  }
+
   function closeDetail() {
     if (detail && detail.source) detail.source.close();
     detail = null;
@@ -485,6 +497,7 @@
       ? `${u.llm_calls} LLM calls, ${u.input_tokens} input + ${u.output_tokens} output tokens${u.replayed_calls ? `, ${u.replayed_calls} replayed` : ''}`
       : '';
     field('error').textContent = job.error ? `${job.error.kind}: ${job.error.message}` : '';
+    field('webhook').textContent = webhookText(job.webhook);
     field('result').textContent = json(job.result);
     const actions = field('actions');
     const wanted = actionButtons(job);
@@ -745,7 +758,12 @@
     setInterval(loadQueues, 5000); // queue figures only; job state comes from events
     setInterval(loadNodes, 5000);
     setInterval(loadBatches, 2000); // their progress moves quickly
-    setInterval(flushRefreshes, 1000);
+    setInterval(() => {
+      // A webhook delivery moves on without events: reread the open job while it is pending.
+      const open = detail && jobs.get(detail.id);
+      if (open && open.webhook && open.webhook.delivery && open.webhook.delivery.state === 'pending') pendingRefresh.add(open.id);
+      flushRefreshes();
+    }, 1000);
     setInterval(() => { if (jobs.size) scheduleRender(); }, 1000); // ages and run times
   }
 
