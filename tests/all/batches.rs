@@ -9,18 +9,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// `POST /v1/batches`: status and body.
-async fn submit_batch(client: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
-    let response = client
-        .post(format!("{base}/v1/batches"))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST /v1/batches");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// `n` payloads of the hostile fixture in `mode`.
 fn items(mode: &str, n: usize) -> Vec<Value> {
     (0..n).map(|_| json!({"mode": mode})).collect()

@@ -1457,10 +1457,7 @@ async fn dashboard_shows_a_batch_with_its_progress_and_counts() {
 async fn dashboard_shows_a_jobs_webhook_delivery() {
     let _turn = ONE_BROWSER.lock().await;
     let receiver = crate::webhooks::Receiver::start(vec![500], false).await;
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+    let (data, plugins) = crate::webhooks::dirs();
     let kiln = crate::webhooks::start(data.path(), plugins.path(), &crate::webhooks::config(""));
     let browser = Browser::start("dashboard-webhook").await;
     open_dashboard_at(&browser, &kiln.url("/")).await;

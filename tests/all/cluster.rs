@@ -127,6 +127,21 @@ impl Cluster {
         job
     }
 
+    /// Reads the SSE stream at `url` from its start until `enough` holds for what came,
+    /// then drops the connection.
+    async fn read_until(&self, url: &str, enough: impl Fn(&[SseEvent]) -> bool) -> Vec<SseEvent> {
+        let mut reader = SseReader::new(open_sse(&self.client, url, None).await);
+        let mut seen = Vec::new();
+        while !enough(&seen) {
+            let event = reader
+                .next(LONG)
+                .await
+                .unwrap_or_else(|| panic!("stream ended early: {seen:#?}\n{}", self.logs()));
+            seen.push(event);
+        }
+        seen
+    }
+
     /// Polls the job on `index` until `done` holds for it.
     async fn wait_job(&self, index: usize, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + LONG;
@@ -323,22 +338,12 @@ async fn a_stream_follows_a_job_on_another_node_and_resumes_on_a_third() {
     let third = cluster.other_than(&[runner, first]);
 
     let url = |index: usize| cluster.node(index).url(&format!("/v1/jobs/{id}/events"));
-    let mut reader = SseReader::new(open_sse(&cluster.client, &url(first), None).await);
-    let mut seen = Vec::new();
     // Read until some of the plugin's progress has arrived live, then cut.
-    while seen
-        .iter()
-        .filter(|e: &&SseEvent| e.event == "progress")
-        .count()
-        < 5
-    {
-        let event = reader
-            .next(LONG)
-            .await
-            .unwrap_or_else(|| panic!("stream ended early: {seen:#?}\n{}", cluster.logs()));
-        seen.push(event);
-    }
-    drop(reader);
+    let mut seen = cluster
+        .read_until(&url(first), |seen| {
+            seen.iter().filter(|e| e.event == "progress").count() >= 5
+        })
+        .await;
     let last = seen.last().unwrap().id;
     let rest = read_sse(
         open_sse(&cluster.client, &url(third), last).await,
@@ -372,16 +377,7 @@ async fn a_batch_stream_follows_its_jobs_on_any_node() {
     let batch: Value = response.json().await.unwrap();
     let id = id_of(&batch);
     let url = |index: usize| cluster.node(index).url(&format!("/v1/batches/{id}/events"));
-    let mut reader = SseReader::new(open_sse(&cluster.client, &url(1), None).await);
-    let mut seen = Vec::new();
-    while seen.len() < 10 {
-        let event = reader
-            .next(LONG)
-            .await
-            .unwrap_or_else(|| panic!("stream ended early: {seen:#?}\n{}", cluster.logs()));
-        seen.push(event);
-    }
-    drop(reader);
+    let mut seen = cluster.read_until(&url(1), |seen| seen.len() >= 10).await;
     let last = seen.last().unwrap().id;
     let mut rest = SseReader::new(open_sse(&cluster.client, &url(0), last).await);
     seen.extend(rest.read_to_end(LONG).await);

@@ -16,15 +16,8 @@ fn slow(ms: u64) -> Value {
 }
 
 /// `POST /v1/batches`: the answer, which must be `202`.
-async fn submit_batch(client: &reqwest::Client, base: &str, body: Value) -> Value {
-    let response = client
-        .post(format!("{base}/v1/batches"))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST /v1/batches");
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+async fn submit_batch_ok(client: &reqwest::Client, base: &str, body: Value) -> Value {
+    let (status, body) = submit_batch(client, base, body).await;
     assert_eq!(status, 202, "{body:#}");
     body
 }
@@ -55,7 +48,7 @@ async fn a_backlog_of_one_key_does_not_hold_back_another() {
     let (client, base) = (&kiln.client, kiln.base.as_str());
     let items: Vec<Value> = (0..200).map(|_| slow(300)).collect();
     let batch = json!({"type": "hostile", "items": items, "concurrency_key": "user-a"});
-    let a = submit_batch(client, base, batch).await;
+    let a = submit_batch_ok(client, base, batch).await;
     let mut b = Vec::new();
     for _ in 0..5 {
         let body = json!({"type": "hostile", "payload": slow(300), "concurrency_key": "user-b"});
@@ -95,7 +88,7 @@ async fn max_per_key_caps_one_key_and_leaves_the_other_slots_to_others() {
     let kiln = kiln("[queues.hostile]\nmax_concurrent = 4\nmax_per_key = 2\n").await;
     let (client, base) = (&kiln.client, kiln.base.as_str());
     let items: Vec<Value> = (0..6).map(|_| slow(450)).collect();
-    let a = submit_batch(
+    let a = submit_batch_ok(
         client,
         base,
         json!({"type": "hostile", "items": items, "concurrency_key": "user-a"}),

@@ -800,3 +800,15 @@ pub fn most_at_once(jobs: &[Value]) -> usize {
     }
     most as usize
 }
+
+/// `POST /v1/batches`: status and body.
+pub async fn submit_batch(client: &reqwest::Client, base: &str, body: Value) -> (u16, Value) {
+    let response = client
+        .post(format!("{base}/v1/batches"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /v1/batches");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}

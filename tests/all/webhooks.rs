@@ -95,6 +95,14 @@ pub fn config(extra: &str) -> String {
     )
 }
 
+/// A data dir and a plugins dir with the hostile fixture.
+pub fn dirs() -> (tempfile::TempDir, tempfile::TempDir) {
+    (
+        tempfile::tempdir().unwrap(),
+        plugins_dir(&["fixture:hostile"]),
+    )
+}
+
 pub fn start(data: &std::path::Path, plugins: &std::path::Path, config: &str) -> KilnProcess {
     KilnProcess::start_with_env(
         data,
@@ -151,10 +159,7 @@ fn signed_by_secret(received: &Received) -> bool {
 #[tokio::test]
 async fn a_job_end_is_posted_signed_with_the_job_json_and_shown_delivered() {
     let receiver = Receiver::start(vec![], false).await;
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+    let (data, plugins) = dirs();
     let kiln = start(data.path(), plugins.path(), &config(""));
     let id = submit_hooked(
         &kiln.base,
@@ -196,10 +201,7 @@ async fn a_job_end_is_posted_signed_with_the_job_json_and_shown_delivered() {
 #[tokio::test]
 async fn a_failing_receiver_is_retried_with_the_same_id_until_it_answers_2xx() {
     let receiver = Receiver::start(vec![500, 503], false).await;
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+    let (data, plugins) = dirs();
     let kiln = start(data.path(), plugins.path(), &config(""));
     let id = submit_hooked(&kiln.base, json!({"mode": "permanent"}), &receiver.url).await;
     let job = delivery_in(&kiln.base, &id, "delivered", &|| kiln.log()).await;
@@ -216,57 +218,49 @@ async fn a_failing_receiver_is_retried_with_the_same_id_until_it_answers_2xx() {
     assert_eq!(job["webhook"]["delivery"]["attempts"], 3, "{job:#}");
 }
 
-#[tokio::test]
-async fn past_the_retry_window_a_delivery_is_given_up() {
-    // Violated: the receiver never answers 2xx within the window (the obeyed side is the
-    // retry test above, delivered within the default window).
-    let receiver = Receiver::start(vec![500; 1000], false).await;
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+/// A job whose receiver always answers `status`, on a server retrying for 1 s: the job
+/// once its delivery is given up, and every request the receiver got.
+async fn given_up_with(status: u16) -> (Value, Vec<Received>) {
+    let receiver = Receiver::start(vec![status; 1000], false).await;
+    let (data, plugins) = dirs();
     let kiln = start(data.path(), plugins.path(), &config("retry_for_secs = 1\n"));
     let id = submit_hooked(&kiln.base, json!({"mode": "ok"}), &receiver.url).await;
     let job = delivery_in(&kiln.base, &id, "gave_up", &|| kiln.log()).await;
-    let delivery = &job["webhook"]["delivery"];
-    assert_eq!(delivery["last_status"], 500, "{job:#}");
-    assert!(delivery["next_attempt_at"].is_null(), "{job:#}");
     let sends = receiver.received().len();
     assert!(sends >= 2, "retried within the window: {sends}");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.received().len(), sends, "sent after giving up");
+    (job, receiver.received())
+}
+
+#[tokio::test]
+async fn past_the_retry_window_a_delivery_is_given_up() {
+    // Violated: the receiver never answers 2xx within the window (the obeyed side is the
+    // retry test above, delivered within the default window).
+    let (job, _) = given_up_with(500).await;
+    let delivery = &job["webhook"]["delivery"];
+    assert_eq!(delivery["last_status"], 500, "{job:#}");
+    assert!(delivery["next_attempt_at"].is_null(), "{job:#}");
 }
 
 #[tokio::test]
 async fn redirects_are_not_followed() {
-    let receiver = Receiver::start(vec![302; 1000], false).await;
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
-    let kiln = start(data.path(), plugins.path(), &config("retry_for_secs = 1\n"));
-    let id = submit_hooked(&kiln.base, json!({"mode": "ok"}), &receiver.url).await;
-    let job = delivery_in(&kiln.base, &id, "gave_up", &|| kiln.log()).await;
+    let (job, received) = given_up_with(302).await;
     let delivery = &job["webhook"]["delivery"];
     assert_eq!(delivery["last_status"], 302, "{job:#}");
+    let error = delivery["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("redirects are not followed"), "{job:#}");
+    let paths: Vec<&str> = received.iter().map(|r| r.path.as_str()).collect();
     assert!(
-        delivery["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("redirects are not followed"),
-        "{job:#}"
+        !paths.contains(&"/moved"),
+        "the redirect was followed: {paths:?}"
     );
-    let paths: Vec<String> = receiver.received().into_iter().map(|r| r.path).collect();
-    assert!(!paths.iter().any(|p| p == "/moved"), "{paths:?}");
 }
 
 #[tokio::test]
 async fn a_receiver_that_never_answers_slows_no_job() {
     let receiver = Receiver::start(vec![], true).await;
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+    let (data, plugins) = dirs();
     let kiln = start(data.path(), plugins.path(), &config("timeout_secs = 1\n"));
     let mut ids = Vec::new();
     for _ in 0..40 {
@@ -301,10 +295,7 @@ async fn an_undelivered_end_is_delivered_after_kill_9() {
     let addr = parked.local_addr().unwrap();
     drop(parked);
     let url = format!("http://{addr}/hook");
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+    let (data, plugins) = dirs();
     let mut kiln = start(data.path(), plugins.path(), &config(""));
     let id = submit_hooked(&kiln.base, json!({"mode": "ok"}), &url).await;
     let client = reqwest::Client::new();
@@ -343,10 +334,7 @@ async fn an_undelivered_end_is_delivered_after_kill_9() {
 #[tokio::test]
 async fn a_body_over_max_body_bytes_is_sent_without_its_result() {
     let receiver = Receiver::start(vec![], false).await;
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+    let (data, plugins) = dirs();
     let kiln = start(
         data.path(),
         plugins.path(),
@@ -378,10 +366,7 @@ async fn a_body_over_max_body_bytes_is_sent_without_its_result() {
 
 #[tokio::test]
 async fn bad_webhooks_are_refused_at_submit() {
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+    let (data, plugins) = dirs();
     // No allow_private: loopback and private addresses are refused.
     let strict = "[webhooks]\nsecret_env = \"KILN_TEST_WEBHOOK_SECRET\"\n";
     let kiln = start(data.path(), plugins.path(), strict);
@@ -427,10 +412,7 @@ async fn bad_webhooks_are_refused_at_submit() {
 #[tokio::test]
 async fn a_default_url_applies_to_jobs_that_name_none() {
     let receiver = Receiver::start(vec![], false).await;
-    let (data, plugins) = (
-        tempfile::tempdir().unwrap(),
-        plugins_dir(&["fixture:hostile"]),
-    );
+    let (data, plugins) = dirs();
     let extra = format!("url = \"{}/default\"\n", receiver.url);
     let kiln = start(data.path(), plugins.path(), &config(&extra));
     let client = reqwest::Client::new();
