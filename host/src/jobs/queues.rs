@@ -47,6 +47,10 @@ pub fn key_of(job: &JobRecord) -> Key {
 /// A ready job's place in its key's group: higher priority first, then older.
 type Place = (Reverse<i32>, Uuid);
 
+/// A group's turn, for the groups that may start a job now: its head's priority, its
+/// running jobs, its head's id. The smallest goes next.
+type Turn = (Reverse<i32>, usize, Uuid, Key);
+
 /// What the queue knows of a ready job, by id.
 #[derive(Clone, Debug)]
 struct ReadyJob {
@@ -71,6 +75,9 @@ pub struct Queue {
     running_by_key: HashMap<Key, usize>,
     /// Ready jobs by key, each group in order.
     groups: HashMap<Key, BTreeSet<Place>>,
+    /// The turn of every group that has a ready job and is below `max_per_key`: the next
+    /// job to start is the first's head, found in O(log groups) however many keys wait.
+    turns: BTreeSet<Turn>,
     ready: HashMap<Uuid, ReadyJob>,
     /// (run_at ms, id) of jobs waiting for their time.
     delayed: BTreeSet<(u64, Uuid)>,
@@ -122,21 +129,46 @@ impl Queue {
 
     /// Frees the slot of job `id`.
     pub fn release(&mut self, id: Uuid) {
-        if let Some(key) = self.holders.remove(&id)
-            && let Some(count) = self.running_by_key.get_mut(&key)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.running_by_key.remove(&key);
-            }
+        if let Some(key) = self.holders.remove(&id) {
+            self.changing_group(&key, |queue| {
+                if let Some(count) = queue.running_by_key.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        queue.running_by_key.remove(&key);
+                    }
+                }
+            });
         }
         self.running = self.running.saturating_sub(1);
     }
 
     fn hold(&mut self, id: Uuid, key: Key) {
         self.running += 1;
-        *self.running_by_key.entry(key.clone()).or_default() += 1;
+        self.changing_group(&key, |queue| {
+            *queue.running_by_key.entry(key.clone()).or_default() += 1;
+        });
         self.holders.insert(id, key);
+    }
+
+    /// Applies `change` to the group `key` (its ready jobs or its running count), keeping
+    /// its turn current.
+    fn changing_group(&mut self, key: &Key, change: impl FnOnce(&mut Self)) {
+        if let Some(turn) = self.turn_of(key) {
+            self.turns.remove(&turn);
+        }
+        change(self);
+        if let Some(turn) = self.turn_of(key) {
+            self.turns.insert(turn);
+        }
+    }
+
+    /// The group's turn, if it has a ready job and may start one.
+    fn turn_of(&self, key: &Key) -> Option<Turn> {
+        if self.key_is_full(key) {
+            return None;
+        }
+        let &(priority, id) = self.groups.get(key)?.first()?;
+        Some((priority, self.running_of(key), id, key.clone()))
     }
 
     fn running_of(&self, key: &Key) -> usize {
@@ -152,10 +184,13 @@ impl Queue {
     }
 
     fn make_ready(&mut self, job: Waiting, since_ms: u64) {
-        self.groups
-            .entry(job.key.clone())
-            .or_default()
-            .insert((Reverse(job.priority), job.id));
+        self.changing_group(&job.key, |queue| {
+            queue
+                .groups
+                .entry(job.key.clone())
+                .or_default()
+                .insert((Reverse(job.priority), job.id));
+        });
         self.ready.insert(
             job.id,
             ReadyJob {
@@ -166,24 +201,22 @@ impl Queue {
         );
     }
 
-    /// The next job to start: the best head of a group that may run now.
+    /// The next job to start: the head of the group whose turn it is.
     fn next_ready(&self) -> Option<(Key, Place)> {
-        self.groups
-            .iter()
-            .filter(|(key, _)| !self.key_is_full(key))
-            .filter_map(|(key, group)| group.first().map(|place| (key, *place)))
-            .min_by_key(|(key, (priority, id))| (*priority, self.running_of(key), *id))
-            .map(|(key, place)| (key.clone(), place))
+        let (priority, _, id, key) = self.turns.first()?;
+        Some((key.clone(), (*priority, *id)))
     }
 
     /// Takes the job at `place` of group `key` out of the ready jobs.
     fn take_ready(&mut self, key: &Key, place: Place) {
-        if let Some(group) = self.groups.get_mut(key) {
-            group.remove(&place);
-            if group.is_empty() {
-                self.groups.remove(key);
+        self.changing_group(key, |queue| {
+            if let Some(group) = queue.groups.get_mut(key) {
+                group.remove(&place);
+                if group.is_empty() {
+                    queue.groups.remove(key);
+                }
             }
-        }
+        });
         self.ready.remove(&place.1);
     }
 }
@@ -385,5 +418,54 @@ mod tests {
         queues.push(("q", 1, None), urgent.clone(), 0);
         queues.get_mut("q").unwrap().release(busy.id);
         assert_eq!(started(&mut queues, 0), vec![urgent.id]);
+    }
+
+    /// The next job by the rule itself: the best head over every group that may start.
+    fn by_the_rule(queue: &Queue) -> Option<Uuid> {
+        queue
+            .groups
+            .iter()
+            .filter(|(key, _)| !queue.key_is_full(key))
+            .filter_map(|(key, group)| group.first().map(|&(p, id)| (p, queue.running_of(key), id)))
+            .min()
+            .map(|(_, _, id)| id)
+    }
+
+    #[test]
+    fn the_turn_index_agrees_with_the_rule_under_random_changes() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let keys: Vec<Option<&str>> = vec![None, Some("a"), Some("b"), Some("c"), Some("d")];
+        let mut queues = Queues::default();
+        let mut running: Vec<Uuid> = Vec::new();
+        let mut waiting: Vec<Uuid> = Vec::new();
+        for step in 0..5_000 {
+            match rng.u8(0..4) {
+                0 | 1 => {
+                    let key = keys[rng.usize(0..keys.len())];
+                    let waiting_job = job(rng.i32(0..3), key, None);
+                    waiting.push(waiting_job.id);
+                    queues.push(("q", 3, Some(2)), waiting_job, 0);
+                }
+                2 if !running.is_empty() => {
+                    let id = running.swap_remove(rng.usize(0..running.len()));
+                    queues.get_mut("q").unwrap().release(id);
+                }
+                _ if !waiting.is_empty() && rng.bool() => {
+                    let id = waiting.swap_remove(rng.usize(0..waiting.len()));
+                    queues.remove("q", id);
+                }
+                _ => {}
+            }
+            let queue = queues.get_mut("q").unwrap();
+            let expected = (queue.running < queue.limit)
+                .then(|| by_the_rule(queue))
+                .flatten();
+            let started = started(&mut queues, 0);
+            assert_eq!(started.first().copied(), expected, "step {step}");
+            for id in started {
+                waiting.retain(|w| *w != id);
+                running.push(id);
+            }
+        }
     }
 }

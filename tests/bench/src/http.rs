@@ -81,6 +81,108 @@ pub async fn bulk(
     })
 }
 
+/// Pre-enqueued jobs made due at one instant, by how many concurrency keys they carry.
+#[derive(Debug, Serialize)]
+pub struct DueFigure {
+    pub jobs: usize,
+    /// Distinct `concurrency_key`s over the jobs (0: none has one).
+    pub keys: usize,
+    /// From the first job's `started_at` to the last one's `finished_at`.
+    pub span_ms: u64,
+    pub jobs_per_second: f64,
+}
+
+/// `total` no-op jobs submitted by 64 clients, all due at one instant a few seconds
+/// ahead, the `i`th with key `i % keys` (none when `keys` is 0); then first start to last
+/// end, from the jobs' recorded times.
+pub async fn due_at_once(
+    base: &str,
+    job_type: &str,
+    keys: usize,
+    total: usize,
+) -> anyhow::Result<DueFigure> {
+    const CLIENTS: usize = 64;
+    let client = client();
+    let lead = Duration::from_secs(8);
+    let due = std::time::SystemTime::now() + lead;
+    let run_at = humantime::format_rfc3339_millis(due).to_string();
+    let enqueue = Instant::now();
+    let workers = (0..CLIENTS).map(|worker| {
+        let (client, url, run_at) = (client.clone(), format!("{base}/v1/jobs"), run_at.clone());
+        let job_type = job_type.to_string();
+        tokio::spawn(async move {
+            for i in (worker..total).step_by(CLIENTS) {
+                let mut body = json!({ "type": job_type, "payload": {}, "run_at": run_at });
+                if keys > 0 {
+                    body["concurrency_key"] = json!(format!("user-{}", i % keys));
+                }
+                let response = client.post(&url).json(&body).send().await?;
+                anyhow::ensure!(
+                    response.status() == 202,
+                    "submit answered {}",
+                    response.status()
+                );
+            }
+            anyhow::Ok(())
+        })
+    });
+    for worker in futures::future::join_all(workers).await {
+        worker??;
+    }
+    anyhow::ensure!(
+        enqueue.elapsed() < lead,
+        "enqueueing took {:?}, past the instant the jobs were due",
+        enqueue.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let queues: Value = client
+            .get(format!("{base}/v1/queues"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let queue = queues["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == job_type).cloned())
+            .unwrap_or_default();
+        if queue["completed"].as_u64() >= Some(total as u64) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not all jobs completed: {queue}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut first_start, mut last_end) = (u64::MAX, 0u64);
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/jobs?limit=100");
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = client.get(&url).send().await?.json().await?;
+        for job in page["jobs"].as_array().into_iter().flatten() {
+            let ms = |field: &str| -> anyhow::Result<u64> {
+                let text = job[field].as_str().unwrap_or_default();
+                let time = humantime::parse_rfc3339(text)?;
+                Ok(time.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64)
+            };
+            first_start = first_start.min(ms("started_at")?);
+            last_end = last_end.max(ms("finished_at")?);
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let span_ms = last_end.saturating_sub(first_start).max(1);
+    Ok(DueFigure {
+        jobs: total,
+        keys,
+        span_ms,
+        jobs_per_second: total as f64 * 1000.0 / span_ms as f64,
+    })
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1024)

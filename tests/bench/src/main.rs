@@ -33,7 +33,7 @@ struct Args {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Only these sections (comma-separated): sandbox, submit, bulk, e2e, fanout, restart,
+    /// Only these sections (comma-separated): sandbox, submit, bulk, due, e2e, fanout, restart,
     /// recovery, fairness, coldstart, cluster (1, 2 and 3 nodes on one database; with
     /// `--store postgres` only). Default: all.
     #[arg(long, value_delimiter = ',')]
@@ -184,6 +184,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.wants("bulk") {
         report.insert("bulk".into(), bulk(&setup).await?);
+    }
+    if args.wants("due") {
+        report.insert("due".into(), due(&setup).await?);
     }
     if args.wants("e2e") {
         report.insert("end_to_end".into(), end_to_end(&setup).await?);
@@ -367,6 +370,34 @@ async fn bulk(setup: &Setup) -> anyhow::Result<serde_json::Value> {
             f.jobs_per_second,
             f.latency.p50_us / 1000.0,
             f.latency.p99_us / 1000.0
+        );
+    }
+    Ok(json!({ "store": setup.store_name(), "figures": figures }))
+}
+
+/// Pre-enqueued no-op jobs all due at one instant, first start to last end: without
+/// concurrency keys, with 100 users' keys, and with a key per job (the scheduler's
+/// fairness is paid for per key).
+async fn due(setup: &Setup) -> anyhow::Result<serde_json::Value> {
+    let total = setup.scale(20000, 2000);
+    let mut figures = Vec::new();
+    for keys in [0, 100, total] {
+        let server = setup.store_server(&format!("due-{keys}")).await?;
+        figures.push(http::due_at_once(&server.base, "noop", keys, total).await?);
+        server.stop();
+    }
+    println!(
+        "\nPre-enqueued no-op jobs due at one instant, first start -> last end ({}):",
+        setup.store_name()
+    );
+    println!(
+        "  {:<10} {:>8} {:>10} {:>10}",
+        "keys", "jobs", "span ms", "jobs/s"
+    );
+    for f in &figures {
+        println!(
+            "  {:<10} {:>8} {:>10} {:>10.0}",
+            f.keys, f.jobs, f.span_ms, f.jobs_per_second
         );
     }
     Ok(json!({ "store": setup.store_name(), "figures": figures }))
