@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use crate::support::{self, InProcess, LONG, id_of, queues, submit, wait_terminal};
 
 /// One parsed sample line: `name{labels}` -> value.
-type Samples = BTreeMap<String, f64>;
+pub type Samples = BTreeMap<String, f64>;
 
 /// Checks the text exposition format line by line and returns the samples. Every line is
 /// a `# HELP name text`, a `# TYPE name kind` or `name{k="v",...} value`.
-fn parse_exposition(text: &str) -> Samples {
+pub fn parse_exposition(text: &str) -> Samples {
     let mut samples = Samples::new();
     let name_ok = |name: &str| {
         !name.is_empty()

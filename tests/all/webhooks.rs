@@ -216,11 +216,29 @@ async fn a_failing_receiver_is_retried_with_the_same_id_until_it_answers_2xx() {
         assert!(signed_by_secret(sent), "{sent:#?}");
     }
     assert_eq!(job["webhook"]["delivery"]["attempts"], 3, "{job:#}");
+    let sends = sends_by_outcome(&kiln.base).await;
+    assert_eq!(sends, (1.0, 2.0, 0.0), "delivered, failed, gave up");
+}
+
+/// `kiln_webhook_sends_total` by outcome: (delivered, failed, gave_up).
+async fn sends_by_outcome(base: &str) -> (f64, f64, f64) {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = crate::metrics::parse_exposition(&text);
+    let count = |outcome: &str| {
+        let series = format!("kiln_webhook_sends_total{{outcome=\"{outcome}\"}}");
+        samples.get(&series).copied().unwrap_or(0.0)
+    };
+    (count("delivered"), count("failed"), count("gave_up"))
 }
 
 /// A job whose receiver always answers `status`, on a server retrying for 1 s: the job
 /// once its delivery is given up, and every request the receiver got.
-async fn given_up_with(status: u16) -> (Value, Vec<Received>) {
+async fn given_up_with(status: u16) -> (Value, Vec<Received>, (f64, f64, f64)) {
     let receiver = Receiver::start(vec![status; 1000], false).await;
     let (data, plugins) = dirs();
     let kiln = start(data.path(), plugins.path(), &config("retry_for_secs = 1\n"));
@@ -230,22 +248,29 @@ async fn given_up_with(status: u16) -> (Value, Vec<Received>) {
     assert!(sends >= 2, "retried within the window: {sends}");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.received().len(), sends, "sent after giving up");
-    (job, receiver.received())
+    (job, receiver.received(), sends_by_outcome(&kiln.base).await)
 }
 
 #[tokio::test]
 async fn past_the_retry_window_a_delivery_is_given_up() {
     // Violated: the receiver never answers 2xx within the window (the obeyed side is the
     // retry test above, delivered within the default window).
-    let (job, _) = given_up_with(500).await;
+    let (job, received, sends) = given_up_with(500).await;
+    assert_eq!(sends.2, 1.0, "one send gave up: {sends:?}");
+    assert_eq!(
+        sends.1 + 1.0,
+        received.len() as f64,
+        "the others failed: {sends:?}"
+    );
     let delivery = &job["webhook"]["delivery"];
     assert_eq!(delivery["last_status"], 500, "{job:#}");
     assert!(delivery["next_attempt_at"].is_null(), "{job:#}");
+    assert_eq!(delivery["attempts"], received.len(), "{job:#}");
 }
 
 #[tokio::test]
 async fn redirects_are_not_followed() {
-    let (job, received) = given_up_with(302).await;
+    let (job, received, _) = given_up_with(302).await;
     let delivery = &job["webhook"]["delivery"];
     assert_eq!(delivery["last_status"], 302, "{job:#}");
     let error = delivery["last_error"].as_str().unwrap_or_default();

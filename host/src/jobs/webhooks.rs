@@ -254,6 +254,14 @@ impl JobService {
                 record(job, &delivery_id, sent, now_ms(), &settings)
             })
             .await;
+        if let Ok(job) = &recorded {
+            let delivery = job.webhook.as_ref().and_then(|w| w.delivery.as_ref());
+            self.inner.metrics.webhook_sent(match delivery {
+                Some(d) if d.delivered_at_ms.is_some() => "delivered",
+                Some(d) if d.gave_up => "gave_up",
+                _ => "failed",
+            });
+        }
         match recorded {
             Ok(_) | Err(StoreError::NotFound | StoreError::Conflict(_)) => {}
             Err(error) => {

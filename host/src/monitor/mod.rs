@@ -130,6 +130,7 @@ pub struct Metrics {
     llm_errors: Family<Labels<2>, Counter>,
     llm_http_answers: Family<Labels<2>, Counter>,
     replays: Family<Labels<1>, Counter>,
+    webhook_sends: Family<Labels<1>, Counter>,
     /// Recent figures per queue, for `/v1/queues`.
     windows: Mutex<HashMap<String, RecentWindow>>,
 }
@@ -169,6 +170,7 @@ impl Metrics {
             llm_errors: Family::default(),
             llm_http_answers: Family::default(),
             replays: Family::default(),
+            webhook_sends: Family::default(),
             windows: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -250,6 +252,12 @@ impl Metrics {
             metrics.replays.clone(),
         );
         r.register(
+            "kiln_webhook_sends",
+            "Webhook sends by outcome: delivered (a 2xx), failed (retried later) or \
+             gave_up (the last failure past the retry window)",
+            metrics.webhook_sends.clone(),
+        );
+        r.register(
             "kiln_sse_subscribers",
             "Open SSE streams",
             metrics.sse_subscribers.clone(),
@@ -263,6 +271,13 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// A webhook send ended with `outcome` (`delivered`, `failed` or `gave_up`).
+    pub fn webhook_sent(&self, outcome: &'static str) {
+        self.webhook_sends
+            .get_or_create(&[("outcome", outcome.to_string())])
+            .inc();
     }
 
     /// An attempt of a job in `queue` started after waiting `queue_ms`.
