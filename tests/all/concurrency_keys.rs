@@ -87,6 +87,10 @@ async fn a_backlog_of_one_key_does_not_hold_back_another() {
 async fn max_per_key_caps_one_key_and_leaves_the_other_slots_to_others() {
     let kiln = kiln("[queues.hostile]\nmax_concurrent = 4\nmax_per_key = 2\n").await;
     let (client, base) = (&kiln.client, kiln.base.as_str());
+    // Operators see the cap where they see the queue's limit.
+    let listed = queues(&kiln).await;
+    assert_eq!(listed["hostile"]["max_per_key"], 2, "{listed:#?}");
+    assert!(listed["noop"]["max_per_key"].is_null(), "{listed:#?}");
     let items: Vec<Value> = (0..6).map(|_| slow(450)).collect();
     let a = submit_batch_ok(
         client,

@@ -122,6 +122,9 @@ pub struct QueueView {
     pub running: usize,
     /// Max running at once.
     pub limit: usize,
+    /// Max running at once with one `concurrency_key` (`[queues.NAME] max_per_key`);
+    /// `null`: no cap but `limit`.
+    pub max_per_key: Option<usize>,
     /// How long the oldest ready job has waited, ms; `null` when none waits.
     pub oldest_wait_ms: Option<u64>,
     /// Mean wait from queued (or due) to started of attempts started in the window, ms.
@@ -217,6 +220,7 @@ pub(super) async fn queue_views(state: &AppState) -> Vec<QueueView> {
                 depth: q.depth,
                 running: q.running,
                 limit: q.limit,
+                max_per_key: service.settings().key_limit_of(&q.name),
                 oldest_wait_ms,
                 avg_queue_ms: recent.avg_queue_ms(),
                 avg_run_ms: recent.avg_run_ms(),
