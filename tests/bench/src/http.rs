@@ -136,20 +136,14 @@ pub async fn due_at_once(
     );
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let queues: Value = client
-            .get(format!("{base}/v1/queues"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let queue = queues["queues"]
-            .as_array()
-            .and_then(|qs| qs.iter().find(|q| q["name"] == job_type).cloned())
-            .unwrap_or_default();
-        if queue["completed"].as_u64() >= Some(total as u64) {
+        let done = completed_in(&client, base, job_type).await?;
+        if done as usize >= total {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "not all jobs completed: {queue}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {total} jobs completed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (mut first_start, mut last_end) = (u64::MAX, 0u64);
@@ -181,6 +175,21 @@ pub async fn due_at_once(
         span_ms,
         jobs_per_second: total as f64 * 1000.0 / span_ms as f64,
     })
+}
+
+/// Jobs of queue `job_type` the node at `base` completed since it started.
+async fn completed_in(client: &reqwest::Client, base: &str, job_type: &str) -> anyhow::Result<u64> {
+    let queues: Value = client
+        .get(format!("{base}/v1/queues"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(queues["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == job_type))
+        .and_then(|q| q["completed"].as_u64())
+        .unwrap_or(0))
 }
 
 fn client() -> reqwest::Client {
@@ -314,17 +323,7 @@ pub async fn end_to_end(
     loop {
         let mut done = 0;
         for base in bases {
-            let queues: Value = client
-                .get(format!("{base}/v1/queues"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            done += queues["queues"]
-                .as_array()
-                .and_then(|qs| qs.iter().find(|q| q["name"] == job_type))
-                .and_then(|q| q["completed"].as_u64())
-                .unwrap_or(0);
+            done += completed_in(&client, base, job_type).await?;
         }
         if done as usize >= total {
             break;
