@@ -56,6 +56,8 @@ pub struct Config {
     pub max_queued: Option<usize>,
     /// Most items of one `POST /v1/batches`. Default 10,000.
     pub max_batch_items: Option<usize>,
+    /// Most jobs one job may depend on (`depends_on`). Default 1,000.
+    pub max_dependencies: Option<usize>,
     /// Attempts per job by default. Default 3.
     pub default_max_attempts: Option<u32>,
     /// Running jobs per queue by default. Default 16.
@@ -553,6 +555,7 @@ impl Config {
             max_queued: self.max_queued.unwrap_or(defaults.max_queued),
             webhooks: self.webhooks.resolve()?,
             max_batch_items: self.max_batch_items.unwrap_or(defaults.max_batch_items),
+            max_dependencies: self.max_dependencies.unwrap_or(defaults.max_dependencies),
             retry_base: self.retry_base_ms.map_or(defaults.retry_base, ms),
             retry_max: self.retry_max_ms.map_or(defaults.retry_max, ms),
             job_ttl: self.job_ttl_secs.map_or(defaults.job_ttl, secs),

@@ -16,8 +16,9 @@
 //! - `store/`: the storage contract over two backends (`redb/`, the embedded default, and
 //!   `postgres/`), the only module that opens transactions (group commit, `batch.rs`),
 //!   where upload and artifact bytes are kept (`bytes.rs`), and the live event bus. Its
-//!   writer keeps each batch's counts and log, and the webhook delivery of each job
-//!   that ends (the outbox), in the same commit as its jobs' changes.
+//!   writer keeps each batch's counts and log, the webhook delivery of each job that ends
+//!   (the outbox), and the release of the jobs waiting on it (by the rule `jobs/` gives
+//!   it, `lifecycle::release`), in the same commit as its jobs' changes.
 //! - `runtime/`: the wasmtime sandbox that runs job types; reaches `llm/` only through the
 //!   host imports it implements.
 //! - `llm/`: LLM providers behind the [`llm::LlmClient`] trait, including `offline`.

@@ -671,3 +671,23 @@ async fn a_tenant_lists_and_reads_only_its_own_batches() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[tokio::test]
+async fn a_job_may_depend_only_on_its_own_tenants_jobs() {
+    let keys = Keys::new();
+    let server = kiln(&keys.config("")).await;
+    let a_job = submit_as(&server, &keys.a, quick_job()).await;
+    let a_id = a_job["id"].as_str().unwrap();
+    let mut body = quick_job();
+    body["depends_on"] = json!([a_id]);
+    // Another tenant is told the job does not exist, as `GET` would tell it.
+    let (status, refused) =
+        json_of(call(&server, Method::POST, "/v1/jobs", &keys.b).json(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused:#}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("depends_on[0]: no job"), "{refused:#}");
+    // The same tenant (another of its keys) may.
+    let dependant = submit_as(&server, &keys.a2, body).await;
+    let end = wait_done(&server, &keys.a2, dependant["id"].as_str().unwrap()).await;
+    assert_eq!(end["status"], "completed", "{end:#}");
+}

@@ -1486,3 +1486,47 @@ async fn dashboard_shows_a_jobs_webhook_delivery() {
     assert_eq!(receiver.received().len(), 2);
     browser.close().await;
 }
+
+/// A job waiting on others shows as `waiting` (its card counts it) with what it waits
+/// for, then runs when they have completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_waiting_job_and_what_it_waits_for() {
+    let _turn = ONE_BROWSER.lock().await;
+    let kiln = InProcess::start_cached(&["fixture:hostile"], "").await;
+    let browser = Browser::start("dashboard-waiting").await;
+    open_dashboard(&browser, &kiln).await;
+    let slow = json!({"type": "hostile", "payload": {"mode": "events", "n": 4, "pace_ms": 600}});
+    let first = submit_ok(&kiln.client, &kiln.base, slow).await;
+    let body = json!({"type": "hostile", "payload": {"mode": "ok"}, "depends_on": [first]});
+    let waiting = submit_ok(&kiln.client, &kiln.base, body).await;
+    click(
+        &browser,
+        &format!("[data-testid=job-row][data-job-id=\"{waiting}\"] [data-testid=job-type]"),
+    )
+    .await;
+    let short = format!("…{}", &first[first.len() - 8..]);
+    let shown = browser
+        .wait_for(
+            "the waiting job's detail",
+            &format!(
+                "const t = document.querySelector('[data-testid=detail-dependencies]').textContent;
+                 const s = document.querySelector('[data-testid=detail-status]').textContent;
+                 const card = document.querySelector('[data-testid=card-waiting] .n').textContent;
+                 return s === 'waiting' && t.includes('waiting for {short}') ? {{t, card}} : null;"
+            ),
+        )
+        .await;
+    assert_eq!(shown["card"], "1", "{shown}");
+    browser.screenshot("waiting").await;
+    let done = browser
+        .wait_for(
+            "the job run once its dependency completed",
+            "const t = document.querySelector('[data-testid=detail-dependencies]').textContent;
+             const s = document.querySelector('[data-testid=detail-status]').textContent;
+             return s === 'completed' ? t : null;",
+        )
+        .await;
+    assert_eq!(done, json!(format!("{short}: all ended")), "{}", done);
+    browser.close().await;
+    kiln.stop().await;
+}

@@ -1187,3 +1187,40 @@ async fn submit_and_batch_submit_send_the_concurrency_key_and_webhook() {
     assert_ne!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stderr.contains("concurrency_key"), "{out:?}");
 }
+
+#[tokio::test]
+async fn submit_depends_on_sends_the_dependencies_and_jobs_list_shows_waiting_jobs() {
+    let kiln = kiln("").await;
+    let slow = json!({"type": "hostile", "payload": {"mode": "events", "n": 4, "pace_ms": 500}});
+    let first = submit_ok(&kiln.client, &kiln.base, slow.clone()).await;
+    let second = submit_ok(&kiln.client, &kiln.base, slow).await;
+    let deps = format!("{first},{second}");
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "submit",
+            "noop",
+            "--depends-on",
+            &deps,
+            "--run-if-dependency-fails",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let job: Value = serde_json::from_str(&out.stdout).expect("the job's JSON on stdout");
+    assert_eq!(job["status"], "waiting", "{out:?}");
+    assert_eq!(job["depends_on"], json!([first, second]), "{out:?}");
+    assert_eq!(job["on_dependency_failure"], "run", "{out:?}");
+    let id = job["id"].as_str().unwrap();
+    let out = kiln_cli(&kiln.base, &["jobs", "list", "--status", "waiting"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains(id), "{out:?}");
+    let end = wait_terminal(&kiln.client, &kiln.base, id, LONG).await;
+    assert_eq!(end["status"], "completed", "{end:#}");
+    // An unknown id comes back as the server's refusal.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let out = kiln_cli(&kiln.base, &["submit", "noop", "--depends-on", &unknown]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("depends_on[0]"), "{out:?}");
+}

@@ -709,6 +709,46 @@ async fn max_per_key_holds_across_nodes() {
     }
 }
 
+/// A chain of jobs submitted to different nodes: each runs once the one before it has
+/// completed, whichever node ran that one; a failure halfway fails the rest of the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_hold_across_nodes() {
+    let cluster = Cluster::start(2, &["fixture:hostile"], "").await;
+    let step = json!({"type": "hostile", "payload": {"mode": "events", "n": 2, "pace_ms": 100}});
+    let mut chain: Vec<String> = Vec::new();
+    for index in 0..4 {
+        let mut body = step.clone();
+        if index == 2 {
+            body["payload"] = json!({"mode": "permanent"});
+        }
+        if let Some(last) = chain.last() {
+            body["depends_on"] = json!([last]);
+        }
+        chain.push(submit_ok(&cluster.client, &cluster.base(index % 2), body).await);
+    }
+    let mut jobs = Vec::new();
+    for id in &chain {
+        jobs.push(
+            cluster
+                .wait_job(0, id, |j| {
+                    matches!(j["status"].as_str(), Some("completed" | "failed"))
+                })
+                .await,
+        );
+    }
+    let shown = || format!("{jobs:#?}\n{}", cluster.logs());
+    assert_eq!(jobs[0]["status"], "completed", "{}", shown());
+    assert_eq!(jobs[1]["status"], "completed", "{}", shown());
+    assert!(
+        time_ms(&jobs[1], "started_at") >= time_ms(&jobs[0], "finished_at"),
+        "{}",
+        shown()
+    );
+    assert_eq!(jobs[2]["error"]["kind"], "permanent", "{}", shown());
+    assert_eq!(jobs[3]["error"]["kind"], "dependency_failed", "{}", shown());
+    assert_eq!(jobs[3]["started_at"], Value::Null, "{}", shown());
+}
+
 /// Webhooks of jobs submitted to both nodes are sent by the leader alone: each end once,
 /// and a receiver that failed first gets it again from the outbox in the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

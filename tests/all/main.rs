@@ -16,6 +16,7 @@ mod compat;
 mod concurrency_keys;
 mod contract_v2;
 mod crash;
+mod dependencies;
 mod durability;
 mod fairness;
 mod fake_provider;

@@ -46,11 +46,23 @@ pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Parses a JSON body, telling malformed JSON from JSON of the wrong shape.
+/// A body of the wrong shape is refused naming the field that is wrong (e.g.
+/// `depends_on[0]: UUID parsing failed …`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| (error.path().to_string(), error.into_inner()))
+        .and_then(|value| {
+            let end = deserializer.end();
+            end.map(|()| value).map_err(|e| (".".to_string(), e))
+        });
+    parsed.map_err(|(path, e)| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => ApiError::bad_request("invalid_request", e.to_string()),
+            Category::Data if path == "." => {
+                ApiError::bad_request("invalid_request", e.to_string())
+            }
+            Category::Data => ApiError::bad_request("invalid_request", format!("{path}: {e}")),
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
             }

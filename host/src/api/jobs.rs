@@ -15,8 +15,8 @@ use super::access::{Caller, EventsToken, visible_job};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiQuery, JobId, JsonBody};
 use super::view::JobView;
-use crate::jobs::SubmitRequest;
-use crate::jobs::{JobStatus, ListQuery};
+use crate::jobs::{DependencyFailure, JobStatus, ListQuery, SubmitRequest};
+use uuid::Uuid;
 
 /// The body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -42,6 +42,13 @@ pub struct SubmitBody {
     /// Where to POST the job's JSON when it ends, signed per Standard Webhooks (default:
     /// the tenant's `[webhooks]` url, if set).
     pub webhook: Option<WebhookBody>,
+    /// Jobs of yours that must complete first (at most `max_dependencies`, default
+    /// 1,000): until they have, the job is `waiting` and holds no slot.
+    #[serde(default)]
+    pub depends_on: Vec<Uuid>,
+    /// `fail` (the default): a dependency that fails or is cancelled fails the job with
+    /// `error.kind = "dependency_failed"`; `run`: it runs once they have all ended.
+    pub on_dependency_failure: Option<DependencyFailure>,
 }
 
 /// A submit's `webhook`.
@@ -140,6 +147,8 @@ pub async fn submit(
         tenant: caller.tenant().map(str::to_string),
         concurrency_key: body.concurrency_key,
         webhook_url: body.webhook.map(|webhook| webhook.url),
+        depends_on: body.depends_on,
+        on_dependency_failure: body.on_dependency_failure,
     };
     let (mut job, created) = state.service.submit(request).await?;
     if let Some(wait) = wait {

@@ -26,7 +26,7 @@ use super::system::{
     Healthz, NodeList, NodeView, PluginList, PluginView, QueueList, QueueView, RecentView,
 };
 use super::view::{ArtifactView, DeliveryView, JobView, Links, WebhookView};
-use crate::jobs::{ErrorInfo, JobStatus, StatusCounts};
+use crate::jobs::{DependencyFailure, ErrorInfo, JobStatus, StatusCounts};
 use crate::llm::Usage;
 
 /// The generated part of the document.
@@ -68,7 +68,7 @@ use crate::llm::Usage;
         openapi_json,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, Violation, JobView, Links, ArtifactView, FileView, Usage, ErrorInfo, JobStatus,
+        ErrorBody, ErrorDetail, Violation, JobView, Links, ArtifactView, FileView, Usage, ErrorInfo, JobStatus, DependencyFailure,
         SubmitBody, WebhookBody, WebhookView, DeliveryView, SubmitView, BatchBody, BatchView, BatchLinks, BatchSubmitView, BatchChange, BatchList, StatusCounts, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
     )),
     tags(
@@ -223,7 +223,7 @@ fn object(properties: &[(&str, Type, &str)]) -> RefOr<Schema> {
 fn other_routes(doc: &mut utoipa::openapi::OpenApi) {
     // Every field may be left out or null (it then takes its default); no other field is
     // accepted. Only bulk cancel has `older_than_s`.
-    let bulk_body = |statuses: [&str; 2], status: &str, older_than: bool| {
+    let bulk_body = |statuses: &[&str], status: &str, older_than: bool| {
         let nullable = |kind: Type, description: &str| {
             ObjectBuilder::new()
                 .schema_type([kind, Type::Null].into_iter().collect::<SchemaType>())
@@ -232,11 +232,8 @@ fn other_routes(doc: &mut utoipa::openapi::OpenApi) {
         let mut schema = ObjectBuilder::new()
             .property(
                 "status",
-                nullable(Type::String, status).enum_values(Some([
-                    Some(statuses[0]),
-                    Some(statuses[1]),
-                    None,
-                ])),
+                nullable(Type::String, status)
+                    .enum_values(Some(statuses.iter().map(|s| Some(*s)).chain([None]))),
             )
             .property("type", nullable(Type::String, "Only jobs of this type"))
             .property(
@@ -282,7 +279,7 @@ fn other_routes(doc: &mut utoipa::openapi::OpenApi) {
             HttpMethod::Post,
             "Retries failed (or cancelled) jobs in bulk",
             Some(bulk_body(
-                ["failed", "cancelled"],
+                &["failed", "cancelled"],
                 "`failed` (default) or `cancelled`",
                 false,
             )),
@@ -291,10 +288,10 @@ fn other_routes(doc: &mut utoipa::openapi::OpenApi) {
         (
             "/v1/jobs/bulk/cancel",
             HttpMethod::Post,
-            "Cancels running (or queued) jobs in bulk, e.g. stuck ones",
+            "Cancels running (or queued, or waiting) jobs in bulk, e.g. stuck ones",
             Some(bulk_body(
-                ["running", "queued"],
-                "`running` (default) or `queued`",
+                &["running", "queued", "waiting"],
+                "`running` (default), `queued` or `waiting`",
                 true,
             )),
             counted("cancelled"),

@@ -71,21 +71,23 @@ fn optional_body<T: DeserializeOwned + Default>(
 fn status_of(
     text: Option<&str>,
     default: JobStatus,
-    allowed: [JobStatus; 2],
+    allowed: &[JobStatus],
 ) -> Result<JobStatus, ApiError> {
     let Some(text) = text else {
         return Ok(default);
     };
     match JobStatus::parse(text) {
         Some(status) if allowed.contains(&status) => Ok(status),
-        _ => Err(ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "status must be \"{}\" or \"{}\", not {text:?}",
-                allowed[0].as_str(),
-                allowed[1].as_str()
-            ),
-        )),
+        _ => {
+            let names: Vec<String> = allowed
+                .iter()
+                .map(|status| format!("\"{}\"", status.as_str()))
+                .collect();
+            Err(ApiError::bad_request(
+                "invalid_request",
+                format!("status must be one of {}, not {text:?}", names.join(", ")),
+            ))
+        }
     }
 }
 
@@ -113,7 +115,7 @@ pub async fn bulk_retry(
         status: status_of(
             body.status.as_deref(),
             JobStatus::Failed,
-            [JobStatus::Failed, JobStatus::Cancelled],
+            &[JobStatus::Failed, JobStatus::Cancelled],
         )?,
         job_type: body.job_type,
         older_than: None,
@@ -135,7 +137,7 @@ pub async fn bulk_cancel(
         status: status_of(
             body.status.as_deref(),
             JobStatus::Running,
-            [JobStatus::Running, JobStatus::Queued],
+            &[JobStatus::Running, JobStatus::Queued, JobStatus::Waiting],
         )?,
         job_type: body.job_type,
         older_than: body.older_than_s.map(Duration::from_secs),

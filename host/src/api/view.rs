@@ -6,7 +6,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::jobs::{
-    ErrorInfo, JobRecord, JobService, JobStatus, ServiceError, WebhookRecord, rfc3339,
+    DependencyFailure, ErrorInfo, JobRecord, JobService, JobStatus, ServiceError, WebhookRecord,
+    rfc3339,
 };
 use crate::llm::Usage;
 
@@ -59,6 +60,15 @@ pub struct JobView {
     pub concurrency_key: Option<String>,
     /// Its webhook, with the delivery of its latest end.
     pub webhook: Option<WebhookView>,
+    /// The jobs it was submitted to wait for (`depends_on`), in the order given.
+    pub depends_on: Vec<Uuid>,
+    /// While it is `waiting`: those of them that have not ended yet.
+    pub waiting_for: Vec<Uuid>,
+    /// With `depends_on`: what a failed or cancelled dependency does to it (`fail` or
+    /// `run`).
+    pub on_dependency_failure: Option<DependencyFailure>,
+    /// The jobs submitted with this one in their `depends_on`.
+    pub dependants: Vec<Uuid>,
     /// Where to read and follow it.
     pub links: Links,
 }
@@ -179,6 +189,11 @@ impl JobView {
             batch: job.batch,
             concurrency_key: job.concurrency_key,
             webhook: job.webhook.map(WebhookView::of),
+            on_dependency_failure: (!job.depends_on.is_empty())
+                .then_some(job.on_dependency_failure),
+            depends_on: job.depends_on,
+            waiting_for: job.waiting_for,
+            dependants: job.dependants,
             artifacts: job
                 .artifacts
                 .into_iter()

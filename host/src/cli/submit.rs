@@ -21,6 +21,14 @@ pub struct SubmitArgs {
     /// POST the job's JSON to this URL when it ends, signed (see the README's Webhooks).
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
+    /// Run only once this job has completed (repeat for several, or give them
+    /// comma-separated); until then the job is `waiting`.
+    #[arg(long, value_name = "JOB_ID", value_delimiter = ',')]
+    pub depends_on: Vec<String>,
+    /// Run even when a dependency fails or is cancelled (the default fails the job with
+    /// `dependency_failed`).
+    #[arg(long, requires = "depends_on")]
+    pub run_if_dependency_fails: bool,
     /// Same key, same job: a repeated submit returns the first job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -83,6 +91,12 @@ pub(super) async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     args.options.write_into(&mut body);
     if let Some(url) = &args.webhook {
         body["webhook"] = json!({ "url": url });
+    }
+    if !args.depends_on.is_empty() {
+        body["depends_on"] = json!(args.depends_on);
+    }
+    if args.run_if_dependency_fails {
+        body["on_dependency_failure"] = json!("run");
     }
     let mut request = client.http().post(client.url("/v1/jobs")).json(&body);
     if let Some(key) = &args.idempotency_key {

@@ -71,7 +71,7 @@ impl JobService {
                     idempotency_key: None,
                     tenant: request.tenant.clone(),
                     concurrency_key: request.concurrency_key.clone(),
-                    webhook_url: None,
+                    ..SubmitRequest::default()
                 })
                 .await
                 .map_err(|error| at_item(index, error))?;

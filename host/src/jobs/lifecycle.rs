@@ -1,14 +1,15 @@
 //! The job state machine: every transition of a job's life, as a plain function.
 //!
 //! ```text
-//!                     submit
-//!                       │
-//!                       ▼
-//!    ┌───────────────► queued ──────────────── cancel ───────────────┐
-//!    │                  │  ▲                                          │
-//!    │             start│  │ retryable failure or interrupt,          │
-//!    │                  │  │ attempts left (attempt + 1, error kept)  │
-//!    │                  ▼  │                                          ▼
+//!     submit with depends_on ──► waiting ──── a dependency failed ───► failed
+//!                     submit        │   └──────────── cancel ─────────────┐
+//!                       │           │ all its dependencies ended          │
+//!                       ▼           ▼                                     │
+//!    ┌───────────────► queued ──────────────── cancel ───────────────┐   │
+//!    │                  │  ▲                                          │   │
+//!    │             start│  │ retryable failure or interrupt,          │   │
+//!    │                  │  │ attempts left (attempt + 1, error kept)  │   │
+//!    │                  ▼  │                                          ▼   ▼
 //!    │               running ────────── end: cancelled ──────────► cancelled
 //!    │                  │  │                                          │
 //!    │   end: completed │  │ failure: final, or attempts spent        │
@@ -18,6 +19,8 @@
 //!    └──────── retry ────────┴────────────────────────────────────────┘
 //! ```
 //!
+//! A job waiting on dependencies is released by the commit that ends each of them
+//! ([`release`], which the store applies there: see [`crate::store::ReleaseRule`]).
 //! A cancel of a running job changes nothing here: the service stops the attempt and the
 //! runner's end of attempt records `cancelled`. While a job runs, its plugin's events
 //! ([`plugin_event`]) append to the log (and move progress forward) without changing its
@@ -41,7 +44,8 @@ use crate::runtime::{FailureKind, JobFailure, PluginEvent};
 use uuid::Uuid;
 
 use crate::store::{
-    ArtifactRecord, Change, ErrorInfo, JobRecord, JobStatus, Lease, NewEvent, StoreError, rfc3339,
+    ArtifactRecord, Change, DependencyFailure, ErrorInfo, JobRecord, JobStatus, Lease, NewEvent,
+    StoreError, rfc3339,
 };
 
 /// The start of an attempt on `node`: `queued -> running`, the attempt's lease held by
@@ -65,8 +69,9 @@ pub(super) fn start(job: &mut JobRecord, now_ms: u64, node: Uuid) -> Result<Chan
 /// `cancelled`); a finished one is refused.
 pub(super) fn cancel(job: &mut JobRecord, now_ms: u64) -> Result<Change, StoreError> {
     match job.status {
-        JobStatus::Queued => {
+        JobStatus::Queued | JobStatus::Waiting => {
             job.status = JobStatus::Cancelled;
+            job.waiting_for.clear();
             job.finished_at_ms = Some(now_ms);
             Ok(Change::events(vec![cancelled_event()]))
         }
@@ -75,7 +80,7 @@ pub(super) fn cancel(job: &mut JobRecord, now_ms: u64) -> Result<Change, StoreEr
             Ok(Change::default())
         }
         status => Err(StoreError::Conflict(format!(
-            "the job is {}; only queued or running jobs can be cancelled",
+            "the job is {}; only waiting, queued or running jobs can be cancelled",
             status.as_str()
         ))),
     }
@@ -106,6 +111,49 @@ pub(super) fn retry(job: &mut JobRecord) -> Result<Change, StoreError> {
             status.as_str()
         ))),
     }
+}
+
+/// A job waiting on `dependency`, which has just ended: it stops waiting for it, and once
+/// it waits for nothing more it is queued. A dependency that failed or was cancelled
+/// fails it at once (`dependency_failed`, naming the dependency: it never runs), unless
+/// it was submitted with `on_dependency_failure: "run"`. Refused when the job no longer
+/// waits for `dependency` (it was cancelled, or this release was applied already).
+pub(super) fn release(
+    job: &mut JobRecord,
+    dependency: &JobRecord,
+    now_ms: u64,
+) -> Result<Change, StoreError> {
+    let place = job.waiting_for.iter().position(|id| *id == dependency.id);
+    let (JobStatus::Waiting, Some(place)) = (job.status, place) else {
+        return Err(StoreError::Conflict(format!(
+            "the job does not wait for {}",
+            dependency.id
+        )));
+    };
+    job.waiting_for.remove(place);
+    if dependency.status != JobStatus::Completed
+        && job.on_dependency_failure == DependencyFailure::Fail
+    {
+        job.waiting_for.clear();
+        let how = match (&dependency.status, &dependency.error) {
+            (JobStatus::Cancelled, _) => "was cancelled".to_string(),
+            (_, Some(error)) => format!("failed ({}: {})", error.kind, error.message),
+            (_, None) => "failed".to_string(),
+        };
+        let error = ErrorInfo {
+            kind: FailureKind::DependencyFailed.as_str().into(),
+            message: format!(
+                "dependency {} ({}) {how}",
+                dependency.id, dependency.job_type
+            ),
+        };
+        return Ok(fail(job, error, now_ms));
+    }
+    if !job.waiting_for.is_empty() {
+        return Ok(Change::default());
+    }
+    job.status = JobStatus::Queued;
+    Ok(Change::events(vec![status_event(job)]))
 }
 
 /// A job found `running` when the service starts: the process that ran it died, so the
@@ -296,6 +344,9 @@ pub(super) fn plugin_event(job: &mut JobRecord, event: &PluginEvent) -> Result<C
 /// The `status` event of a job's current state.
 pub(super) fn status_event(job: &JobRecord) -> NewEvent {
     let mut data = json!({ "status": job.status.as_str(), "attempt": job.attempt });
+    if !job.waiting_for.is_empty() {
+        data["waiting_for"] = json!(job.waiting_for);
+    }
     if let Some(at) = job.run_at_ms {
         data["run_at"] = json!(rfc3339(at));
     }
@@ -611,7 +662,7 @@ mod tests {
                 job(status),
                 |job| cancel(job, NOW),
                 &format!(
-                    "the job is {}; only queued or running jobs can be cancelled",
+                    "the job is {}; only waiting, queued or running jobs can be cancelled",
                     status.as_str()
                 ),
             );
@@ -1086,5 +1137,75 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A job waiting on two dependencies, and those two (ids 1 and 2) as they ended.
+    fn waiting_on_two(ended: [JobStatus; 2]) -> (JobRecord, [JobRecord; 2]) {
+        let dependencies = ended.map(job);
+        let ids = [Uuid::from_u128(1), Uuid::from_u128(2)];
+        let dependencies = [0, 1].map(|i| JobRecord {
+            id: ids[i],
+            ..dependencies[i].clone()
+        });
+        let waiting = JobRecord {
+            status: JobStatus::Waiting,
+            depends_on: ids.to_vec(),
+            waiting_for: ids.to_vec(),
+            ..job(JobStatus::Queued)
+        };
+        (waiting, dependencies)
+    }
+
+    #[test]
+    fn release_queues_a_job_once_its_last_dependency_completed() {
+        let (mut waiting, [first, second]) =
+            waiting_on_two([JobStatus::Completed, JobStatus::Completed]);
+        let change = release(&mut waiting, &first, NOW).unwrap();
+        assert_events(&change, vec![]);
+        assert_eq!(waiting.status, JobStatus::Waiting);
+        assert_eq!(waiting.waiting_for, [second.id]);
+        let change = release(&mut waiting, &second, NOW).unwrap();
+        assert_events(
+            &change,
+            vec![event("status", json!({"status": "queued", "attempt": 1}))],
+        );
+        assert_eq!(waiting.status, JobStatus::Queued);
+        assert!(waiting.waiting_for.is_empty());
+        // Applied twice (a retried commit), it changes nothing.
+        assert_refused(
+            waiting,
+            |job| release(job, &second, NOW),
+            &format!("the job does not wait for {}", second.id),
+        );
+    }
+
+    #[test]
+    fn release_fails_a_job_whose_dependency_failed_unless_it_runs_anyway() {
+        let (mut waiting, [failed, _]) = waiting_on_two([JobStatus::Failed, JobStatus::Queued]);
+        let mut anyway = waiting.clone();
+        release(&mut waiting, &failed, NOW).unwrap();
+        assert_eq!(waiting.status, JobStatus::Failed);
+        assert_eq!(waiting.finished_at_ms, Some(NOW));
+        assert!(waiting.waiting_for.is_empty());
+        let error = waiting.error.unwrap();
+        assert_eq!(error.kind, "dependency_failed");
+        assert_eq!(
+            error.message,
+            format!("dependency {} (echo) failed (trap: boom)", failed.id)
+        );
+        anyway.on_dependency_failure = DependencyFailure::Run;
+        release(&mut anyway, &failed, NOW).unwrap();
+        assert_eq!(anyway.status, JobStatus::Waiting);
+        assert_eq!(anyway.waiting_for.len(), 1);
+    }
+
+    #[test]
+    fn a_waiting_job_is_cancelled_at_once_and_no_longer_released() {
+        let (mut waiting, [done, _]) = waiting_on_two([JobStatus::Completed, JobStatus::Queued]);
+        let change = cancel(&mut waiting, NOW).unwrap();
+        assert_events(&change, vec![cancelled_event()]);
+        assert_eq!(waiting.status, JobStatus::Cancelled);
+        assert!(waiting.waiting_for.is_empty());
+        assert!(release(&mut waiting, &done, NOW).is_err());
     }
 }

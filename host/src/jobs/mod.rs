@@ -31,8 +31,9 @@ pub use settings::ServiceSettings;
 pub use webhooks::{JobRenderer, WebhookSettings, check_url, decode_secret, signature};
 // The records the API shows, as the store keeps them.
 pub use crate::store::{
-    ArtifactRecord, BatchPage, BatchRecord, ByteStream, ErrorInfo, FileRecord, JobEvent, JobRecord,
-    JobStatus, ListQuery, Page, StatusCounts, WebhookRecord, batch_event_names, now_ms, rfc3339,
+    ArtifactRecord, BatchPage, BatchRecord, ByteStream, DependencyFailure, ErrorInfo, FileRecord,
+    JobEvent, JobRecord, JobStatus, ListQuery, Page, StatusCounts, WebhookRecord,
+    batch_event_names, now_ms, rfc3339,
 };
 
 use std::collections::HashMap;
@@ -76,6 +77,10 @@ pub struct SubmitRequest {
     pub concurrency_key: Option<String>,
     /// Where to POST the job's end (else its tenant's default, if any).
     pub webhook_url: Option<String>,
+    /// Jobs (of the same tenant) that must complete before this one runs.
+    pub depends_on: Vec<Uuid>,
+    /// What the job does when a dependency fails or is cancelled (default: it fails).
+    pub on_dependency_failure: Option<DependencyFailure>,
 }
 
 /// Longest `concurrency_key`, bytes.
@@ -231,6 +236,8 @@ impl JobService {
         settings: ServiceSettings,
         metrics: Arc<crate::monitor::Metrics>,
     ) -> Self {
+        // The end of a job releases the jobs that wait for it, in the same commit.
+        store.set_release_rule(lifecycle::release);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -342,6 +349,9 @@ impl JobService {
         } else {
             tasks.spawn(self.clone().dispatch_loop());
         }
+        if let Some(released) = self.inner.store.bus.take_released() {
+            tasks.spawn(self.clone().released_loop(released));
+        }
         tasks.spawn(self.clone().sweep_loop());
         tasks.spawn(self.clone().webhook_loop());
         tasks.spawn(self.clone().heartbeat_loop());
@@ -362,7 +372,11 @@ impl JobService {
         }
         match self.inner.store.insert(job, payload, event).await? {
             Inserted::Created(job) => {
-                self.enqueue(&job);
+                // A job with dependencies is queued by the end of its last one (which may
+                // have come before it: then the insert queued it).
+                if job.status == JobStatus::Queued {
+                    self.enqueue(&job);
+                }
                 Ok((job, true))
             }
             Inserted::Existing(job) => Ok((job, false)),
@@ -451,12 +465,25 @@ impl JobService {
         }
 
         let webhook = self.webhook_for(request.webhook_url, request.tenant.as_deref())?;
+        let depends_on = self
+            .check_dependencies(request.depends_on, request.tenant.as_deref())
+            .await?;
+        if request.on_dependency_failure.is_some() && depends_on.is_empty() {
+            return Err(bad_request(
+                "invalid_request",
+                "on_dependency_failure needs depends_on",
+            ));
+        }
 
         let job = JobRecord {
             id: Uuid::now_v7(),
             queue: settings.queue_of(&request.job_type),
             job_type: request.job_type,
-            status: JobStatus::Queued,
+            status: if depends_on.is_empty() {
+                JobStatus::Queued
+            } else {
+                JobStatus::Waiting
+            },
             progress: 0,
             message: None,
             error: None,
@@ -480,6 +507,10 @@ impl JobService {
             batch: None,
             concurrency_key: request.concurrency_key,
             webhook,
+            waiting_for: depends_on.clone(),
+            depends_on,
+            on_dependency_failure: request.on_dependency_failure.unwrap_or_default(),
+            dependants: Vec::new(),
         };
         if plugin.reads_files() {
             self.check_payload_files(
@@ -490,6 +521,46 @@ impl JobService {
             .await?;
         }
         Ok((job, request.payload.to_string()))
+    }
+
+    /// Checks a submit's `depends_on`: at most `max_dependencies` jobs, each existing and
+    /// the tenant's (a foreign job is reported as missing, as `GET` would). Repeats are
+    /// dropped. That the ids exist already makes a cycle impossible.
+    async fn check_dependencies(
+        &self,
+        ids: Vec<Uuid>,
+        tenant: Option<&str>,
+    ) -> Result<Vec<Uuid>, ServiceError> {
+        let max = self.inner.settings.max_dependencies;
+        if ids.len() > max {
+            return Err(bad_request(
+                "invalid_request",
+                format!(
+                    "depends_on lists {} jobs; at most {max} (max_dependencies)",
+                    ids.len()
+                ),
+            ));
+        }
+        let mut unique = Vec::with_capacity(ids.len());
+        for (index, id) in ids.into_iter().enumerate() {
+            if unique.contains(&id) {
+                continue;
+            }
+            let visible = self
+                .inner
+                .store
+                .get(id)
+                .await?
+                .is_some_and(|job| tenant.is_none() || job.tenant.as_deref() == tenant);
+            if !visible {
+                return Err(bad_request(
+                    "invalid_request",
+                    format!("depends_on[{index}]: no job with id {id}"),
+                ));
+            }
+            unique.push(id);
+        }
+        Ok(unique)
     }
 
     /// Refuses `adding` more queued jobs when the queues already hold `max_queued`.
@@ -511,6 +582,7 @@ impl JobService {
     fn reserve_slot(&self, job: &JobRecord) -> bool {
         let now = now_ms();
         if self.inner.stopping.is_cancelled()
+            || job.status != JobStatus::Queued
             || job.run_at_ms.is_some_and(|at| at > now)
             || self.inner.store.is_shared()
         {
@@ -602,7 +674,25 @@ impl JobService {
     }
 
     /// Runs a failed or cancelled job again: same id, next attempt, its event log goes on.
+    /// A job with dependencies runs again only once they have all completed (or, for
+    /// `on_dependency_failure: "run"`, ended): retry the failed one first.
     pub async fn retry(&self, id: Uuid) -> Result<JobRecord, ServiceError> {
+        let job = self.get(id).await?;
+        for dependency in &job.depends_on {
+            let status = self.inner.store.get(*dependency).await?.map(|d| d.status);
+            let ready = match (status, job.on_dependency_failure) {
+                (Some(JobStatus::Completed), _) => true,
+                (Some(status), DependencyFailure::Run) => status.is_terminal(),
+                _ => false,
+            };
+            if !ready {
+                let status = status.map_or("gone (expired)", JobStatus::as_str);
+                return Err(ServiceError::Conflict(format!(
+                    "dependency {dependency} is {status}; a job runs again only once its \
+                     dependencies have completed"
+                )));
+            }
+        }
         let result = self.inner.store.update(id, lifecycle::retry).await;
         let job = self.found(id, result)?;
         self.enqueue(&job);
@@ -749,6 +839,19 @@ impl JobService {
             now_ms(),
         );
         self.inner.wake.notify_one();
+    }
+
+    /// Queues the jobs the store released (their dependencies ended) as they come.
+    async fn released_loop(self, mut released: tokio::sync::mpsc::UnboundedReceiver<JobRecord>) {
+        loop {
+            tokio::select! {
+                job = released.recv() => match job {
+                    Some(job) => self.enqueue(&job),
+                    None => return,
+                },
+                () = self.inner.stopping.cancelled() => return,
+            }
+        }
     }
 
     /// Starts whatever may start, then sleeps until a job is queued, a slot frees up or

@@ -142,17 +142,20 @@ impl JobService {
         Ok(retried)
     }
 
-    /// Cancels up to `filter.limit` jobs with `filter.status` (running or queued), oldest
+    /// Cancels up to `filter.limit` jobs with `filter.status` (running, queued or waiting), oldest
     /// first, waiting up to `wait` for running ones to stop; returns the ids cancelled.
     pub async fn bulk_cancel(
         &self,
         filter: &BulkFilter,
         wait: Duration,
     ) -> Result<Vec<Uuid>, ServiceError> {
-        if !matches!(filter.status, JobStatus::Running | JobStatus::Queued) {
+        if !matches!(
+            filter.status,
+            JobStatus::Running | JobStatus::Queued | JobStatus::Waiting
+        ) {
             return Err(bad_request(
                 "invalid_request",
-                "status must be \"running\" or \"queued\"",
+                "status must be \"running\", \"queued\" or \"waiting\"",
             ));
         }
         check_limit(filter.limit)?;

@@ -243,9 +243,13 @@ impl Queues {
     }
 
     /// Adds a queued job; it is ready at once unless its `run_at_ms` is later than
-    /// `now_ms`.
+    /// `now_ms`. A job the queue already holds is left as it is: a job queued by its dependencies'
+    /// end may also be found by the scan at start.
     pub fn push(&mut self, limits: QueueLimits<'_>, job: Waiting, now_ms: u64) {
         let queue = self.queue(limits);
+        if queue.ready.contains_key(&job.id) || queue.delayed_jobs.contains_key(&job.id) {
+            return;
+        }
         match job.run_at_ms {
             Some(at) if at > now_ms => {
                 queue.delayed.insert((at, job.id));

@@ -33,6 +33,8 @@ pub struct ServiceSettings {
     pub max_queued: usize,
     /// Most items of one batch (`POST /v1/batches`). Default 10,000.
     pub max_batch_items: usize,
+    /// Most jobs one job may depend on (`depends_on`). Default 1,000.
+    pub max_dependencies: usize,
     /// First retry backoff; doubles per attempt, with ±25% jitter. Default 2 s.
     pub retry_base: Duration,
     /// Longest retry backoff. Default 5 min.
@@ -69,6 +71,7 @@ impl Default for ServiceSettings {
             max_attempts_cap: 20,
             max_queued: 100_000,
             max_batch_items: 10_000,
+            max_dependencies: 1_000,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
             job_ttl: Duration::from_secs(24 * 3600),

@@ -40,6 +40,9 @@ pub enum FailureKind {
     Interrupted,
     /// Something went wrong in the host itself; the message says what.
     Internal,
+    /// A job it depends on (`depends_on`) failed or was cancelled; the message names it.
+    /// Never run, not retried.
+    DependencyFailed,
 }
 
 impl FailureKind {
@@ -62,6 +65,7 @@ impl FailureKind {
             Self::UnknownType => "unknown_type",
             Self::Interrupted => "interrupted",
             Self::Internal => "internal",
+            Self::DependencyFailed => "dependency_failed",
         }
     }
 

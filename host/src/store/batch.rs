@@ -55,6 +55,12 @@ pub type Mutation = Box<dyn FnOnce(&mut JobRecord) -> Result<Change, StoreError>
 /// that failed because the database was unreachable is retried once it is back.
 pub type DetachedMutation = Arc<dyn Fn(&mut JobRecord) -> Result<Change, StoreError> + Send + Sync>;
 
+/// What happens to a job waiting on `dependency` (its `depends_on`) when that one has
+/// ended, as of `now_ms`: the job state machine's transition (`jobs/lifecycle.rs`), given
+/// to the store by the scheduler so that the writer applies it in the commit that ends the
+/// dependency. A refusal (the job no longer waits for it) leaves the job as it is.
+pub type ReleaseRule = fn(&mut JobRecord, &JobRecord, u64) -> Result<Change, StoreError>;
+
 /// What a claim took: the jobs it started, and when the next delayed job of the claimed
 /// queues is due.
 #[derive(Clone, Debug, Default)]
@@ -101,10 +107,13 @@ pub struct NewJob {
 
 /// One change sent to a writer.
 pub(super) enum Op {
+    /// Creates a job. One with `depends_on` is added to its dependencies' `dependants`,
+    /// and released at once by `release` from those that have already ended.
     Insert {
         job: Box<JobRecord>,
         payload: String,
         event: NewEvent,
+        release: Option<ReleaseRule>,
         reply: oneshot::Sender<Result<Inserted, StoreError>>,
     },
     /// Creates a batch and all its jobs (whose `batch` names it) in one commit.
@@ -113,9 +122,12 @@ pub(super) enum Op {
         jobs: Vec<NewJob>,
         reply: oneshot::Sender<Result<(BatchRecord, Vec<JobRecord>), StoreError>>,
     },
+    /// Changes a job; when the change ends it, its dependants are released by `release`
+    /// in the same commit.
     Update {
         id: Uuid,
         mutate: Mutation,
+        release: Option<ReleaseRule>,
         reply: oneshot::Sender<Result<JobRecord, StoreError>>,
     },
     Detached {
@@ -154,12 +166,25 @@ impl Op {
     pub(super) fn jobs(&self) -> Vec<Uuid> {
         match self {
             // A claim's jobs are chosen by the backend (see [`WriteSet::claimed`]).
-            Op::Insert { .. } | Op::InsertBatch { .. } | Op::Flush { .. } | Op::Claim { .. } => {
-                Vec::new()
-            }
+            Op::InsertBatch { .. } | Op::Flush { .. } | Op::Claim { .. } => Vec::new(),
+            // A new job's dependencies: it is added to their `dependants`.
+            Op::Insert { job, .. } => job.depends_on.clone(),
             Op::Update { id, .. } | Op::Detached { id, .. } => vec![*id],
             Op::Journal { job, .. } => vec![*job],
             Op::Delete { ids, .. } => ids.clone(),
+        }
+    }
+
+    /// The job this op may end, releasing its dependants (so PostgreSQL loads them with
+    /// the batch).
+    pub(super) fn may_end(&self) -> Option<Uuid> {
+        match self {
+            Op::Update {
+                id,
+                release: Some(_),
+                ..
+            } => Some(*id),
+            _ => None,
         }
     }
 
@@ -351,6 +376,8 @@ pub(super) struct Applied {
     pub replies: Vec<Reply>,
     /// Jobs' events, and batches' events (those with no feed position, `feed_seq` 0).
     pub published: Vec<JobEvent>,
+    /// Jobs the batch queued because their dependencies ended, for the scheduler.
+    pub released: Vec<JobRecord>,
     /// The feed as it was before the batch, restored if the commit fails.
     feed_before: Feed,
 }
@@ -360,6 +387,7 @@ impl Applied {
         Self {
             replies: Vec::new(),
             published: Vec::new(),
+            released: Vec::new(),
             feed_before: *feed,
         }
     }
@@ -377,7 +405,7 @@ pub(super) fn apply_all(
     let mut ops = ops.into_iter();
     while let Some(op) = ops.next() {
         let retry = op.retryable();
-        match apply(set, feed, op, &mut applied.published) {
+        match apply(set, feed, op, &mut applied.published, &mut applied.released) {
             Ok(reply) => applied.replies.push(reply),
             Err(error) => {
                 // The failed op itself: keep a detached one for the retry.
@@ -415,6 +443,9 @@ pub(super) fn settle(
                     bus.publish(Arc::new(event));
                 }
             }
+            for job in applied.released {
+                bus.publish_released(job);
+            }
             applied.replies.into_iter().for_each(Reply::send);
             Vec::new()
         }
@@ -436,25 +467,43 @@ fn apply(
     feed: &mut Feed,
     op: Op,
     published: &mut Vec<JobEvent>,
+    released: &mut Vec<JobRecord>,
 ) -> Result<Reply, StoreError> {
     Ok(match op {
         Op::Insert {
             job,
             payload,
             event,
+            release,
             reply,
-        } => Reply::Insert(
-            reply,
-            Ok(insert(set, feed, *job, &payload, event, published)?),
-        ),
+        } => {
+            let new = NewJob {
+                job: *job,
+                payload,
+                event,
+            };
+            let inserted = insert(set, feed, new, release, published)?;
+            Reply::Insert(reply, inserted)
+        }
         Op::InsertBatch { batch, jobs, reply } => {
             Reply::InsertBatch(reply, Ok(insert_batch(set, feed, *batch, jobs, published)?))
         }
-        Op::Update { id, mutate, reply } => {
-            Reply::Update(reply, update(set, feed, id, mutate, published)?)
+        Op::Update {
+            id,
+            mutate,
+            release,
+            reply,
+        } => {
+            let outcome = change(set, feed, id, mutate, published)?;
+            if let (Ok((before, job)), Some(rule)) = (&outcome, release)
+                && ended(before, job)
+            {
+                release_dependants(set, feed, job.clone(), rule, published, released)?;
+            }
+            Reply::Update(reply, outcome.map(|(_, job)| job))
         }
         Op::Detached { id, mutate } => {
-            let outcome = update(set, feed, id, |job| mutate(job), published)?;
+            let outcome = change(set, feed, id, |job| mutate(job), published)?;
             Reply::Detached(None, outcome.map(drop))
         }
         Op::Delete { ids, reply } => {
@@ -502,7 +551,7 @@ fn apply(
             let mut jobs = Vec::with_capacity(ids.len());
             for id in ids {
                 // Refused only if the batch changed the job before (a cancel in it).
-                if let Ok(job) = update(set, feed, id, |job| start(job), published)? {
+                if let Ok((_, job)) = change(set, feed, id, |job| start(job), published)? {
                     jobs.push(job);
                 }
             }
@@ -512,33 +561,111 @@ fn apply(
     })
 }
 
+/// Stores a new job, or answers with the one its idempotency key already made. A job with
+/// dependencies joins the `dependants` of those still to end, and is released at once from
+/// those that have ended (it may leave this commit queued, or failed: the submitter, told
+/// so, queues it). A dependency gone since the submit checked it (expired) refuses the
+/// insert.
 fn insert(
     set: &mut impl WriteSet,
     feed: &mut Feed,
-    mut job: JobRecord,
-    payload: &str,
-    event: NewEvent,
+    new: NewJob,
+    release: Option<ReleaseRule>,
     published: &mut Vec<JobEvent>,
-) -> Result<Inserted, StoreError> {
+) -> Result<Result<Inserted, StoreError>, StoreError> {
+    let NewJob {
+        mut job,
+        payload,
+        event,
+    } = new;
     if let Some(key) = &job.idempotency_key
         && let Some(id) = set.idempotent(key)?
         && let Some(existing) = set.job(id)?
     {
-        return Ok(Inserted::Existing(existing));
+        return Ok(Ok(Inserted::Existing(existing)));
     }
-    set.put_payload(&job, payload)?;
+    let mut dependencies = Vec::with_capacity(job.depends_on.len());
+    for &id in &job.depends_on {
+        match set.job(id)? {
+            Some(dependency) => dependencies.push(dependency),
+            None => {
+                return Ok(Err(StoreError::Conflict(format!(
+                    "depends_on: job {id} no longer exists"
+                ))));
+            }
+        }
+    }
+    set.put_payload(&job, &payload)?;
     append(set, feed, &mut job, vec![event], published)?;
     set.put_job(None, &job)?;
-    Ok(Inserted::Created(job))
+    let mut ended = Vec::new();
+    for mut dependency in dependencies {
+        if dependency.status.is_terminal() {
+            ended.push(dependency);
+        } else {
+            let before = dependency.clone();
+            dependency.dependants.push(job.id);
+            set.put_job(Some(&before), &dependency)?;
+        }
+    }
+    let Some(rule) = release else {
+        return Ok(Ok(Inserted::Created(job)));
+    };
+    let now = now_ms();
+    for dependency in ended {
+        if let Ok((_, changed)) =
+            change(set, feed, job.id, |j| rule(j, &dependency, now), published)?
+        {
+            job = changed;
+        }
+    }
+    Ok(Ok(Inserted::Created(job)))
 }
 
-fn update(
+/// Whether a change ended the job (or ended a new attempt of it).
+fn ended(before: &JobRecord, job: &JobRecord) -> bool {
+    job.status.is_terminal() && (!before.status.is_terminal() || before.attempt != job.attempt)
+}
+
+/// Releases the jobs waiting on `dependency`, which has just ended, by `rule`; those it
+/// fails release theirs in turn. Those it queues are handed to the scheduler.
+fn release_dependants(
+    set: &mut impl WriteSet,
+    feed: &mut Feed,
+    dependency: JobRecord,
+    rule: ReleaseRule,
+    published: &mut Vec<JobEvent>,
+    released: &mut Vec<JobRecord>,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    // A worklist rather than recursion: a failure may run down a long chain.
+    let mut ended_jobs = vec![dependency];
+    while let Some(dependency) = ended_jobs.pop() {
+        for &id in &dependency.dependants {
+            let Ok((before, job)) =
+                change(set, feed, id, |j| rule(j, &dependency, now), published)?
+            else {
+                continue;
+            };
+            if job.status == JobStatus::Queued {
+                released.push(job);
+            } else if ended(&before, &job) && !job.dependants.is_empty() {
+                ended_jobs.push(job);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies `mutate` to job `id` and writes what it changed: `Ok(Err)` when it refused (or
+/// there is no such job), else the job before and after.
+fn change(
     set: &mut impl WriteSet,
     feed: &mut Feed,
     id: Uuid,
     mutate: impl FnOnce(&mut JobRecord) -> Result<Change, StoreError>,
     published: &mut Vec<JobEvent>,
-) -> Result<Result<JobRecord, StoreError>, StoreError> {
+) -> Result<Result<(JobRecord, JobRecord), StoreError>, StoreError> {
     let Some(before) = set.job(id)? else {
         return Ok(Err(StoreError::NotFound));
     };
@@ -556,15 +683,13 @@ fn update(
     queue_webhook(&before, &mut job);
     set.put_job(Some(&before), &job)?;
     track_in_batch(set, &before, &job, published)?;
-    Ok(Ok(job))
+    Ok(Ok((before, job)))
 }
 
 /// The outbox: a job with a webhook that reaches a final state gets a delivery of that
 /// end, due now, in the same commit (so an end is never committed without it).
 fn queue_webhook(before: &JobRecord, job: &mut JobRecord) {
-    let ended =
-        job.status.is_terminal() && (!before.status.is_terminal() || before.attempt != job.attempt);
-    if ended && job.webhook.is_some() {
+    if ended(before, job) && job.webhook.is_some() {
         let delivery = DeliveryRecord::of_end(job, job.finished_at_ms.unwrap_or_else(now_ms));
         if let Some(webhook) = &mut job.webhook {
             webhook.delivery = Some(delivery);

@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
-use super::model::{JobEvent, JobStatus};
+use super::model::{JobEvent, JobRecord, JobStatus};
 
 /// The live side of the event log.
 pub struct Bus {
@@ -20,18 +20,36 @@ pub struct Bus {
     jobs: Mutex<HashMap<Uuid, broadcast::Sender<Arc<JobEvent>>>>,
     /// Status changes (and cancel requests) committed by other nodes sharing the store.
     remote: broadcast::Sender<(Uuid, JobStatus)>,
+    /// Jobs this process's writer queued on its own: their dependencies ended. Unbounded,
+    /// since each one must reach the scheduler (it is the only one to queue them).
+    released: mpsc::UnboundedSender<JobRecord>,
+    released_rx: Mutex<Option<mpsc::UnboundedReceiver<JobRecord>>>,
 }
 
 impl Bus {
     /// A bus whose subscribers may lag `capacity` events before being cut off.
     pub fn new(capacity: usize) -> Self {
         let (all, _) = broadcast::channel(capacity);
+        let (released, released_rx) = mpsc::unbounded_channel();
         Self {
             capacity,
             all,
             jobs: Mutex::new(HashMap::new()),
             remote: broadcast::channel(capacity.max(1024)).0,
+            released,
+            released_rx: Mutex::new(Some(released_rx)),
         }
+    }
+
+    /// The jobs the writer queues on its own once their dependencies have ended, as
+    /// committed; for the scheduler, which takes it once.
+    pub fn take_released(&self) -> Option<mpsc::UnboundedReceiver<JobRecord>> {
+        self.released_rx.lock().expect("bus lock").take()
+    }
+
+    /// Hands a job the writer queued (its dependencies ended) to the scheduler.
+    pub(crate) fn publish_released(&self, job: JobRecord) {
+        let _ = self.released.send(job);
     }
 
     /// Jobs whose status another node changed, or whose running attempt a client asked

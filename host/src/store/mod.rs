@@ -16,18 +16,20 @@ mod postgres;
 mod redb;
 
 pub use batch::{
-    Change, ClaimQueue, ClaimRequest, Claimed, Inserted, Mutation, NewJob, batch_event_names,
+    Change, ClaimQueue, ClaimRequest, Claimed, Inserted, Mutation, NewJob, ReleaseRule,
+    batch_event_names,
 };
 pub use bus::Bus;
 pub use files::{ArtifactRecord, BlobDir, ByteStream, FileRecord, read_range};
 pub use model::{
-    BatchRecord, DeliveryRecord, Encodings, ErrorInfo, JobEvent, JobRecord, JobStatus, Lease,
-    NewEvent, NodeRecord, StatusCounts, WebhookRecord, idempotency_slot, now_ms, rfc3339,
+    BatchRecord, DeliveryRecord, DependencyFailure, Encodings, ErrorInfo, JobEvent, JobRecord,
+    JobStatus, Lease, NewEvent, NodeRecord, StatusCounts, WebhookRecord, idempotency_slot, now_ms,
+    rfc3339,
 };
 pub use postgres::{PostgresOptions, redact_url};
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -149,6 +151,9 @@ pub struct Store {
     /// The data dir's upload and artifact bytes: all of them with redb, node-local
     /// copies with PostgreSQL (see `store/bytes.rs`).
     pub blobs: BlobDir,
+    /// How a job waiting on another is released when that one ends (set by the scheduler;
+    /// until then, nothing is released).
+    release: OnceLock<ReleaseRule>,
 }
 
 impl Store {
@@ -165,6 +170,7 @@ impl Store {
             node: Uuid::now_v7(),
             bus,
             blobs: BlobDir::new(path.parent().unwrap_or(Path::new("."))),
+            release: OnceLock::new(),
         })
     }
 
@@ -187,7 +193,14 @@ impl Store {
             node,
             bus,
             blobs: BlobDir::new(data_dir),
+            release: OnceLock::new(),
         })
+    }
+
+    /// Gives the store the transition of a job whose dependency has ended, which the writer
+    /// applies in the commit that ends the dependency (the first rule given stays).
+    pub fn set_release_rule(&self, rule: ReleaseRule) {
+        let _ = self.release.set(rule);
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
@@ -211,6 +224,7 @@ impl Store {
             job: Box::new(job),
             payload,
             event,
+            release: self.release.get().copied(),
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -296,6 +310,7 @@ impl Store {
         self.send(Op::Update {
             id,
             mutate: Box::new(mutate),
+            release: self.release.get().copied(),
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -7,10 +7,13 @@ use uuid::Uuid;
 use crate::llm::Usage;
 
 /// Where a job is in its life. `queued -> running -> completed | failed | cancelled`; a job
-/// waiting out a retry backoff is `queued` with a later `run_at`.
+/// waiting out a retry backoff is `queued` with a later `run_at`, and a job submitted with
+/// `depends_on` is `waiting` until its dependencies end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// Waiting for other jobs to end (its `depends_on`): in no queue, holding no slot.
+    Waiting,
     /// Waiting for its `run_at` and a free slot in its queue.
     Queued,
     /// An attempt is running.
@@ -25,7 +28,8 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// Every status, in life order.
-    pub const ALL: [JobStatus; 5] = [
+    pub const ALL: [JobStatus; 6] = [
+        Self::Waiting,
         Self::Queued,
         Self::Running,
         Self::Completed,
@@ -36,6 +40,7 @@ impl JobStatus {
     /// The lowercase name used in JSON, queries and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Waiting => "waiting",
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Completed => "completed",
@@ -63,6 +68,7 @@ impl JobStatus {
             Self::Completed => 2,
             Self::Failed => 3,
             Self::Cancelled => 4,
+            Self::Waiting => 5,
         }
     }
 
@@ -172,6 +178,37 @@ pub struct JobRecord {
     /// Where its end is POSTed, and how the delivery of its latest end goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookRecord>,
+    /// The jobs it waits for (`depends_on` at submit), in the order given; it runs once
+    /// they have all completed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Uuid>,
+    /// Of those, the ones that have not ended yet (while it is `waiting`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<Uuid>,
+    /// What it does when a dependency fails or is cancelled.
+    #[serde(default, skip_serializing_if = "DependencyFailure::is_fail")]
+    pub on_dependency_failure: DependencyFailure,
+    /// The jobs that wait for this one: the commit that ends it releases them (the
+    /// reverse of their `depends_on`, kept here so the end finds them without an index).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependants: Vec<Uuid>,
+}
+
+/// What a job does when one of its dependencies fails or is cancelled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyFailure {
+    /// It fails too, with `error.kind = "dependency_failed"` naming the dependency.
+    #[default]
+    Fail,
+    /// It runs anyway once every dependency has ended, however they ended.
+    Run,
+}
+
+impl DependencyFailure {
+    fn is_fail(&self) -> bool {
+        *self == Self::Fail
+    }
 }
 
 /// A job's webhook: its URL, and the delivery of the job's latest end (kept in the job's
@@ -281,6 +318,10 @@ impl JobRecord {
             batch: None,
             concurrency_key: None,
             webhook: None,
+            depends_on: Vec::new(),
+            waiting_for: Vec::new(),
+            on_dependency_failure: DependencyFailure::Fail,
+            dependants: Vec::new(),
         }
     }
 }
@@ -348,6 +389,8 @@ impl BatchRecord {
 /// Jobs by status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusCounts {
+    #[serde(default)]
+    pub waiting: u64,
     pub queued: u64,
     pub running: u64,
     pub completed: u64,
@@ -368,6 +411,7 @@ impl StatusCounts {
     /// The count of `status`, to change.
     pub fn of(&mut self, status: JobStatus) -> &mut u64 {
         match status {
+            JobStatus::Waiting => &mut self.waiting,
             JobStatus::Queued => &mut self.queued,
             JobStatus::Running => &mut self.running,
             JobStatus::Completed => &mut self.completed,
@@ -464,6 +508,7 @@ mod tests {
         assert_eq!(
             codes,
             vec![
+                (JobStatus::Waiting, 5),
                 (JobStatus::Queued, 0),
                 (JobStatus::Running, 1),
                 (JobStatus::Completed, 2),
@@ -474,7 +519,7 @@ mod tests {
         for (status, code) in codes {
             assert_eq!(JobStatus::from_code(code), Some(status));
         }
-        assert_eq!(JobStatus::from_code(5), None);
+        assert_eq!(JobStatus::from_code(6), None);
     }
 
     /// The forms of every enum Kiln persists, in either backend: the status codes of the
@@ -494,7 +539,14 @@ mod tests {
             .collect();
         assert_eq!(
             names(statuses),
-            ["queued", "running", "completed", "failed", "cancelled"]
+            [
+                "waiting",
+                "queued",
+                "running",
+                "completed",
+                "failed",
+                "cancelled"
+            ]
         );
         use crate::llm::{FinishReason, Role};
         let roles = [Role::System, Role::User, Role::Assistant, Role::Tool]
@@ -530,6 +582,7 @@ mod tests {
             K::UnknownType,
             K::Interrupted,
             K::Internal,
+            K::DependencyFailed,
         ]
         .iter()
         .map(|k| k.as_str())
@@ -553,6 +606,7 @@ mod tests {
                 "unknown_type",
                 "interrupted",
                 "internal",
+                "dependency_failed",
             ]
         );
     }

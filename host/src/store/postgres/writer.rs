@@ -452,6 +452,12 @@ async fn transact(
         }
         set.claims.push_back((ids, next_due_ms));
     }
+    let may_end: Vec<Uuid> = ops.iter().filter_map(Op::may_end).collect();
+    if let Err(error) = set.load_dependants(client, statements, &may_end).await {
+        rollback(client).await;
+        unapplied.extend(ops);
+        return Err(error);
+    }
     if let Err(error) = set.load_batches(client, statements).await {
         rollback(client).await;
         unapplied.extend(ops);
@@ -516,6 +522,49 @@ struct Rows {
 }
 
 impl Rows {
+    /// Loads and locks the jobs waiting on those the batch may end (`may_end`), and the
+    /// jobs waiting on those in turn (a failure runs down a chain): one more round trip
+    /// per level, only for a batch that may end a job someone waits for. (The feed head,
+    /// locked first, orders these locks too.)
+    async fn load_dependants(
+        &mut self,
+        client: &Client,
+        statements: &Statements,
+        may_end: &[Uuid],
+    ) -> Result<(), StoreError> {
+        let mut level: Vec<Uuid> = may_end
+            .iter()
+            .filter_map(|id| self.jobs.get(id)?.as_ref())
+            .filter(|job| !job.status.is_terminal())
+            .flat_map(|job| job.dependants.iter().copied())
+            .collect();
+        let no_keys: Vec<&[u8]> = Vec::new();
+        loop {
+            level.retain(|id| !self.jobs.contains_key(id));
+            if level.is_empty() {
+                return Ok(());
+            }
+            level.sort_unstable();
+            level.dedup();
+            let rows = client
+                .query(&statements.lock_jobs, &[&level, &no_keys])
+                .await
+                .map_err(classify)?;
+            for id in &level {
+                self.jobs.insert(*id, None);
+            }
+            let mut next = Vec::new();
+            for row in rows {
+                let job = decode_job(row.get(1))?;
+                if job.status == JobStatus::Waiting {
+                    next.extend(job.dependants.iter().copied());
+                }
+                self.jobs.insert(job.id, Some(job));
+            }
+            level = next;
+        }
+    }
+
     /// Loads and locks the batches of the loaded jobs: one more round trip, only for a
     /// batch that touches jobs of batches. (The feed head, locked first, orders this
     /// lock too.)

@@ -9,12 +9,12 @@
 'use strict';
 
 (() => {
-  const STATUSES = ['queued', 'running', 'completed', 'failed', 'cancelled'];
+  const STATUSES = ['waiting', 'queued', 'running', 'completed', 'failed', 'cancelled'];
   const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
   const EVENT_NAMES = ['status', 'progress', 'partial', 'token', 'replayed', 'completed', 'failed', 'cancelled'];
-  const RANK = { queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
+  const RANK = { waiting: -1, queued: 0, running: 1, completed: 2, failed: 2, cancelled: 2 };
   // Fields of a job that do not change as it runs: safe to take from any snapshot.
-  const FIXED = ['created_at', 'queue', 'priority', 'max_attempts', 'run_at', 'links', 'type', 'concurrency_key', 'webhook'];
+  const FIXED = ['created_at', 'queue', 'priority', 'max_attempts', 'run_at', 'links', 'type', 'concurrency_key', 'webhook', 'depends_on', 'on_dependency_failure'];
   const MAX_JOBS = 1000; // jobs kept in memory
   const MAX_ROWS = 200; // rows shown
   const MAX_ACTIVITY = 60;
@@ -195,6 +195,7 @@
           job.error = null;
         }
         if (event.status === 'queued') job.finished_at = null;
+        job.waiting_for = data.waiting_for || [];
         if (data.error) job.error = data.error;
         break;
       case 'progress':
@@ -270,7 +271,7 @@
       const { batches } = await api('GET', '/v1/batches?limit=10');
       const rows = batches.map((b) => {
         const c = b.counts;
-        const counts = [['queued', c.queued], ['running', c.running], ['completed', c.completed], ['failed', c.failed], ['cancelled', c.cancelled]]
+        const counts = [['waiting', c.waiting], ['queued', c.queued], ['running', c.running], ['completed', c.completed], ['failed', c.failed], ['cancelled', c.cancelled]]
           .filter(([, n]) => n).map(([name, n]) => `${n} ${name}`).join(', ');
         return el('tr', { 'data-testid': 'batch', 'data-batch': b.id, 'data-finished': b.finished_at ? 'yes' : 'no' },
           el('td', {}, el('code', { text: `…${b.id.slice(-8)}`, title: b.id })), el('td', { text: b.type }),
@@ -398,6 +399,17 @@
 
   // ---- job detail ---------------------------------------------------------------------
 
+  // What a job waits for, e.g. "…1a2b3c4d, …5e6f7a8b: waiting for …5e6f7a8b".
+  function dependenciesText(job) {
+    const ids = job.depends_on || [];
+    if (!ids.length) return '';
+    const short = (id) => `…${id.slice(-8)}`;
+    const waiting = job.waiting_for || [];
+    const state = waiting.length ? `waiting for ${waiting.map(short).join(', ')}` : 'all ended';
+    const policy = job.on_dependency_failure === 'run' ? ' (runs even if one fails)' : '';
+    return `${ids.map(short).join(', ')}: ${state}${policy}`;
+  }
+
   // A job's webhook and how its delivery goes, e.g. "https://… (delivered, 1 attempt, 200)".
   function webhookText(webhook) {
     if (!webhook) return '';
@@ -497,6 +509,7 @@
       ? `${u.llm_calls} LLM calls, ${u.input_tokens} input + ${u.output_tokens} output tokens${u.replayed_calls ? `, ${u.replayed_calls} replayed` : ''}`
       : '';
     field('error').textContent = job.error ? `${job.error.kind}: ${job.error.message}` : '';
+    field('dependencies').textContent = dependenciesText(job);
     field('webhook').textContent = webhookText(job.webhook);
     field('result').textContent = json(job.result);
     const actions = field('actions');
@@ -759,9 +772,11 @@
     setInterval(loadNodes, 5000);
     setInterval(loadBatches, 2000); // their progress moves quickly
     setInterval(() => {
-      // A webhook delivery moves on without events: reread the open job while it is pending.
+      // A webhook delivery, and a waiting job's list of dependencies still to end, move on
+      // without events: reread the open job while either is pending.
       const open = detail && jobs.get(detail.id);
       if (open && open.webhook && open.webhook.delivery && open.webhook.delivery.state === 'pending') pendingRefresh.add(open.id);
+      if (open && open.status === 'waiting') pendingRefresh.add(open.id);
       flushRefreshes();
     }, 1000);
     setInterval(() => { if (jobs.size) scheduleRender(); }, 1000); // ages and run times
