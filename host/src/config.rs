@@ -58,6 +58,8 @@ pub struct Config {
     pub max_batch_items: Option<usize>,
     /// Most jobs one job may depend on (`depends_on`). Default 1,000.
     pub max_dependencies: Option<usize>,
+    /// Most schedules, the config's and those made through the API. Default 1,000.
+    pub max_schedules: Option<usize>,
     /// Attempts per job by default. Default 3.
     pub default_max_attempts: Option<u32>,
     /// Running jobs per queue by default. Default 16.
@@ -92,6 +94,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Signing secrets, default URLs and limits of job webhooks (`[webhooks]`).
     pub webhooks: WebhooksConfig,
+    /// Jobs submitted on a cron schedule (`[schedules.NAME]`).
+    pub schedules: HashMap<String, ScheduleConfig>,
     /// The folder of the file this was read from: relative `data_dir` and `plugins_dir`
     /// in the file are relative to it, so `kiln serve --config` works from any directory.
     #[serde(skip)]
@@ -238,6 +242,33 @@ pub struct TypeConfig {
     pub queue: Option<String>,
     /// Limit overrides for this type.
     pub limits: LimitsOverride,
+}
+
+/// `[schedules.NAME]`: a job submitted at each tick of `cron`.
+///
+/// ```toml
+/// [schedules.nightly-digest]
+/// cron = "0 3 * * *"            # minute hour day month weekday (a sixth field first: seconds)
+/// type = "documents"
+/// payload = { title = "Digest", paragraphs = 3 }
+/// timezone = "Europe/Paris"     # IANA name; default UTC
+/// catch_up = "once"             # ticks missed while Kiln was down: "once" (one job) or "skip"
+/// # tenant = "acme"             # the tenant its jobs belong to
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub cron: String,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub catch_up: Option<crate::jobs::CatchUp>,
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// `[queues.NAME]`.
@@ -556,6 +587,8 @@ impl Config {
             webhooks: self.webhooks.resolve()?,
             max_batch_items: self.max_batch_items.unwrap_or(defaults.max_batch_items),
             max_dependencies: self.max_dependencies.unwrap_or(defaults.max_dependencies),
+            schedules: self.schedule_specs()?,
+            max_schedules: self.max_schedules.unwrap_or(defaults.max_schedules),
             retry_base: self.retry_base_ms.map_or(defaults.retry_base, ms),
             retry_max: self.retry_max_ms.map_or(defaults.retry_max, ms),
             job_ttl: self.job_ttl_secs.map_or(defaults.job_ttl, secs),
@@ -696,6 +729,32 @@ impl Config {
 /// `path` made absolute against the working directory (as is, if there is none).
 fn absolute(path: PathBuf) -> PathBuf {
     std::path::absolute(&path).unwrap_or(path)
+}
+
+impl Config {
+    /// The `[schedules.*]` tables, their cron and time zone checked (their type and payload
+    /// are checked once the plugins are loaded).
+    fn schedule_specs(&self) -> anyhow::Result<Vec<crate::jobs::ScheduleSpec>> {
+        let mut specs = Vec::with_capacity(self.schedules.len());
+        for (name, schedule) in &self.schedules {
+            crate::jobs::Ticks::parse(&schedule.cron, schedule.timezone.as_deref())
+                .map_err(|error| anyhow::anyhow!("[schedules.{name}]: {error}"))?;
+            specs.push(crate::jobs::ScheduleSpec {
+                name: name.clone(),
+                cron: schedule.cron.clone(),
+                timezone: schedule.timezone.clone(),
+                job_type: schedule.job_type.clone(),
+                payload: schedule
+                    .payload
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({})),
+                catch_up: schedule.catch_up.unwrap_or_default(),
+                tenant: schedule.tenant.clone(),
+            });
+        }
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(specs)
+    }
 }
 
 /// For an unknown-key error, the message with the closest allowed key first: "unknown key

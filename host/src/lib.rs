@@ -10,7 +10,7 @@
 //! - `jobs/`: the scheduler: queues (shared fairly between concurrency keys,
 //!   `jobs/queues.rs`), limits, retries, timeouts, cancellation, recovery,
 //!   expiry; the job lifecycle's transitions (`jobs/lifecycle.rs`), batches
-//!   (`jobs/batches.rs`), sending webhooks (`jobs/webhooks.rs`; the API hands it the job's
+//!   (`jobs/batches.rs`), schedules (`jobs/schedules.rs`, ticking on the leader), sending webhooks (`jobs/webhooks.rs`; the API hands it the job's
 //!   JSON shape at start) and following an event log (`jobs/events.rs`). Uses `store/` for
 //!   state and `runtime/` to run attempts.
 //! - `store/`: the storage contract over two backends (`redb/`, the embedded default, and

@@ -1530,3 +1530,37 @@ async fn dashboard_shows_a_waiting_job_and_what_it_waits_for() {
     browser.close().await;
     kiln.stop().await;
 }
+
+/// The dashboard lists the schedules with their next run and the latest tick's job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_lists_the_schedules() {
+    let _turn = ONE_BROWSER.lock().await;
+    let config = "[schedules.beat]\ncron = \"* * * * * *\"\ntype = \"hostile\"\n\
+                  payload = { mode = \"ok\" }\n";
+    let kiln = InProcess::start_cached(&["fixture:hostile"], config).await;
+    let browser = Browser::start("dashboard-schedules").await;
+    open_dashboard(&browser, &kiln).await;
+    let shown = browser
+        .wait_for(
+            "the schedule with its latest job",
+            "const row = document.querySelector('[data-testid=schedule][data-schedule=beat]');
+             const job = row && row.querySelector('[data-testid=schedule-last-job]');
+             return job && job.textContent.startsWith('…')
+               ? {job: job.title, next: row.querySelector('[data-testid=schedule-next]').textContent,
+                  cron: row.children[1].textContent}
+               : null;",
+        )
+        .await;
+    browser.screenshot("schedules").await;
+    assert_eq!(shown["cron"], "* * * * * * (UTC)", "{shown}");
+    let job = shown["job"].as_str().unwrap();
+    let (status, body) = get_json(&kiln.client, &kiln.url(&format!("/v1/jobs/{job}"))).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(body["schedule"]["name"], "beat", "{body:#}");
+    assert!(
+        crate::support::parse_rfc3339_ms(shown["next"].as_str().unwrap()).is_some(),
+        "{shown}"
+    );
+    browser.close().await;
+    kiln.stop().await;
+}

@@ -749,6 +749,38 @@ async fn dependencies_hold_across_nodes() {
     assert_eq!(jobs[3]["started_at"], Value::Null, "{}", shown());
 }
 
+/// A schedule in both nodes' config ticks on the leader alone: one job per tick for the
+/// whole cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_ticks_once_for_the_whole_cluster() {
+    let config = "[schedules.beat]\ncron = \"* * * * * *\"\ntype = \"hostile\"\n\
+                  payload = { mode = \"ok\" }\n";
+    let cluster = Cluster::start(2, &["fixture:hostile"], config).await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let (status, page) = get_json(
+        &cluster.client,
+        &format!("{}/v1/jobs?limit=100", cluster.base(1)),
+    )
+    .await;
+    assert_eq!(status, 200, "{page:#}");
+    let mut ticks: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|job| job["schedule"]["tick"].as_str())
+        .collect();
+    let submitted = ticks.len();
+    ticks.sort_unstable();
+    ticks.dedup();
+    assert_eq!(
+        ticks.len(),
+        submitted,
+        "a tick with two jobs: {page:#}\n{}",
+        cluster.logs()
+    );
+    assert!(submitted >= 2, "{page:#}\n{}", cluster.logs());
+}
+
 /// Webhooks of jobs submitted to both nodes are sent by the leader alone: each end once,
 /// and a receiver that failed first gets it again from the outbox in the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,7 @@ mod providers;
 mod providers_e2e;
 mod runtime;
 mod sandbox;
+mod schedules;
 mod sse;
 mod startup;
 mod storage;

@@ -207,7 +207,7 @@ async fn migrations_apply_once_and_a_newer_schema_is_refused() {
             "kiln",
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_schema"
         ),
-        "1,2,3,4,5,6,7,8"
+        "1,2,3,4,5,6,7,8,9"
     );
     drop((a, b));
 
@@ -544,7 +544,7 @@ async fn an_old_postgres_database_migrates_and_its_files_move_into_it() {
              record = jsonb_set(record::jsonb, '{{expires_at_ms}}', '{expires}')::text"
         ),
     );
-    let newest = "8";
+    let newest = "9";
     let data = tempfile::tempdir().unwrap();
     copy_dir(&fixture.join("data"), data.path());
     let plugins = plugins_dir(&["characters", "documents"]);

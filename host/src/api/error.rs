@@ -60,7 +60,9 @@ impl From<ServiceError> for ApiError {
                 violations,
                 ..Self::bad_request(kind, message)
             },
-            ServiceError::NotFound(_) | ServiceError::BatchNotFound(_) => Self::not_found(message),
+            ServiceError::NotFound(_)
+            | ServiceError::BatchNotFound(_)
+            | ServiceError::ScheduleNotFound(_) => Self::not_found(message),
             ServiceError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             ServiceError::TooLarge(_) => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", message)

@@ -149,6 +149,7 @@ pub async fn submit(
         webhook_url: body.webhook.map(|webhook| webhook.url),
         depends_on: body.depends_on,
         on_dependency_failure: body.on_dependency_failure,
+        schedule: None,
     };
     let (mut job, created) = state.service.submit(request).await?;
     if let Some(wait) = wait {

@@ -14,6 +14,7 @@ mod listener;
 mod metrics;
 mod openapi;
 mod ops;
+mod schedules;
 mod sse;
 mod system;
 mod view;
@@ -173,6 +174,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/session",
             post(access::start_session).delete(access::end_session),
+        )
+        .route(
+            "/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get).delete(schedules::delete),
         )
         .route("/v1/jobs/bulk/retry", post(ops::bulk_retry))
         .route("/v1/jobs/bulk/cancel", post(ops::bulk_cancel))

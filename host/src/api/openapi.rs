@@ -22,11 +22,12 @@ use super::batches::{BatchBody, BatchChange, BatchLinks, BatchList, BatchSubmitV
 use super::error::{ErrorBody, ErrorDetail, Violation};
 use super::files::FileView;
 use super::jobs::{JobPage, SubmitBody, SubmitView, WebhookBody};
+use super::schedules::{ScheduleBody, ScheduleList, ScheduleView};
 use super::system::{
     Healthz, NodeList, NodeView, PluginList, PluginView, QueueList, QueueView, RecentView,
 };
-use super::view::{ArtifactView, DeliveryView, JobView, Links, WebhookView};
-use crate::jobs::{DependencyFailure, ErrorInfo, JobStatus, StatusCounts};
+use super::view::{ArtifactView, DeliveryView, JobView, Links, ScheduledView, WebhookView};
+use crate::jobs::{CatchUp, DependencyFailure, ErrorInfo, JobStatus, StatusCounts};
 use crate::llm::Usage;
 
 /// The generated part of the document.
@@ -52,6 +53,10 @@ use crate::llm::Usage;
         super::batches::cancel,
         super::batches::retry,
         super::batches::events,
+        super::schedules::create,
+        super::schedules::list,
+        super::schedules::get,
+        super::schedules::delete,
         super::files::upload,
         super::files::metadata,
         super::files::content,
@@ -69,7 +74,7 @@ use crate::llm::Usage;
     ),
     components(schemas(
         ErrorBody, ErrorDetail, Violation, JobView, Links, ArtifactView, FileView, Usage, ErrorInfo, JobStatus, DependencyFailure,
-        SubmitBody, WebhookBody, WebhookView, DeliveryView, SubmitView, BatchBody, BatchView, BatchLinks, BatchSubmitView, BatchChange, BatchList, StatusCounts, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
+        SubmitBody, WebhookBody, WebhookView, DeliveryView, SubmitView, BatchBody, BatchView, BatchLinks, BatchSubmitView, BatchChange, BatchList, StatusCounts, ScheduleBody, ScheduleView, ScheduleList, CatchUp, ScheduledView, EventsToken, SessionView, JobPage, PluginList, PluginView, QueueList, QueueView, RecentView, NodeList, NodeView, Healthz,
     )),
     tags(
         (name = "jobs", description = "Submit, read, list, cancel and retry jobs"),
@@ -78,6 +83,7 @@ use crate::llm::Usage;
         (name = "events", description = "Server-Sent Events of one job or of every job"),
         (name = "system", description = "Health, job types, queues, metrics, this document"),
         (name = "auth", description = "Events tokens for browsers and dashboard sessions"),
+        (name = "schedules", description = "Jobs submitted on a cron schedule (admin)"),
         (name = "ops", description = "Operator actions: bulk retry and cancel, doctor, cleanup"),
         (name = "dashboard", description = "The built-in web pages"),
     )

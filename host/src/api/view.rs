@@ -69,8 +69,19 @@ pub struct JobView {
     pub on_dependency_failure: Option<DependencyFailure>,
     /// The jobs submitted with this one in their `depends_on`.
     pub dependants: Vec<Uuid>,
+    /// The schedule tick that submitted it.
+    pub schedule: Option<ScheduledView>,
     /// Where to read and follow it.
     pub links: Links,
+}
+
+/// The schedule tick that submitted a job.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ScheduledView {
+    /// The schedule's name (`GET /v1/schedules/{name}`).
+    pub name: String,
+    /// The tick, RFC 3339: one job per tick.
+    pub tick: String,
 }
 
 /// A job's webhook as clients see it.
@@ -194,6 +205,10 @@ impl JobView {
             depends_on: job.depends_on,
             waiting_for: job.waiting_for,
             dependants: job.dependants,
+            schedule: job.schedule.map(|s| ScheduledView {
+                name: s.name,
+                tick: rfc3339(s.tick_ms),
+            }),
             artifacts: job
                 .artifacts
                 .into_iter()

@@ -127,10 +127,10 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<[String; 6]> = jobs
+    let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|job| {
-            [
+            vec![
                 text(&job["id"]),
                 text(&job["type"]),
                 text(&job["status"]),
@@ -144,21 +144,10 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    let header = ["ID", "TYPE", "STATUS", "PROGRESS", "AGE", "MESSAGE"].map(String::from);
-    let mut widths = [0usize; 5];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (width, cell) in widths.iter_mut().zip(row.iter()) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (width, cell) in widths.iter().zip(row.iter()) {
-            line.push_str(&format!("{cell:<width$}  "));
-        }
-        line.push_str(&clip(&row[5], 80));
-        println!("{}", line.trim_end());
-    }
+    print_table(
+        &["ID", "TYPE", "STATUS", "PROGRESS", "AGE", "MESSAGE"],
+        &rows,
+    );
     if jobs.is_empty() {
         eprintln!("no jobs");
     }
@@ -166,6 +155,27 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         eprintln!("more: --cursor {next}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `rows` under `header` in aligned columns; the last column (free text) is
+/// clipped to 80 characters.
+pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let columns = header.len();
+    let mut widths = vec![0usize; columns - 1];
+    for row in std::iter::once(&header).chain(rows) {
+        for (width, cell) in widths.iter_mut().zip(row.iter()) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (width, cell) in widths.iter().zip(row.iter()) {
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        line.push_str(&clip(&row[columns - 1], 80));
+        println!("{}", line.trim_end());
+    }
 }
 
 fn show(job: &Value) {
@@ -237,7 +247,7 @@ fn show(job: &Value) {
 }
 
 /// A JSON string's text, or the JSON itself.
-fn text(value: &Value) -> String {
+pub(super) fn text(value: &Value) -> String {
     value
         .as_str()
         .map_or_else(|| value.to_string(), ToString::to_string)

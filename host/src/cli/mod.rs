@@ -8,6 +8,7 @@ mod jobs;
 mod keys;
 mod new;
 mod plugin;
+mod schedules;
 mod serve;
 mod submit;
 mod templates;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Submit a batch (one job per item) or follow one to its end.
     #[command(subcommand)]
     Batch(batch::BatchCommand),
+    /// List, add or delete the server's schedules (jobs submitted on a cron).
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
     /// Report stuck jobs, recent failures, plugins and provider reachability; fix them.
     Doctor(doctor::DoctorArgs),
     /// Make API keys for `[[auth.keys]]`.
@@ -122,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Watch(args) => watch::run(args).await,
         Command::Jobs(command) => jobs::run(command).await,
         Command::Batch(command) => batch::run(command).await,
+        Command::Schedules(command) => schedules::run(command).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Keys(command) => keys::run(command).map(|()| std::process::ExitCode::SUCCESS),
     }

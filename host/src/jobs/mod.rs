@@ -15,6 +15,7 @@ mod nodes;
 mod ops;
 mod queues;
 mod runner;
+mod schedules;
 mod settings;
 mod webhooks;
 
@@ -27,13 +28,14 @@ pub use ops::{
     BulkFilter, DoctorReport, FailureGroup, MAX_BULK, PluginSummary, ProviderHealth, StuckJob,
 };
 pub use queues::QueueStats;
+pub use schedules::{ScheduleSpec, Ticks, next_run_ms};
 pub use settings::ServiceSettings;
 pub use webhooks::{JobRenderer, WebhookSettings, check_url, decode_secret, signature};
 // The records the API shows, as the store keeps them.
 pub use crate::store::{
-    ArtifactRecord, BatchPage, BatchRecord, ByteStream, DependencyFailure, ErrorInfo, FileRecord,
-    JobEvent, JobRecord, JobStatus, ListQuery, Page, StatusCounts, WebhookRecord,
-    batch_event_names, now_ms, rfc3339,
+    ArtifactRecord, BatchPage, BatchRecord, ByteStream, CatchUp, DependencyFailure, ErrorInfo,
+    FileRecord, JobEvent, JobRecord, JobStatus, ListQuery, Page, ScheduleRecord, ScheduledBy,
+    StatusCounts, WebhookRecord, batch_event_names, now_ms, rfc3339,
 };
 
 use std::collections::HashMap;
@@ -81,6 +83,8 @@ pub struct SubmitRequest {
     pub depends_on: Vec<Uuid>,
     /// What the job does when a dependency fails or is cancelled (default: it fails).
     pub on_dependency_failure: Option<DependencyFailure>,
+    /// The schedule and tick (ms) submitting it.
+    pub schedule: Option<(String, u64)>,
 }
 
 /// Longest `concurrency_key`, bytes.
@@ -105,6 +109,9 @@ pub enum ServiceError {
     /// No such batch (or all its jobs expired).
     #[error("no batch with id {0}")]
     BatchNotFound(Uuid),
+    /// No such schedule.
+    #[error("no schedule named '{0}'")]
+    ScheduleNotFound(String),
     /// Not allowed in the job's state.
     #[error("{0}")]
     Conflict(String),
@@ -202,6 +209,8 @@ struct Inner {
     leader_until: Mutex<Option<std::time::Instant>>,
     /// The webhook sender.
     webhooks: webhooks::Outbox,
+    /// A schedule was made: the schedule loop reads them again.
+    schedules_changed: Notify,
 }
 
 /// The loaded job types, given once by [`JobService::start`]: the server answers HTTP while
@@ -256,6 +265,7 @@ impl JobService {
                 cluster_counts: Mutex::default(),
                 leader_until: Mutex::new(None),
                 webhooks: webhooks::Outbox::default(),
+                schedules_changed: Notify::new(),
             }),
         }
     }
@@ -333,6 +343,7 @@ impl JobService {
                 "the job service started twice".into(),
             ));
         }
+        self.sync_config_schedules().await?;
         if self.inner.store.is_shared()
             && let Err(error) = self.inner.store.record_node(&self.this_node(false)).await
         {
@@ -354,6 +365,7 @@ impl JobService {
         }
         tasks.spawn(self.clone().sweep_loop());
         tasks.spawn(self.clone().webhook_loop());
+        tasks.spawn(self.clone().schedule_loop());
         tasks.spawn(self.clone().heartbeat_loop());
         self.inner.started.send_replace(true);
         Ok(report)
@@ -390,28 +402,9 @@ impl JobService {
         request: SubmitRequest,
     ) -> Result<(JobRecord, String), ServiceError> {
         let settings = &self.inner.settings;
-        let plugin = self.inner.plugins.get(&request.job_type).ok_or_else(|| {
-            bad_request(
-                "unknown_type",
-                format!(
-                    "unknown job type '{}'; known types: {}",
-                    request.job_type,
-                    self.inner.plugins.names().join(", ")
-                ),
-            )
-        })?;
-        if let Err(violations) = plugin.validate_payload(&request.payload) {
-            let listed: Vec<String> = violations.iter().map(ToString::to_string).collect();
-            return Err(ServiceError::BadRequest {
-                kind: "invalid_payload",
-                message: format!(
-                    "the payload does not match the '{}' schema: {}",
-                    request.job_type,
-                    listed.join("; ")
-                ),
-                violations,
-            });
-        }
+        let plugin = self
+            .check_job_definition(&request.job_type, &request.payload)?
+            .clone();
         let priority = request.priority.unwrap_or(0);
         if !(-1000..=1000).contains(&priority) {
             return Err(bad_request(
@@ -511,6 +504,9 @@ impl JobService {
             depends_on,
             on_dependency_failure: request.on_dependency_failure.unwrap_or_default(),
             dependants: Vec::new(),
+            schedule: request
+                .schedule
+                .map(|(name, tick_ms)| ScheduledBy { name, tick_ms }),
         };
         if plugin.reads_files() {
             self.check_payload_files(
@@ -521,6 +517,36 @@ impl JobService {
             .await?;
         }
         Ok((job, request.payload.to_string()))
+    }
+
+    /// Checks that `job_type` is loaded and `payload` matches its schema; returns the
+    /// type's plugin.
+    pub(super) fn check_job_definition(
+        &self,
+        job_type: &str,
+        payload: &Value,
+    ) -> Result<&Arc<crate::runtime::Plugin>, ServiceError> {
+        let plugin = self.inner.plugins.get(job_type).ok_or_else(|| {
+            bad_request(
+                "unknown_type",
+                format!(
+                    "unknown job type '{job_type}'; known types: {}",
+                    self.inner.plugins.names().join(", ")
+                ),
+            )
+        })?;
+        if let Err(violations) = plugin.validate_payload(payload) {
+            let listed: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(ServiceError::BadRequest {
+                kind: "invalid_payload",
+                message: format!(
+                    "the payload does not match the '{job_type}' schema: {}",
+                    listed.join("; ")
+                ),
+                violations,
+            });
+        }
+        Ok(plugin)
     }
 
     /// Checks a submit's `depends_on`: at most `max_dependencies` jobs, each existing and

@@ -35,6 +35,10 @@ pub struct ServiceSettings {
     pub max_batch_items: usize,
     /// Most jobs one job may depend on (`depends_on`). Default 1,000.
     pub max_dependencies: usize,
+    /// The config file's schedules (`[schedules.NAME]`).
+    pub schedules: Vec<super::ScheduleSpec>,
+    /// Most schedules (the config's and the API's). Default 1,000.
+    pub max_schedules: usize,
     /// First retry backoff; doubles per attempt, with ±25% jitter. Default 2 s.
     pub retry_base: Duration,
     /// Longest retry backoff. Default 5 min.
@@ -72,6 +76,8 @@ impl Default for ServiceSettings {
             max_queued: 100_000,
             max_batch_items: 10_000,
             max_dependencies: 1_000,
+            schedules: Vec::new(),
+            max_schedules: 1_000,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
             job_ttl: Duration::from_secs(24 * 3600),

@@ -22,9 +22,9 @@ pub use batch::{
 pub use bus::Bus;
 pub use files::{ArtifactRecord, BlobDir, ByteStream, FileRecord, read_range};
 pub use model::{
-    BatchRecord, DeliveryRecord, DependencyFailure, Encodings, ErrorInfo, JobEvent, JobRecord,
-    JobStatus, Lease, NewEvent, NodeRecord, StatusCounts, WebhookRecord, idempotency_slot, now_ms,
-    rfc3339,
+    BatchRecord, CatchUp, DeliveryRecord, DependencyFailure, Encodings, ErrorInfo, JobEvent,
+    JobRecord, JobStatus, Lease, NewEvent, NodeRecord, ScheduleRecord, ScheduledBy, StatusCounts,
+    WebhookRecord, idempotency_slot, now_ms, rfc3339,
 };
 pub use postgres::{PostgresOptions, redact_url};
 
@@ -577,6 +577,36 @@ impl Store {
     /// This process's node id.
     pub fn node_id(&self) -> Uuid {
         self.node
+    }
+
+    /// Every schedule, by name.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.schedules(),
+            Backend::Postgres(db) => db.schedules().await,
+        }
+    }
+
+    /// Writes `record` if the stored schedule of its name is the definition `expected`
+    /// (`None`: there is none); `false` when it is not (created, changed or deleted
+    /// meanwhile).
+    pub async fn put_schedule(
+        &self,
+        record: &ScheduleRecord,
+        expected: Option<Uuid>,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.put_schedule(record, expected).await,
+            Backend::Postgres(db) => db.put_schedule(record, expected).await,
+        }
+    }
+
+    /// Deletes a schedule; `false` when there was none.
+    pub async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Redb(db) => db.delete_schedule(name).await,
+            Backend::Postgres(db) => db.delete_schedule(name).await,
+        }
     }
 
     /// Writes this node's heartbeat record. With redb there is no one to tell: nothing is

@@ -192,6 +192,62 @@ pub struct JobRecord {
     /// reverse of their `depends_on`, kept here so the end finds them without an index).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependants: Vec<Uuid>,
+    /// The schedule tick that submitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduledBy>,
+}
+
+/// The schedule tick a job was submitted for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledBy {
+    /// The schedule's name.
+    pub name: String,
+    /// The tick, ms since the epoch.
+    pub tick_ms: u64,
+}
+
+/// A schedule: a job of `job_type` with `payload` submitted at each tick of `cron`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// Unique; letters, digits, `-` and `_`.
+    pub name: String,
+    /// New each time the schedule is defined anew (created, or changed in the config):
+    /// what a write is checked against, so a tick recorded by a node that read an older
+    /// definition (or one since deleted) is refused.
+    pub id: Uuid,
+    /// Five fields (minute to weekday) or six (seconds first).
+    pub cron: String,
+    /// IANA name the cron is read in (`None`: UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    pub job_type: String,
+    pub payload: Value,
+    /// What a tick missed while no node ran does.
+    pub catch_up: CatchUp,
+    /// The tenant its jobs belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Defined in the config file (else through the API).
+    pub from_config: bool,
+    pub created_at_ms: u64,
+    /// The latest tick handled (its job submitted, or skipped as missed), ms.
+    pub last_tick_ms: Option<u64>,
+    /// The job of the latest tick that submitted one.
+    pub last_job: Option<Uuid>,
+    /// Why the latest tick submitted nothing (the type is gone, the payload no longer
+    /// matches its schema).
+    pub last_error: Option<String>,
+}
+
+/// What the ticks a schedule missed while no node ran do, once one runs again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// One job for all of them (the latest tick's).
+    #[default]
+    Once,
+    /// None: the schedule goes on from the next tick.
+    Skip,
 }
 
 /// What a job does when one of its dependencies fails or is cancelled.
@@ -322,6 +378,7 @@ impl JobRecord {
             waiting_for: Vec::new(),
             on_dependency_failure: DependencyFailure::Fail,
             dependants: Vec::new(),
+            schedule: None,
         }
     }
 }

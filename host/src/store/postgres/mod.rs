@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::batch::{Feed, Op, StoredEvent};
 use super::bus::Bus;
-use super::model::{BatchRecord, JobEvent, JobRecord, JobStatus, NodeRecord};
+use super::model::{BatchRecord, JobEvent, JobRecord, JobStatus, NodeRecord, ScheduleRecord};
 use super::{FileRecord, ListQuery, Page, StoreError};
 
 pub(super) use blobs::copy_checked;
@@ -488,6 +488,55 @@ impl PgStore {
         let rows = self.query("SELECT count(*) FROM kiln_jobs", &[]).await?;
         let count: i64 = rows.first().map_or(0, |row| row.get(0));
         u64_of(count)
+    }
+
+    pub(super) async fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let rows = self
+            .query("SELECT record FROM kiln_schedules ORDER BY name", &[])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                serde_json::from_str(row.get(0))
+                    .map_err(|e| StoreError::Storage(format!("corrupt schedule: {e}")))
+            })
+            .collect()
+    }
+
+    pub(super) async fn put_schedule(
+        &self,
+        record: &ScheduleRecord,
+        expected: Option<Uuid>,
+    ) -> Result<bool, StoreError> {
+        let text = serde_json::to_string(record).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let rows = match expected {
+            None => {
+                self.query(
+                    "INSERT INTO kiln_schedules (name, id, record) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO NOTHING RETURNING name",
+                    &[&record.name, &record.id, &text],
+                )
+                .await?
+            }
+            Some(expected) => {
+                self.query(
+                    "UPDATE kiln_schedules SET id = $2, record = $3 WHERE name = $1 AND id = $4 \
+                     RETURNING name",
+                    &[&record.name, &record.id, &text, &expected],
+                )
+                .await?
+            }
+        };
+        Ok(!rows.is_empty())
+    }
+
+    pub(super) async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .query(
+                "DELETE FROM kiln_schedules WHERE name = $1 RETURNING name",
+                &[&name],
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     pub(super) async fn record_node(&self, node: &NodeRecord) -> Result<(), StoreError> {

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("migrations/0006_batches.sql")),
     (7, include_str!("migrations/0007_concurrency_keys.sql")),
     (8, include_str!("migrations/0008_webhooks.sql")),
+    (9, include_str!("migrations/0009_schedules.sql")),
 ];
 
 /// The advisory lock key that serialises migrations ("kiln" in ASCII).

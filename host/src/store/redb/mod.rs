@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::batch::{Feed, Op, StoredEvent};
 use super::bus::Bus;
-use super::model::{BatchRecord, JobEvent, JobRecord, JobStatus};
+use super::model::{BatchRecord, JobEvent, JobRecord, JobStatus, ScheduleRecord};
 use super::{FileRecord, ListQuery, Page, StoreError};
 use tables::*;
 
@@ -78,6 +78,7 @@ impl RedbStore {
         txn.open_table(BATCHES)?;
         txn.open_table(BY_BATCH)?;
         txn.open_table(WEBHOOKS_DUE)?;
+        txn.open_table(SCHEDULES)?;
         let next_feed = {
             let feed = txn.open_table(FEED)?;
             feed.last()?.map_or(1, |(key, _)| key.value() + 1)
@@ -426,6 +427,66 @@ impl RedbStore {
     }
 
     /// Commits on a blocking thread: an fsync must not hold up the async runtime.
+    pub(super) fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(SCHEDULES).map_err(storage)?;
+        let mut schedules = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (_, value) = entry.map_err(storage)?;
+            schedules.push(decode_schedule(value.value())?);
+        }
+        Ok(schedules)
+    }
+
+    pub(super) async fn put_schedule(
+        &self,
+        record: &ScheduleRecord,
+        expected: Option<Uuid>,
+    ) -> Result<bool, StoreError> {
+        let (db, record) = (self.db.clone(), record.clone());
+        tokio::task::spawn_blocking(move || {
+            let bytes =
+                serde_json::to_vec(&record).map_err(|e| StoreError::Storage(e.to_string()))?;
+            let txn = db.begin_write().map_err(storage)?;
+            let written = {
+                let mut table = txn.open_table(SCHEDULES).map_err(storage)?;
+                let current = match table.get(record.name.as_str()).map_err(storage)? {
+                    Some(value) => Some(decode_schedule(value.value())?.id),
+                    None => None,
+                };
+                if current == expected {
+                    table
+                        .insert(record.name.as_str(), bytes.as_slice())
+                        .map_err(storage)?;
+                    true
+                } else {
+                    false
+                }
+            };
+            txn.commit().map_err(storage)?;
+            Ok(written)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))?
+    }
+
+    pub(super) async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        let (db, name) = (self.db.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(storage)?;
+            let removed = txn
+                .open_table(SCHEDULES)
+                .map_err(storage)?
+                .remove(name.as_str())
+                .map_err(storage)?
+                .is_some();
+            txn.commit().map_err(storage)?;
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))?
+    }
+
     pub(super) async fn insert_file(&self, record: &FileRecord) -> Result<(), StoreError> {
         let (db, record) = (self.db.clone(), record.clone());
         tokio::task::spawn_blocking(move || insert_file(&db, &record))
@@ -464,6 +525,10 @@ fn read_job(
         return Ok(None);
     };
     decode_job(bytes.value()).map(Some)
+}
+
+fn decode_schedule(bytes: &[u8]) -> Result<ScheduleRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Storage(format!("corrupt schedule: {e}")))
 }
 
 fn insert_file(db: &Database, record: &FileRecord) -> Result<(), StoreError> {

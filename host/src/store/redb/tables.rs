@@ -44,3 +44,6 @@ pub(super) const BY_BATCH: TableDefinition<(u128, u128), ()> = TableDefinition::
 /// in 0.3.0; an older file gains it empty).
 pub(super) const WEBHOOKS_DUE: TableDefinition<(u64, u128), ()> =
     TableDefinition::new("webhooks_due");
+/// Schedule name -> JSON of a [`crate::store::ScheduleRecord`] (added in 0.3.0; an older
+/// file gains it empty).
+pub(super) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");

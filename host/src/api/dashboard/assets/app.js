@@ -3,7 +3,7 @@
 // State comes from one initial load (GET /v1/jobs?limit=100, /v1/plugins, /v1/queues,
 // /v1/nodes) and is then kept current by the event stream GET /v1/events, resumed after a
 // cut; there is no polling of job state. Queue and node figures (GET /v1/queues,
-// /v1/nodes) are refreshed every 5 s, the newest batches (GET /v1/batches) every 2 s.
+// /v1/nodes, /v1/schedules) are refreshed every 5 s, the newest batches (GET /v1/batches) every 2 s.
 // Everything the page
 // shows that came from the server is inserted as text, never as HTML.
 'use strict';
@@ -282,6 +282,24 @@
       $('#batch-rows').replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { text: 'no batches', colspan: '5' }))]));
     } catch (error) {
       $('#batch-rows').replaceChildren(el('tr', {}, el('td', { text: `could not read batches: ${error.message}`, colspan: '5' })));
+    }
+  }
+
+  // The schedules (`GET /v1/schedules`, admin): when each runs next and what its latest
+  // tick submitted.
+  async function loadSchedules() {
+    const body = $('#schedule-rows');
+    try {
+      const { schedules } = await api('GET', '/v1/schedules');
+      const rows = schedules.map((s) => el('tr', { 'data-testid': 'schedule', 'data-schedule': s.name },
+        el('td', { text: s.name }), el('td', { text: `${s.cron} (${s.timezone || 'UTC'})` }), el('td', { text: s.type }),
+        el('td', { text: s.next_run_at || '–', 'data-testid': 'schedule-next' }),
+        el('td', s.last_error ? { text: `error: ${s.last_error}`, class: 'status-failed' }
+          : { text: s.last_job ? `…${s.last_job.slice(-8)}` : '–', title: s.last_job || '', 'data-testid': 'schedule-last-job' })));
+      body.replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { text: 'no schedules', colspan: '5' }))]));
+    } catch (error) {
+      const text = error.status === 403 ? 'schedules need an admin key' : `could not read schedules: ${error.message}`;
+      body.replaceChildren(el('tr', {}, el('td', { text, colspan: '5' })));
     }
   }
 
@@ -765,11 +783,12 @@
     $('.filters').addEventListener('submit', (e) => e.preventDefault());
 
     connect(); // reads the job list once its stream is open, so nothing is missed
-    Promise.all([loadPlugins(), loadQueues(), loadNodes(), loadBatches()])
+    Promise.all([loadPlugins(), loadQueues(), loadNodes(), loadBatches(), loadSchedules()])
       .then(() => { window.kilnDashboard.setup = true; })
       .catch((e) => notice(`loading: ${e.message}`, true));
     setInterval(loadQueues, 5000); // queue figures only; job state comes from events
     setInterval(loadNodes, 5000);
+    setInterval(loadSchedules, 5000);
     setInterval(loadBatches, 2000); // their progress moves quickly
     setInterval(() => {
       // A webhook delivery, and a waiting job's list of dependencies still to end, move on
