@@ -22,16 +22,6 @@ async fn submit_batch_ok(client: &reqwest::Client, base: &str, body: Value) -> V
     body
 }
 
-/// The ids of a batch's jobs, in item order.
-fn ids_of_batch(batch: &Value) -> Vec<String> {
-    batch["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .map(|id| id.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Waits for every job in `ids` to end (within the hang guard) and returns them.
 async fn finished(client: &reqwest::Client, base: &str, ids: &[String]) -> Vec<Value> {
     let mut jobs = Vec::new();
@@ -64,7 +54,7 @@ async fn a_backlog_of_one_key_does_not_hold_back_another() {
     let (status, body) = post_empty(client, &cancel).await;
     assert_eq!(status, 200, "{body:#}");
     let mut a_started_before = 0;
-    for id in ids_of_batch(&a) {
+    for id in strings_of(&a, "jobs") {
         let (_, job) = get_json(client, &format!("{base}/v1/jobs/{id}")).await;
         if time_ms(&job, "started_at").is_some_and(|at| at < last_b_start) {
             a_started_before += 1;
@@ -106,7 +96,7 @@ async fn max_per_key_caps_one_key_and_leaves_the_other_slots_to_others() {
         }
         others.push(submit_ok(client, base, body).await);
     }
-    let a_jobs = finished(client, base, &ids_of_batch(&a)).await;
+    let a_jobs = finished(client, base, &strings_of(&a, "jobs")).await;
     let other_jobs = finished(client, base, &others).await;
     let shown = || format!("a: {a_jobs:#?}\nothers: {other_jobs:#?}");
     for job in a_jobs.iter().chain(&other_jobs) {

@@ -43,16 +43,6 @@ async fn ended(kiln: &InProcess, id: &str) -> Value {
     wait_terminal(&kiln.client, &kiln.base, id, LONG).await
 }
 
-/// The ids in a job's JSON array field `field`.
-fn ids(job: &Value, field: &str) -> Vec<String> {
-    job[field]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {field} in {job:#}"))
-        .iter()
-        .map(|id| id.as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_job_waits_for_its_dependencies_then_runs() {
     let kiln = kiln("").await;
@@ -62,8 +52,16 @@ async fn a_job_waits_for_its_dependencies_then_runs() {
     let c_id = id_of(&c);
     assert_eq!(c["status"], "waiting", "{c:#}");
     // A repeated id counts once.
-    assert_eq!(ids(&c, "depends_on"), [a.clone(), b.clone()], "{c:#}");
-    assert_eq!(ids(&c, "waiting_for"), [a.clone(), b.clone()], "{c:#}");
+    assert_eq!(
+        strings_of(&c, "depends_on"),
+        [a.clone(), b.clone()],
+        "{c:#}"
+    );
+    assert_eq!(
+        strings_of(&c, "waiting_for"),
+        [a.clone(), b.clone()],
+        "{c:#}"
+    );
     assert_eq!(c["on_dependency_failure"], "fail", "{c:#}");
 
     let (_, page) = get_json(&kiln.client, &kiln.url("/v1/jobs?status=waiting")).await;
@@ -75,7 +73,11 @@ async fn a_job_waits_for_its_dependencies_then_runs() {
         .collect();
     assert_eq!(listed, [c_id.as_str()], "{page:#}");
     let a_job = job(&kiln, &a).await;
-    assert_eq!(ids(&a_job, "dependants"), [c_id.as_str()], "{a_job:#}");
+    assert_eq!(
+        strings_of(&a_job, "dependants"),
+        [c_id.as_str()],
+        "{a_job:#}"
+    );
 
     let c_end = ended(&kiln, &c_id).await;
     let (a_end, b_end) = (ended(&kiln, &a).await, ended(&kiln, &b).await);

@@ -53,12 +53,7 @@ async fn wait_all(kiln: &InProcess, ids: &[String]) -> Vec<Value> {
 }
 
 fn id_set(answer: &Value) -> HashSet<String> {
-    answer["ids"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no ids in {answer}"))
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
+    strings_of(answer, "ids").into_iter().collect()
 }
 
 #[tokio::test]

@@ -812,3 +812,18 @@ pub async fn submit_batch(client: &reqwest::Client, base: &str, body: Value) -> 
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// The strings of the JSON array `value[field]` (job ids, say); panics, showing `value`,
+/// when it is not one.
+pub fn strings_of(value: &Value, field: &str) -> Vec<String> {
+    value[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array {field} in {value:#}"))
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .unwrap_or_else(|| panic!("{field} holds a non-string: {value:#}"))
+                .to_string()
+        })
+        .collect()
+}
