@@ -29,9 +29,8 @@ use crate::store::{CatchUp, ScheduleRecord, now_ms};
 /// another node, or a tick due sooner).
 const POLL: Duration = Duration::from_secs(1);
 
-/// Most ticks looked at per schedule and pass: one a second for a day. A schedule down
-/// longer than that catches up over several passes.
-const MAX_TICKS_SCANNED: usize = 86_400;
+/// Most on-time ticks submitted per schedule and pass (the rest go in the next passes).
+const MAX_TICKS_PER_PASS: usize = 1_000;
 
 /// Longest schedule name.
 const MAX_NAME: usize = 64;
@@ -74,44 +73,63 @@ impl Ticks {
 
     /// The first tick after `after_ms`, ms (`None`: there is none, e.g. 30 February).
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
-        let after = self.zone.from_utc_datetime(&utc(after_ms)?.naive_utc());
-        let next = self.cron.find_next_occurrence(&after, false).ok()?;
-        u64::try_from(next.with_timezone(&Utc).timestamp_millis()).ok()
+        // Ticks fall on whole seconds: none lies between the second of `after_ms` and it.
+        let next = self
+            .cron
+            .find_next_occurrence(&self.second_of(after_ms)?, false);
+        u64::try_from(next.ok()?.with_timezone(&Utc).timestamp_millis()).ok()
     }
 
-    /// The ticks after `after_ms` up to `now_ms`, oldest first, at most
-    /// [`MAX_TICKS_SCANNED`].
-    fn due(&self, after_ms: u64, now_ms: u64) -> Vec<u64> {
-        let mut ticks = Vec::new();
-        let mut from = after_ms;
-        while ticks.len() < MAX_TICKS_SCANNED {
-            match self.next_after(from) {
-                Some(tick) if tick <= now_ms => {
-                    ticks.push(tick);
-                    from = tick;
-                }
-                _ => break,
+    /// The last tick at or before `ms`.
+    fn last_at_or_before(&self, ms: u64) -> Option<u64> {
+        let last = self
+            .cron
+            .find_previous_occurrence(&self.second_of(ms)?, true);
+        u64::try_from(last.ok()?.with_timezone(&Utc).timestamp_millis()).ok()
+    }
+
+    /// The whole second `ms` falls in, in the schedule's time zone.
+    fn second_of(&self, ms: u64) -> Option<DateTime<chrono_tz::Tz>> {
+        let second = utc(ms - ms % 1000)?;
+        Some(self.zone.from_utc_datetime(&second.naive_utc()))
+    }
+
+    /// What to do now for a schedule whose ticks up to `after_ms` are handled: the ticks
+    /// to submit (see the module's doc: the latest of those missed before `started_ms`
+    /// for `CatchUp::Once`, then every tick since, oldest first), and the tick to record
+    /// as handled once they are (`None`: no tick is due).
+    fn due(
+        &self,
+        after_ms: u64,
+        now_ms: u64,
+        started_ms: u64,
+        catch_up: CatchUp,
+    ) -> (Vec<u64>, Option<u64>) {
+        let Some(latest) = self.last_at_or_before(now_ms).filter(|&t| t > after_ms) else {
+            return (Vec::new(), None);
+        };
+        let mut submit = Vec::new();
+        let missed = self
+            .last_at_or_before(started_ms.saturating_sub(1))
+            .filter(|&t| t > after_ms);
+        if let (CatchUp::Once, Some(tick)) = (catch_up, missed) {
+            submit.push(tick);
+        }
+        let mut from = after_ms.max(started_ms.saturating_sub(1));
+        while let Some(tick) = self.next_after(from).filter(|&t| t <= now_ms) {
+            submit.push(tick);
+            from = tick;
+            if submit.len() >= MAX_TICKS_PER_PASS {
+                // The rest in the next pass: record only as far as this one went.
+                return (submit, Some(tick));
             }
         }
-        ticks
+        (submit, Some(latest))
     }
 }
 
 fn utc(ms: u64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
-}
-
-/// Which of `due` ticks get a job: every tick that came due since `started_ms` (when this
-/// node began ticking), and for `CatchUp::Once` the latest of those that came before.
-/// The last of `due` is the tick recorded afterwards either way.
-fn to_submit(due: &[u64], started_ms: u64, catch_up: CatchUp) -> Vec<u64> {
-    let missed = due.iter().filter(|&&tick| tick < started_ms).max().copied();
-    let mut ticks: Vec<u64> = match (catch_up, missed) {
-        (CatchUp::Once, Some(latest)) => vec![latest],
-        _ => Vec::new(),
-    };
-    ticks.extend(due.iter().copied().filter(|&tick| tick >= started_ms));
-    ticks
 }
 
 /// The idempotency key of a tick's job.
@@ -262,12 +280,12 @@ impl JobService {
         let ticks = Ticks::parse(&schedule.cron, schedule.timezone.as_deref()).ok()?;
         let now = now_ms();
         let after = schedule.last_tick_ms.unwrap_or(schedule.created_at_ms);
-        let due = ticks.due(after, now);
-        let Some(&latest) = due.last() else {
+        let (submit, latest) = ticks.due(after, now, started_ms, schedule.catch_up);
+        let Some(latest) = latest else {
             return ticks.next_after(after);
         };
         let expected = schedule.id;
-        for tick in to_submit(&due, started_ms, schedule.catch_up) {
+        for tick in submit {
             match self.submit_tick(&schedule, tick).await {
                 Ok(job) => {
                     schedule.last_job = Some(job);
@@ -372,8 +390,11 @@ mod tests {
         assert_eq!(paris.next_after(NIGHT), Some(NIGHT + 30 * 60_000));
         let every_two_seconds = Ticks::parse("*/2 * * * * *", None).unwrap();
         assert_eq!(
-            every_two_seconds.due(NIGHT, NIGHT + 7_000),
-            [NIGHT + 2_000, NIGHT + 4_000, NIGHT + 6_000]
+            every_two_seconds.due(NIGHT, NIGHT + 7_000, NIGHT, CatchUp::Skip),
+            (
+                vec![NIGHT + 2_000, NIGHT + 4_000, NIGHT + 6_000],
+                Some(NIGHT + 6_000)
+            )
         );
     }
 
@@ -395,11 +416,38 @@ mod tests {
 
     #[test]
     fn missed_ticks_get_one_job_or_none_and_on_time_ticks_one_each() {
-        let due = [10, 20, 30, 40];
-        assert_eq!(to_submit(&due, 35, CatchUp::Once), [30, 40]);
-        assert_eq!(to_submit(&due, 35, CatchUp::Skip), [40]);
-        assert_eq!(to_submit(&due, 5, CatchUp::Skip), [10, 20, 30, 40]);
-        assert_eq!(to_submit(&due, 50, CatchUp::Once), [40]);
-        assert!(to_submit(&due, 50, CatchUp::Skip).is_empty());
+        // Every 10 s; handled up to NIGHT; now is 40 s later.
+        let ticks = Ticks::parse("*/10 * * * * *", None).unwrap();
+        let (now, s) = (NIGHT + 40_000, |n: u64| NIGHT + n * 1000);
+        // Ticking since 35 s: 10, 20 and 30 were missed.
+        assert_eq!(
+            ticks.due(NIGHT, now, s(35), CatchUp::Once),
+            (vec![s(30), s(40)], Some(s(40)))
+        );
+        assert_eq!(
+            ticks.due(NIGHT, now, s(35), CatchUp::Skip),
+            (vec![s(40)], Some(s(40)))
+        );
+        // Ticking all along: none was missed.
+        assert_eq!(
+            ticks.due(NIGHT, now, s(5), CatchUp::Skip),
+            (vec![s(10), s(20), s(30), s(40)], Some(s(40)))
+        );
+        // Ticking only from after the last one: all were missed.
+        assert_eq!(
+            ticks.due(NIGHT, now, s(50), CatchUp::Once),
+            (vec![s(40)], Some(s(40)))
+        );
+        assert_eq!(
+            ticks.due(NIGHT, now, s(50), CatchUp::Skip),
+            (vec![], Some(s(40)))
+        );
+        // A year down catches up with one job, without walking the year's ticks.
+        let year = 365 * 86_400 * 1000;
+        let back = NIGHT + year + 1;
+        let (once, latest) = ticks.due(NIGHT, back, back, CatchUp::Once);
+        assert_eq!((once, latest), (vec![NIGHT + year], Some(NIGHT + year)));
+        // Nothing due yet.
+        assert_eq!(ticks.due(NIGHT, s(5), NIGHT, CatchUp::Once), (vec![], None));
     }
 }
