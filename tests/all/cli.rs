@@ -1224,3 +1224,49 @@ async fn submit_depends_on_sends_the_dependencies_and_jobs_list_shows_waiting_jo
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("depends_on[0]"), "{out:?}");
 }
+
+#[tokio::test]
+async fn schedules_add_list_and_delete() {
+    let kiln = kiln("").await;
+    let out = kiln_cli(
+        &kiln.base,
+        &[
+            "schedules",
+            "add",
+            "nightly",
+            "0 3 * * *",
+            "hostile",
+            "--payload",
+            r#"{"mode": "ok"}"#,
+            "--timezone",
+            "Europe/Paris",
+            "--skip-missed",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("nightly: next run 20"), "{out:?}");
+    let out = kiln_cli(&kiln.base, &["schedules", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let row = out.stdout.lines().nth(1).unwrap_or_default().to_string();
+    assert!(
+        row.starts_with("nightly")
+            && row.contains("0 3 * * * (Europe/Paris)")
+            && row.contains("hostile"),
+        "{out:?}"
+    );
+    let (_, shown) = get_json(&kiln.client, &kiln.url("/v1/schedules/nightly")).await;
+    assert_eq!(shown["catch_up"], "skip", "{shown:#}");
+    // A refusal comes through with its message.
+    let out = kiln_cli(
+        &kiln.base,
+        &["schedules", "add", "bad", "61 * * * *", "hostile"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("invalid cron expression"), "{out:?}");
+    let out = kiln_cli(&kiln.base, &["schedules", "delete", "nightly"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = kiln_cli(&kiln.base, &["schedules", "list"]).await;
+    assert!(out.stderr.contains("no schedules"), "{out:?}");
+}
