@@ -2,9 +2,9 @@
 //! in the config (`[schedules.NAME]`) or at run time (`POST /v1/schedules`).
 //!
 //! **Exactly one job per tick**, across restarts and nodes: a tick's job is submitted with
-//! an idempotency key made of the schedule's definition and the tick, so submitting it
-//! again (a node died before recording the tick, or two nodes both believed they led)
-//! answers with the same job. Then the tick is recorded on the schedule, compare-and-set on
+//! an idempotency key made of the schedule's name and the tick, so submitting it again (a
+//! node died before recording the tick, two nodes both believed they led, or the config
+//! redefined the schedule in between) answers with the same job. Then the tick is recorded on the schedule, compare-and-set on
 //! its definition, so a schedule deleted or redefined meanwhile is never written back.
 //! Only the leader ticks (with redb, the one node).
 //!
@@ -134,7 +134,7 @@ fn utc(ms: u64) -> Option<DateTime<Utc>> {
 
 /// The idempotency key of a tick's job.
 fn tick_key(schedule: &ScheduleRecord, tick_ms: u64) -> String {
-    format!("schedule:{}:{}:{tick_ms}", schedule.name, schedule.id)
+    format!("schedule:{}:{tick_ms}", schedule.name)
 }
 
 impl JobService {
